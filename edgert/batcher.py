@@ -1,0 +1,88 @@
+"""Dynamic batching with Triton's semantics.
+
+Windows are quantized straight into the backend's input tensor, row after row; a batch goes
+when it holds `max_batch` windows or when its oldest window has waited `max_delay_us` since
+the message that completed it was received, whichever comes first. Per-row metadata lives in
+preallocated arrays, so committing k windows is a few slice assignments.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class Batcher:
+    """Collects windows for one backend and hands full (or due) batches to `sink`.
+
+    Args:
+      backend: an `edgert.backends.Backend`; its input buffer is filled in place.
+      model: the `edgert.models.Model` (normalization, quantization, channels).
+      sink: ``callable(batcher, k, reason)`` called with the batch; it must be done with the
+        rows before it returns (they are reused).
+      max_batch: rows per batch (<= backend.max_batch).
+      max_delay_us: longest a window waits for company.
+    """
+
+    def __init__(self, backend, model, sink, max_batch: int = 32, max_delay_us: int = 1000):
+        self.backend = backend
+        self.buf = backend.input_buffer()
+        self.max_batch = min(int(max_batch), backend.max_batch)
+        self.max_delay_ns = int(max_delay_us) * 1000
+        self.sink = sink
+        spec = model.variants["dynamic"].input if "dynamic" in model.variants else next(iter(model.variants.values())).input
+        self.in_scale = float(spec.scale)
+        self.in_zp = int(spec.zero_point)
+        self.mean = np.ascontiguousarray(model.mean, dtype=np.float64)
+        self.inv_std = np.ascontiguousarray(model.inv_std, dtype=np.float64)
+        C = model.n_channels
+        B = self.max_batch
+        self.sensor_idx = np.zeros(B, dtype=np.int32)
+        self.t_start = np.zeros(B, dtype=np.int64)  # ns, first sample of the window
+        self.seq = np.zeros(B, dtype=np.int64)
+        self.t_recv = np.zeros(B, dtype=np.int64)  # perf_counter_ns at receipt
+        self.stats = np.zeros((B, C, 6), dtype=np.float32)
+        self.n = 0
+        self.batches = 0
+        self.reasons = {"full": 0, "deadline": 0, "flush": 0}
+
+    @property
+    def free(self) -> int:
+        return self.max_batch - self.n
+
+    def commit(self, k: int, sensor_index: int, t_starts: np.ndarray, seq: int, t_recv: int) -> None:
+        """Record metadata of the k rows just written at ``self.n``; send the batch if full."""
+        a, b = self.n, self.n + k
+        self.sensor_idx[a:b] = sensor_index
+        self.t_start[a:b] = t_starts
+        self.seq[a:b] = seq
+        self.t_recv[a:b] = t_recv
+        self.n = b
+        if b >= self.max_batch:
+            self.flush("full")
+
+    def deadline_ns(self) -> int | None:
+        """perf_counter_ns when the pending batch is due, or None when empty."""
+        if self.n == 0:
+            return None
+        return int(self.t_recv[0]) + self.max_delay_ns
+
+    def poll(self, now_ns: int | None = None) -> bool:
+        """Send the pending batch if its oldest window is due; True if one went."""
+        if self.n and (now_ns or time.perf_counter_ns()) >= self.t_recv[0] + self.max_delay_ns:
+            self.flush("deadline")
+            return True
+        return False
+
+    def flush(self, reason: str = "flush") -> None:
+        """Send whatever is pending now."""
+        k = self.n
+        if k == 0:
+            return
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.batches += 1
+        try:
+            self.sink(self, k, reason)
+        finally:
+            self.n = 0

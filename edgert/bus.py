@@ -1,0 +1,71 @@
+"""The sensor side of the bus: a publisher that speaks the wire format (used by replay and tests).
+
+Sensors connect; the daemon binds. With ``pub`` the sensor uses an XPUB socket so it can wait
+until the daemon's subscription has arrived (a plain PUB drops what it sends before that);
+with ``push`` messages queue until the connection is up.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from . import wire
+
+
+class SensorPublisher:
+    """Sends blocks of samples for one sensor id.
+
+    Args:
+      endpoint: the daemon's listen endpoint (``tcp://host:port`` or ``ipc://path``).
+      sensor: sensor id (1-64 UTF-8 bytes).
+      kind: "pub" (daemon SUB) or "push" (daemon PULL).
+      ctx: a zmq context (default: the global instance).
+    """
+
+    def __init__(self, endpoint: str, sensor: str, kind: str = "pub", ctx: zmq.Context | None = None,
+                 sndhwm: int = 100000):
+        if not 1 <= len(sensor.encode("utf-8")) <= wire.MAX_SENSOR_ID:
+            raise ValueError(f"sensor id {sensor!r} must be 1-{wire.MAX_SENSOR_ID} UTF-8 bytes")
+        self.ctx = ctx or zmq.Context.instance()
+        self.kind = kind
+        self.sock = self.ctx.socket(zmq.XPUB if kind == "pub" else zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(endpoint)
+        self.sensor = sensor
+        self._id = sensor.encode("utf-8")
+        self.seq = 0
+        self.sent = 0
+
+    def wait_subscribed(self, timeout: float = 5.0) -> bool:
+        """For ``pub``: block until a subscriber's subscription arrives. True if it did."""
+        if self.kind != "pub":
+            return True
+        if self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+            self.sock.recv()  # the subscription message itself
+            return True
+        return False
+
+    def send(self, samples: np.ndarray, t0: int, dt: int, seq: int | None = None) -> None:
+        """Send one block ([n, C] array of an allowed dtype) starting at t0 ns, dt ns apart."""
+        if seq is None:
+            seq = self.seq
+        self.seq = seq + 1
+        samples = np.ascontiguousarray(samples)
+        self.sock.send_multipart([self._id, wire.encode_header(seq, t0, dt, samples), samples],
+                                 copy=samples.nbytes < zmq.COPY_THRESHOLD)
+        self.sent += 1
+
+    def send_frames(self, frames) -> None:
+        """Send raw frames (for tests of malformed input)."""
+        self.sock.send_multipart(frames)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,182 @@
+"""``edgert`` command line: serve, replay, demo, models, bench, warmup."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def cmd_serve(args) -> int:
+    from . import config
+    from .daemon import Daemon
+
+    try:
+        cfg = config.load(args.config, listen=args.listen, events=args.events, model=args.model,
+                          backend=args.backend, socket=args.socket, max_batch=args.max_batch,
+                          max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval)
+    except ValueError as exc:
+        print(f"edgert serve: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg.log_level)
+    try:
+        d = Daemon(cfg)
+        d.bind()
+    except Exception as exc:  # model, backend or socket errors: say which, exit non-zero
+        print(f"edgert serve: {exc}", file=sys.stderr)
+        return 1
+    d.install_signal_handlers()
+    final = d.run()
+    print(json.dumps({"final": True, **final}, default=float), flush=True)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .bus import SensorPublisher
+    from .replay import load_samples, replay
+
+    try:
+        data = [load_samples(f, args.columns.split(",") if args.columns else None) for f in args.files]
+    except ValueError as exc:
+        print(f"edgert replay: {exc}", file=sys.stderr)
+        return 2
+    segments = data * args.repeat
+    pub = SensorPublisher(args.to, args.sensor, kind=args.socket)
+    if not pub.wait_subscribed(args.wait):
+        print(f"edgert replay: no daemon subscribed on {args.to} within {args.wait} s", file=sys.stderr)
+        return 1
+    res = replay(segments, pub, args.rate, block=args.block, speed=args.speed,
+                 realtime=not args.fast, gap_s=args.gap, t0_ns=args.t0)
+    pub.close()
+    print(json.dumps({"sensor": args.sensor, "blocks": res["blocks"], "samples": res["samples"],
+                      "seconds": round(res["seconds"], 3)}), flush=True)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(seconds=args.seconds, as_json=args.json, speed=args.speed)
+
+
+def cmd_models(args) -> int:
+    from . import models
+
+    rows = []
+    for name in models.shipped():
+        try:
+            m = models.load(name)
+        except models.ModelError as exc:
+            rows.append({"name": name, "error": str(exc)})
+            continue
+        rows.append({
+            "name": m.name, "kind": m.kind, "window": m.window, "hop": m.hop,
+            "channels": m.channels, "threshold": m.threshold, "class_names": m.class_names,
+            "variants": {k: {"file": v.path.name, "batch": v.batch or "dynamic",
+                             "input": list(v.input.shape)} for k, v in m.variants.items()},
+            "metrics": m.manifest.get("training", {}).get("metrics", {}),
+            "dir": str(m.dir),
+        })
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            if "error" in r:
+                print(f"{r['name']}: ERROR {r['error']}")
+                continue
+            print(f"{r['name']}: {r['kind']}, window {r['window']} hop {r['hop']}, channels "
+                  f"{','.join(r['channels'])}, threshold {r['threshold']}")
+            for k, v in r["variants"].items():
+                print(f"    {k}: {v['file']} batch {v['batch']} input {v['input']}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+def cmd_bench(args) -> int:
+    from .bench import run as bench_run
+
+    return bench_run.main(args)
+
+
+def cmd_warmup(args) -> int:
+    from . import kernels, models
+
+    secs = kernels.warmup()
+    print(f"kernels: {kernels.BACKEND}, warmed in {secs:.2f} s")
+    for name in models.shipped():
+        models.load(name)
+        print(f"model {name}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgert", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the daemon")
+    s.add_argument("--listen", help="sensor endpoint to bind (tcp://*:5555, ipc:///run/edgert/sensors)")
+    s.add_argument("--events", help="event PUB endpoint to bind")
+    s.add_argument("--model", help="shipped model name or model directory (default motor-ae)")
+    s.add_argument("--backend", help="auto|cpu (default auto)")
+    s.add_argument("--socket", choices=["sub", "pull"], help="input socket type (default sub)")
+    s.add_argument("--max-batch", type=int, dest="max_batch")
+    s.add_argument("--max-delay-us", type=int, dest="max_delay_us")
+    s.add_argument("--stats-interval", type=float, dest="stats_interval")
+    s.add_argument("--config", help="TOML file with the same keys")
+    s.set_defaults(fn=cmd_serve)
+
+    r = sub.add_parser("replay", help="publish recorded samples as a sensor")
+    r.add_argument("files", nargs="+", metavar="FILE", help="CSV, NPZ, or itsc:NAME (shipped)")
+    r.add_argument("--to", required=True, help="daemon endpoint")
+    r.add_argument("--sensor", required=True, help="sensor id")
+    r.add_argument("--rate", type=float, required=True, help="sample rate, Hz")
+    r.add_argument("--block", type=int, default=64, help="samples per message")
+    r.add_argument("--speed", type=float, default=1.0, help="wall-clock speed-up")
+    r.add_argument("--fast", action="store_true", help="send as fast as possible")
+    r.add_argument("--repeat", type=int, default=1, help="replay the file list this many times")
+    r.add_argument("--gap", type=float, default=1.0, help="sensor-time gap between files, s")
+    r.add_argument("--t0", type=int, help="ns timestamp of the first sample (default now)")
+    r.add_argument("--columns", help="comma-separated column names or indices")
+    r.add_argument("--socket", choices=["pub", "push"], default="pub")
+    r.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the daemon")
+    r.set_defaults(fn=cmd_replay)
+
+    d = sub.add_parser("demo", help="daemon + a replaying sensor on shipped data")
+    d.add_argument("--seconds", type=float, default=10.0)
+    d.add_argument("--speed", type=float, default=10.0, help="replay speed-up over the 1 kHz recordings")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+
+    m = sub.add_parser("models", help="list shipped models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_models)
+
+    b = sub.add_parser("bench", help="latency microbenchmarks")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--out", help="write the JSON result here")
+    b.set_defaults(fn=cmd_bench)
+
+    w = sub.add_parser("warmup", help="compile the numba kernels and check the models load")
+    w.set_defaults(fn=cmd_warmup)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Daemon settings: defaults, a TOML file with the same keys as the command line, overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class Config:
+    listen: str = "ipc:///tmp/edgert-sensors"
+    events: str = "ipc:///tmp/edgert-events"
+    socket: str = "sub"  # "sub" or "pull"
+    model: str = "motor-ae"
+    backend: str = "auto"
+    max_batch: int = 32
+    max_delay_us: int = 1000
+    num_threads: int = 1
+    ring_capacity: int = 1024  # samples per sensor ring
+    gap_samples: float = 3.0  # t0 jump (in sample periods) that restarts a sensor's windows
+    max_sensors: int = 4096
+    stats_interval_s: float = 1.0
+    rcvhwm: int = 100000
+    log_level: str = "INFO"
+
+    def validate(self) -> "Config":
+        if self.socket not in ("sub", "pull"):
+            raise ValueError(f"config field 'socket' must be 'sub' or 'pull', got {self.socket!r}")
+        for name in ("max_batch", "max_delay_us", "num_threads", "ring_capacity", "max_sensors"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_delay_us" else 1):
+                raise ValueError(f"config field {name!r} must be a positive integer, got {v!r}")
+        return self
+
+
+def load(path: str | None = None, **overrides) -> Config:
+    """Defaults, then the TOML file (top level or an ``[edgert]`` table), then non-None overrides.
+
+    Raises:
+      ValueError naming the file and key for unknown keys or wrong types.
+    """
+    cfg = Config()
+    known = {f.name: f.type for f in fields(Config)}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML ({exc})") from None
+        data = data.get("edgert", data)
+        for key, value in data.items():
+            attr = key.replace("-", "_")
+            if attr not in known:
+                raise ValueError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            default = getattr(cfg, attr)
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ValueError(f"{path}: key {key!r} must be {type(default).__name__}, got {value!r}")
+            setattr(cfg, attr, value)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg.validate()

@@ -1,0 +1,257 @@
+"""The daemon loop: sensor bus → windows → batcher → backend → scores → events.
+
+One thread does everything: receive (``copy=False``, payload viewed with ``np.frombuffer``),
+validate, append to the sensor's ring, quantize completed windows into the input tensor, run
+full or due batches, publish anomalies. Bad input is dropped and counted per sensor and
+reason, never raised. SIGTERM/SIGINT stop intake, flush the pending batch, and `run` returns
+the final stats (the CLI prints them as one JSON line).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import numpy as np
+import zmq
+
+from . import backends, kernels, models, wire
+from .batcher import Batcher
+from .config import Config
+from .events import STAT_NAMES, EventPublisher
+from .scoring import FixedThreshold, ReconstructionScorer, channel_shares
+from .stats import LatencyHistogram, RateLimitedLog, SensorCounters
+from .windows import SensorStream, push_block
+
+log = logging.getLogger("edgert")
+
+DRAIN = 256  # messages handled per poll wake-up before checking deadlines
+
+
+class Daemon:
+    """The edgert daemon. `run()` blocks until `stop()` (or a signal)."""
+
+    def __init__(self, cfg: Config, ctx: zmq.Context | None = None):
+        self.cfg = cfg
+        self.model = models.load(cfg.model)
+        if self.model.kind != "autoencoder":
+            raise ValueError(f"{self.model.dir}: the daemon scores autoencoders; "
+                             f"model kind is {self.model.kind!r}")
+        self.backend = backends.create(cfg.backend, self.model, max_batch=cfg.max_batch,
+                                       num_threads=cfg.num_threads)
+        self.scorer = ReconstructionScorer(self.model, self.backend.max_batch)
+        self.threshold = FixedThreshold(self.model.threshold)
+        self.batcher = Batcher(self.backend, self.model, self._on_batch,
+                               max_batch=cfg.max_batch, max_delay_us=cfg.max_delay_us)
+        self.ctx = ctx or zmq.Context.instance()
+        self.counters = SensorCounters()
+        self.latency = LatencyHistogram()
+        self.rlog = RateLimitedLog()
+        self.streams: dict[str, SensorStream] = {}
+        self.names: list[str] = []
+        self.win_counts = np.zeros(cfg.max_sensors, dtype=np.int64)
+        self.anom_counts = np.zeros(cfg.max_sensors, dtype=np.int64)
+        self._stop = False
+        self.started_ns = 0
+        self.first_decision_ns = 0
+        self.sock = None
+        self.events = None
+        self.listen_endpoint = None
+        self.events_endpoint = None
+
+    # -- set-up -------------------------------------------------------------
+    def bind(self) -> None:
+        """Bind the input and event sockets (separate from `run` so tests can learn ports)."""
+        kind = zmq.SUB if self.cfg.socket == "sub" else zmq.PULL
+        self.sock = self.ctx.socket(kind)
+        self.sock.setsockopt(zmq.RCVHWM, self.cfg.rcvhwm)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.SUB:
+            self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.bind(self.cfg.listen)
+        self.listen_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.events = EventPublisher(self.ctx, self.cfg.events)
+        self.events_endpoint = self.events.endpoint
+
+    def stop(self, *_args) -> None:
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # -- input ----------------------------------------------------------------
+    def _drop(self, sensor, reason: str, message: str) -> None:
+        self.counters.drop(sensor, reason)
+        self.rlog.warning((sensor, reason), f"dropped block: {message}")
+
+    def _stream(self, sensor: str) -> SensorStream | None:
+        st = self.streams.get(sensor)
+        if st is None:
+            if len(self.names) >= self.cfg.max_sensors:
+                return None
+            st = SensorStream(sensor, len(self.names), self.model.n_channels, self.model.window,
+                              self.model.hop, self.cfg.ring_capacity, self.cfg.gap_samples)
+            self.streams[sensor] = st
+            self.names.append(sensor)
+        return st
+
+    def handle(self, frames, t_recv: int) -> None:
+        """Validate one message and push its samples; every failure is a counted drop."""
+        try:
+            blk = wire.decode(frames, check_finite=kernels.count_nonfinite)
+        except wire.WireError as exc:
+            self._drop(exc.sensor, exc.reason, str(exc))
+            return
+        sensor = blk.sensor
+        n, c = blk.samples.shape
+        if c != self.model.n_channels:
+            self._drop(sensor, "channels", f"{sensor}: block has {c} channels, model "
+                       f"{self.model.name} expects {self.model.n_channels} ({', '.join(self.model.channels)})")
+            return
+        st = self._stream(sensor)
+        if st is None:
+            self._drop(sensor, "too_many_sensors", f"{sensor}: more than {self.cfg.max_sensors} sensors")
+            return
+        try:
+            st.check(blk.seq, blk.t0, blk.dt, n, lambda r: self.counters.note(sensor, r))
+        except wire.WireError as exc:
+            self._drop(sensor, exc.reason, str(exc))
+            return
+        self.counters.messages[sensor] += 1
+        self.counters.samples[sensor] += n
+        push_block(st, blk.samples, blk.seq, t_recv, self.batcher)
+
+    # -- a batch is due -------------------------------------------------------
+    def _on_batch(self, b: Batcher, k: int, reason: str) -> None:
+        out = self.backend.run(k)
+        scores, ch_err = self.scorer.score(b.buf, out, k)
+        sidx = b.sensor_idx[:k]
+        thr = self.threshold.values(sidx)
+        flags = scores > thr
+        self.threshold.learn(sidx, scores, flags)
+        t_dec = time.perf_counter_ns()
+        if not self.first_decision_ns:
+            self.first_decision_ns = t_dec
+        lat_us = (t_dec - b.t_recv[:k]) * 1e-3
+        self.latency.add(lat_us)
+        np.add.at(self.win_counts, sidx, 1)
+        if flags.any():
+            idx = np.flatnonzero(flags)
+            np.add.at(self.anom_counts, sidx[idx], 1)
+            shares = channel_shares(ch_err[idx])
+            self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k)
+
+    def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k) -> None:
+        m = self.model
+        span = (m.window - 1)
+        for j, i in enumerate(idx):
+            st = self.streams[self.names[b.sensor_idx[i]]]
+            order = np.argsort(-shares[j])
+            t_start = int(b.t_start[i])
+            self.events.publish("anomaly", st.sensor, {
+                "sensor": st.sensor,
+                "t_start": t_start,
+                "t_end": t_start + span * st.dt,
+                "score": float(scores[i]),
+                "threshold": float(thr[i]),
+                "channels": m.channels,
+                "contributions": [float(x) for x in shares[j]],
+                "channel_error": [float(x) for x in ch_err[i]],
+                "top_channels": [m.channels[o] for o in order[:3]],
+                "stats": {name: [float(x) for x in b.stats[i, :, s]] for s, name in enumerate(STAT_NAMES)},
+                "model": m.name,
+                "backend": self.backend.name,
+                "seq": int(b.seq[i]),
+                "latency_us": float(lat_us[i]),
+                "batch": int(k),
+            })
+
+    # -- stats ----------------------------------------------------------------
+    def stats(self) -> dict:
+        d = self.counters.as_dict()
+        n = len(self.names)
+        d["windows"] = int(self.win_counts[:n].sum())
+        d["anomalies"] = int(self.anom_counts[:n].sum())
+        d["per_sensor"] = {s: {"windows": int(self.win_counts[i]), "anomalies": int(self.anom_counts[i]),
+                               "restarts": self.streams[s].restarts}
+                           for i, s in enumerate(self.names)}
+        elapsed = (time.perf_counter_ns() - self.started_ns) * 1e-9 if self.started_ns else 0.0
+        d.update({
+            "model": self.model.name,
+            "backend": self.backend.name,
+            "kernels": kernels.BACKEND,
+            "batches": self.batcher.batches,
+            "batch_reasons": dict(self.batcher.reasons),
+            "p50_latency_us": self.latency.quantile(0.50),
+            "p99_latency_us": self.latency.quantile(0.99),
+            "max_latency_us": self.latency.max_us,
+            "uptime_s": round(elapsed, 3),
+            "windows_per_s": round(d["windows"] / elapsed, 1) if elapsed > 0 else 0.0,
+            "events_published": self.events.published if self.events else 0,
+            "rss_mb": rss_mb(),
+        })
+        return d
+
+    # -- main loop --------------------------------------------------------------
+    def run(self, ready=None) -> dict:
+        """Serve until stopped. Returns the final stats.
+
+        Args:
+          ready: optional ``callable()`` called once the sockets are bound and input is taken.
+        """
+        if self.sock is None:
+            self.bind()
+        sock, batcher = self.sock, self.batcher
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        self.started_ns = time.perf_counter_ns()
+        next_stats = time.monotonic() + self.cfg.stats_interval_s
+        self.events.publish("lifecycle", "daemon", {"state": "started", "model": self.model.name,
+                                                     "backend": self.backend.name, "pid": os.getpid()})
+        log.info("serving %s on %s (%s), events on %s, backend %s, kernels %s",
+                 self.model.name, self.listen_endpoint, self.cfg.socket, self.events_endpoint,
+                 self.backend.name, kernels.BACKEND)
+        if ready is not None:
+            ready()
+        recv = sock.recv_multipart
+        perf = time.perf_counter_ns
+        while not self._stop:
+            due = batcher.deadline_ns()
+            if due is None:
+                timeout = 100
+            else:
+                timeout = max(0, min(100, -(-(due - perf()) // 1_000_000)))
+            if poller.poll(timeout):
+                for _ in range(DRAIN):
+                    try:
+                        frames = recv(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    t = perf()
+                    self.handle(frames, t)
+                    if batcher.n and t >= batcher.t_recv[0] + batcher.max_delay_ns:
+                        batcher.flush("deadline")
+            batcher.poll()
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + self.cfg.stats_interval_s
+                self.events.publish("stats", "daemon", self.stats())
+        # Stop: no more input; score what is pending, say goodbye.
+        sock.close(linger=0)
+        batcher.flush("flush")
+        final = self.stats()
+        self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
+        self.events.close()
+        self.backend.close()
+        return final
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MB (Linux), NaN elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except OSError:
+        return float("nan")

@@ -1,0 +1,42 @@
+"""Events out: a PUB socket the daemon binds; frame 0 ``event/<kind>/<sensor>``, frame 1 msgpack.
+
+Kinds: ``anomaly`` (one per anomalous window), ``stats`` (periodic, sensor ``daemon``),
+``lifecycle`` (start/stop). Subscribers filter by prefix, e.g. ``event/anomaly/``.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import zmq
+
+STAT_NAMES = ("mean", "std", "rms", "peak", "crest", "kurtosis")
+
+
+def topic(kind: str, sensor: str) -> bytes:
+    return f"event/{kind}/{sensor}".encode("utf-8")
+
+
+class EventPublisher:
+    """Binds a PUB socket and publishes msgpack events (never blocks: PUB drops on HWM)."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, hwm: int = 10000):
+        self.sock = ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.LINGER, 200)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.published = 0
+
+    def publish(self, kind: str, sensor: str, payload: dict) -> None:
+        self.sock.send_multipart([topic(kind, sensor), msgpack.packb(payload)], copy=True)
+        self.published += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def decode(frames) -> tuple[str, str, dict]:
+    """(kind, sensor, payload) of a received event."""
+    t = bytes(frames[0]).decode("utf-8")
+    _, kind, sensor = t.split("/", 2)
+    return kind, sensor, msgpack.unpackb(bytes(frames[1]), raw=False)

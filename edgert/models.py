@@ -1,0 +1,248 @@
+"""Model directories: find, load and verify ``compiled_models/<name>/manifest.json``.
+
+A model directory holds int8 ``.tflite`` files and a manifest (docs/design.md). Loading
+verifies the sha256 of every file and that each variant's tensors have the shape, dtype and
+quantization the manifest states, so a swapped, truncated or retrained-but-not-recorded file
+is refused with an error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("autoencoder", "classifier")
+MANIFEST = "manifest.json"
+
+
+class ModelError(ValueError):
+    """A model directory that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple  # -1 for a dynamic batch dimension
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    path: Path
+    batch: int | None  # None: dynamic
+    input: TensorSpec
+    output: TensorSpec
+
+
+@dataclass
+class Model:
+    """A verified model directory."""
+
+    name: str
+    dir: Path
+    kind: str
+    window: int
+    hop: int
+    channels: list
+    mean: np.ndarray  # float64[C]
+    std: np.ndarray  # float64[C]
+    threshold: float | None
+    class_names: list | None
+    variants: dict
+    manifest: dict = field(repr=False)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def inv_std(self) -> np.ndarray:
+        """1/std, with 0 for constant channels (they normalize to 0, not to inf)."""
+        with np.errstate(divide="ignore"):
+            inv = np.where(self.std > 0, 1.0 / self.std, 0.0)
+        return inv.astype(np.float64)
+
+    @property
+    def sample_rate_hz(self) -> float | None:
+        return self.manifest.get("sample_rate_hz")
+
+
+def models_root() -> Path:
+    """Directory of the models shipped in the package."""
+    return Path(str(resources.files("edgert.compiled_models")))
+
+
+def shipped() -> list[str]:
+    """Names of the shipped model directories."""
+    root = models_root()
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def resolve(name_or_path) -> Path:
+    """A model directory from a path (a directory or its manifest.json) or a shipped name."""
+    p = Path(name_or_path)
+    if p.is_file() and p.name == MANIFEST:
+        return p.parent
+    if p.is_dir():
+        return p
+    shipped_dir = models_root() / str(name_or_path)
+    if (shipped_dir / MANIFEST).is_file():
+        return shipped_dir
+    raise ModelError(f"{name_or_path}: no such model directory and no shipped model of that name "
+                     f"(shipped: {', '.join(shipped()) or 'none'})")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _req(d: dict, key: str, where: str, types):
+    if key not in d:
+        raise ModelError(f"{where}: missing field {key!r}")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, types):
+        raise ModelError(f"{where}: field {key!r} has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _tensor_spec(d, where: str) -> TensorSpec:
+    if not isinstance(d, dict):
+        raise ModelError(f"{where}: must be a map")
+    shape = _req(d, "shape", where, list)
+    if not all(isinstance(s, int) and (s > 0 or s == -1) for s in shape):
+        raise ModelError(f"{where}: field 'shape' must be positive ints (or -1 for batch), got {shape}")
+    dtype = _req(d, "dtype", where, str)
+    if dtype not in ("int8", "uint8"):
+        raise ModelError(f"{where}: field 'dtype' must be int8 or uint8, got {dtype!r}")
+    scale = float(_req(d, "scale", where, (int, float)))
+    if not scale > 0:
+        raise ModelError(f"{where}: field 'scale' must be > 0, got {scale}")
+    zp = _req(d, "zero_point", where, int)
+    return TensorSpec(tuple(shape), dtype, scale, zp)
+
+
+def load(name_or_path, verify: bool = True) -> Model:
+    """Load and verify a model directory.
+
+    Args:
+      name_or_path: a shipped model name ("motor-ae") or a directory / manifest path.
+      verify: check sha256 and tensor specs against the files (leave on outside tests).
+    Returns:
+      a `Model`.
+    Raises:
+      ModelError naming the file and field at fault.
+    """
+    d = resolve(name_or_path)
+    mpath = d / MANIFEST
+    try:
+        m = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{mpath}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{mpath}: not valid JSON ({exc})") from None
+    if not isinstance(m, dict):
+        raise ModelError(f"{mpath}: must be a JSON object")
+    where = str(mpath)
+    name = _req(m, "name", where, str)
+    kind = _req(m, "kind", where, str)
+    if kind not in KINDS:
+        raise ModelError(f"{where}: field 'kind' must be one of {KINDS}, got {kind!r}")
+    window = _req(m, "window", where, int)
+    hop = _req(m, "hop", where, int)
+    if window < 1 or hop < 1:
+        raise ModelError(f"{where}: fields 'window' and 'hop' must be >= 1 (got {window}, {hop})")
+    channels = _req(m, "channels", where, list)
+    if not channels or not all(isinstance(c, str) for c in channels):
+        raise ModelError(f"{where}: field 'channels' must be a non-empty list of names")
+    norm = _req(m, "normalization", where, dict)
+    mean = np.asarray(_req(norm, "mean", where + ": normalization", list), dtype=np.float64)
+    std = np.asarray(_req(norm, "std", where + ": normalization", list), dtype=np.float64)
+    for fname, arr in (("mean", mean), ("std", std)):
+        if arr.shape != (len(channels),) or not np.all(np.isfinite(arr)):
+            raise ModelError(f"{where}: field 'normalization.{fname}' must be {len(channels)} finite numbers")
+    if np.any(std < 0):
+        raise ModelError(f"{where}: field 'normalization.std' must be >= 0")
+    threshold = m.get("threshold")
+    if kind == "autoencoder":
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold > 0:
+            raise ModelError(f"{where}: field 'threshold' must be a positive number for an autoencoder, got {threshold!r}")
+        threshold = float(threshold)
+    class_names = m.get("class_names")
+    if kind == "classifier" and (not isinstance(class_names, list) or not class_names):
+        raise ModelError(f"{where}: field 'class_names' must be a non-empty list for a classifier")
+    files = _req(m, "files", where, dict)
+    variants = {}
+    for vname, vd in _req(m, "variants", where, dict).items():
+        vw = f"{where}: variants.{vname}"
+        if not isinstance(vd, dict):
+            raise ModelError(f"{vw}: must be a map")
+        fname = _req(vd, "file", vw, str)
+        if "/" in fname or fname.startswith("."):
+            raise ModelError(f"{vw}: field 'file' must be a plain file name, got {fname!r}")
+        batch = vd.get("batch")
+        batch = None if batch == "dynamic" else batch
+        if batch is not None and (not isinstance(batch, int) or batch < 1):
+            raise ModelError(f"{vw}: field 'batch' must be 'dynamic' or a positive int, got {vd.get('batch')!r}")
+        spec_in = _tensor_spec(vd.get("input"), vw + ".input")
+        spec_out = _tensor_spec(vd.get("output"), vw + ".output")
+        want_in = (batch if batch is not None else -1, 1, window, len(channels))
+        if vd.get("layout", "NHWC") == "NHWC" and spec_in.shape != want_in:
+            raise ModelError(f"{vw}.input: field 'shape' is {list(spec_in.shape)}, window {window} and "
+                             f"{len(channels)} channels need {list(want_in)}")
+        variants[vname] = Variant(vname, d / fname, batch, spec_in, spec_out)
+        if fname not in files:
+            raise ModelError(f"{where}: field 'files' has no sha256 for {fname}")
+    if not variants:
+        raise ModelError(f"{where}: field 'variants' is empty")
+    model = Model(name, d, kind, window, hop, list(channels), mean, std, threshold,
+                  class_names, variants, m)
+    if verify:
+        for fname, digest in files.items():
+            fpath = d / fname
+            if not fpath.is_file():
+                raise ModelError(f"{fpath}: listed in {MANIFEST} 'files' but missing")
+            got = sha256(fpath)
+            if got != digest:
+                raise ModelError(f"{fpath}: sha256 {got[:16]}… does not match {MANIFEST} "
+                                 f"'files' ({str(digest)[:16]}…)")
+        for v in variants.values():
+            verify_tensors(v)
+    return model
+
+
+def verify_tensors(variant: Variant) -> None:
+    """Open `variant` in the TFLite interpreter and compare its I/O tensors with the manifest."""
+    from .backends import _litert
+
+    Interpreter = _litert.find()[0]
+    try:
+        interp = Interpreter(model_path=str(variant.path))
+    except Exception as exc:
+        raise ModelError(f"{variant.path}: not a loadable TFLite model ({exc})") from None
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise ModelError(f"{variant.path}: expected 1 input and 1 output tensor, got {len(ins)} and {len(outs)}")
+    for role, det, spec in (("input", ins[0], variant.input), ("output", outs[0], variant.output)):
+        sig = tuple(int(s) for s in det.get("shape_signature", det["shape"]))
+        if sig != spec.shape:
+            raise ModelError(f"{variant.path}: {role} shape {list(sig)} != manifest "
+                             f"variants.{variant.name}.{role}.shape {list(spec.shape)}")
+        dtype = np.dtype(det["dtype"]).name
+        if dtype != spec.dtype:
+            raise ModelError(f"{variant.path}: {role} dtype {dtype} != manifest "
+                             f"variants.{variant.name}.{role}.dtype {spec.dtype}")
+        scale, zp = det["quantization"]
+        if not np.isclose(scale, spec.scale, rtol=1e-6) or zp != spec.zero_point:
+            raise ModelError(f"{variant.path}: {role} quantization ({scale}, {zp}) != manifest "
+                             f"variants.{variant.name}.{role} ({spec.scale}, {spec.zero_point})")

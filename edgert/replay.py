@@ -1,0 +1,125 @@
+"""Replay recorded samples onto the bus as a sensor would: CSV, NPZ or shipped recordings.
+
+Each source is a segment; between segments sensor time jumps by `gap_s`, which the daemon
+sees as a new recording (its windows restart instead of stitching two recordings together).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bus import SensorPublisher
+
+SHIPPED_PREFIX = "itsc:"
+
+
+def load_samples(source: str, columns=None) -> np.ndarray:
+    """Load a [n, C] float32 array from a CSV, an NPZ/NPY, or ``itsc:NAME`` (shipped data).
+
+    CSV: ``,`` or ``;`` separated, an optional header row; non-numeric columns (timestamps,
+    labels given by name in `columns`' absence) are skipped. `columns`: names (with a header)
+    or 0-based indices to keep.
+    Raises:
+      ValueError naming the file and what is wrong with it.
+    """
+    if source.startswith(SHIPPED_PREFIX):
+        from .data import itsc_recording
+        return itsc_recording(source[len(SHIPPED_PREFIX):])
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"{source}: no such file")
+    if path.suffix in (".npz", ".npy"):
+        obj = np.load(path, allow_pickle=False)
+        if isinstance(obj, np.lib.npyio.NpzFile):
+            keys = list(obj.keys())
+            key = "samples" if "samples" in keys else keys[0] if keys else None
+            if key is None:
+                raise ValueError(f"{source}: empty NPZ")
+            arr = obj[key]
+        else:
+            arr = obj
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise ValueError(f"{source}: expected a [n_samples, n_channels] array, got shape {arr.shape}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    with open(path, "r", encoding="utf-8") as f:
+        first = f.readline()
+        second = f.readline()
+    delim = ";" if first.count(";") > first.count(",") else ","
+    head = [h.strip() for h in first.strip().split(delim)]
+
+    def numeric(tok: str) -> bool:
+        try:
+            float(tok)
+            return True
+        except ValueError:
+            return False
+
+    has_header = not all(numeric(h) for h in head)
+    data_row = (second if has_header else first).strip().split(delim)
+    numeric_cols = [i for i, tok in enumerate(data_row) if numeric(tok.strip())]
+    if columns:
+        use = []
+        for c in columns:
+            if isinstance(c, int) or str(c).isdigit():
+                use.append(int(c))
+            elif has_header and c in head:
+                use.append(head.index(c))
+            else:
+                raise ValueError(f"{source}: no column {c!r} (columns: {', '.join(head)})")
+    else:
+        use = numeric_cols
+        if has_header:  # labels are not sensor channels
+            use = [i for i in use if head[i].lower() not in ("anomaly", "changepoint", "label", "labels")]
+    if not use:
+        raise ValueError(f"{source}: no numeric columns")
+    try:
+        arr = np.loadtxt(path, delimiter=delim, skiprows=1 if has_header else 0, usecols=use,
+                         dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def replay(segments, pub: SensorPublisher, rate_hz: float, block: int = 64, speed: float = 1.0,
+           realtime: bool = True, gap_s: float = 1.0, t0_ns: int | None = None,
+           on_block=None) -> dict:
+    """Send segments ([n, C] arrays) as blocks of `block` samples.
+
+    Args:
+      rate_hz: sensor sample rate (sets dt).
+      speed: wall-clock speed-up when `realtime` (2.0 = twice real time).
+      realtime: pace sends to the sample clock; False sends as fast as the socket takes them.
+      gap_s: sensor-time gap inserted between segments.
+      on_block: optional ``callable(segment_index, start_sample, n)`` after each send.
+    Returns:
+      counts: blocks, samples, seconds, segment boundaries as (t_first_ns, t_last_ns).
+    """
+    dt = int(round(1e9 / rate_hz))
+    t = time.time_ns() if t0_ns is None else int(t0_ns)
+    start_wall = time.perf_counter()
+    sent_samples = 0
+    spans = []
+    blocks = 0
+    for si, seg in enumerate(segments):
+        seg_t0 = t
+        for i in range(0, seg.shape[0], block):
+            part = seg[i:i + block]
+            pub.send(part, t, dt)
+            blocks += 1
+            t += part.shape[0] * dt
+            sent_samples += part.shape[0]
+            if on_block is not None:
+                on_block(si, i, part.shape[0])
+            if realtime:
+                ahead = sent_samples / rate_hz / speed - (time.perf_counter() - start_wall)
+                if ahead > 0:
+                    time.sleep(ahead)
+        spans.append((seg_t0, t - dt))
+        t += int(gap_s * 1e9)
+    return {"blocks": blocks, "samples": sent_samples, "seconds": time.perf_counter() - start_wall,
+            "spans": spans, "dt": dt}

@@ -1,0 +1,127 @@
+"""Per-sensor ring buffers that cut sliding windows (length W, every H samples).
+
+Each sensor owns a preallocated mirrored ring (see docs/design.md), so every window is a
+contiguous view. A block is appended in chunks no larger than the ring can hold beside a
+pending window; after each chunk the windows it completed are normalized and quantized
+straight into the batcher's input tensor (a kernel call per chunk, not per window) before
+the ring moves on. Sensor time is checked on every block: a jump forward (the sensor paused,
+or a new recording began) restarts the sensor's windows instead of stitching across it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .wire import WireError
+
+
+class SensorStream:
+    """Ring buffer and time/sequence bookkeeping of one sensor.
+
+    Args:
+      sensor: sensor id.
+      index: small integer id used in batch metadata arrays.
+      n_channels, window, hop: from the model manifest.
+      capacity: ring capacity in samples (>= 2 * window).
+      gap_samples: a t0 more than this many sample periods away from the expected one is a
+        time gap (forward) or a t0 going backwards (an overlap).
+    """
+
+    def __init__(self, sensor: str, index: int, n_channels: int, window: int, hop: int,
+                 capacity: int = 1024, gap_samples: float = 3.0):
+        self.sensor = sensor
+        self.index = index
+        self.window = window
+        self.hop = hop
+        self.cap = max(int(capacity), 2 * window)
+        self.ring = np.zeros((2 * self.cap, n_channels), dtype=np.float32)
+        self.gap_samples = gap_samples
+        self.last_seq: int | None = None
+        self.t_origin = 0  # ns of logical sample 0 since the last restart
+        self.dt = 0
+        self.pos = 0  # logical samples appended since the last restart
+        self.next_start = 0  # logical start of the next window to cut
+        self.restarts = 0
+
+    def restart(self, t0: int, dt: int) -> None:
+        self.t_origin, self.dt, self.pos, self.next_start = t0, dt, 0, 0
+        self.restarts += 1
+
+    def check(self, seq: int, t0: int, dt: int, n: int, notes) -> None:
+        """Check a block's seq and t0 against the stream; restart windows on a time gap.
+
+        Args:
+          notes: ``callable(reason)`` for things that are noted, not dropped.
+        Raises:
+          WireError("seq_backwards" | "t0_backwards") for a block to drop.
+        """
+        expected_t = self.t_origin + self.pos * self.dt
+        tol = self.gap_samples * max(dt, self.dt)
+        if self.last_seq is not None:
+            if seq <= self.last_seq:
+                if self.dt and t0 > expected_t + tol:
+                    # seq restarted and time moved on: the sensor rebooted. Accept it.
+                    notes("sensor_restart")
+                    self.last_seq = None
+                else:
+                    raise WireError("seq_backwards", f"seq {seq} after {self.last_seq}", self.sensor)
+            elif seq > self.last_seq + 1:
+                notes("seq_gap")
+        if self.dt == 0:
+            self.restart(t0, dt)  # first block of this sensor
+        elif dt != self.dt:
+            notes("dt_change")
+            self.restart(t0, dt)
+        elif t0 < expected_t - tol:
+            raise WireError("t0_backwards", f"t0 {t0} is {(expected_t - t0) / 1e6:.3f} ms before the end "
+                            f"of the previous block (seq {self.last_seq})", self.sensor)
+        elif t0 > expected_t + tol:
+            notes("time_gap")
+            self.restart(t0, dt)
+        self.last_seq = seq
+
+    def window_times(self, starts: np.ndarray) -> np.ndarray:
+        """ns timestamps of the first sample of windows at logical `starts`."""
+        return self.t_origin + starts * self.dt
+
+
+def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int, batcher) -> int:
+    """Append a block to a sensor's ring and hand every completed window to the batcher.
+
+    Args:
+      stream: the sensor's `SensorStream` (already `check`-ed for this block).
+      samples: [n, C] view of the message payload (any wire dtype).
+      seq: the block's seq (recorded per window).
+      t_recv: ns (perf counter) when the message was received.
+      batcher: the `edgert.batcher.Batcher` whose input tensor the windows go into (it
+        holds the model's normalization and the tensor's quantization).
+    Returns:
+      the number of windows cut.
+    """
+    W, H, cap = stream.window, stream.hop, stream.cap
+    chunk = cap - W + 1
+    n = samples.shape[0]
+    cut = 0
+    i = 0
+    while i < n:
+        part = samples[i:i + chunk]
+        i += part.shape[0]
+        stream.pos = kernels.ring_append(stream.ring, cap, stream.pos, part)
+        last = stream.pos - W  # last possible window start
+        if stream.next_start > last:
+            continue
+        starts = np.arange(stream.next_start, last + 1, H, dtype=np.int64)
+        stream.next_start = int(starts[-1]) + H
+        j = 0
+        while j < starts.size:
+            k = min(starts.size - j, batcher.free)
+            sel = starts[j:j + k]
+            row = batcher.n
+            kernels.normalize_quantize(stream.ring, cap, sel, W, batcher.mean, batcher.inv_std,
+                                       batcher.in_scale, batcher.in_zp, batcher.buf, row)
+            kernels.window_stats(stream.ring, cap, sel, W, batcher.stats[row:row + k])
+            batcher.commit(k, stream.index, stream.window_times(sel), seq, t_recv)
+            j += k
+        cut += starts.size
+    return cut
