@@ -1,0 +1,112 @@
+"""Model directories: the shipped model verifies; every kind of mismatch is refused by name."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgert import models
+from edgert.backends import create
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    src = models.resolve("motor-ae")
+    dst = tmp_path / "motor-ae"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit(d, fn):
+    p = d / "manifest.json"
+    m = json.loads(p.read_text())
+    fn(m)
+    p.write_text(json.dumps(m))
+
+
+def test_shipped_model_loads_and_runs():
+    assert "motor-ae" in models.shipped()
+    m = models.load("motor-ae")
+    assert m.kind == "autoencoder" and m.threshold > 0
+    assert m.variants["dynamic"].input.shape == (-1, 1, m.window, m.n_channels)
+    be = create("cpu", m, max_batch=8)
+    buf = be.input_buffer()
+    assert buf.shape == (8, 1, m.window, m.n_channels) and buf.dtype == np.int8
+    out = be.run(3)
+    assert out.shape[1:] == (1, m.window, m.n_channels)
+    be.close()
+
+
+def test_load_by_path_and_manifest_path(model_dir):
+    assert models.load(model_dir).name == "motor-ae"
+    assert models.load(model_dir / "manifest.json").name == "motor-ae"
+
+
+def test_corrupt_file_refused_by_sha(model_dir):
+    f = model_dir / models.load(model_dir).variants["dynamic"].path.name
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(models.ModelError, match=f"{f.name}: sha256"):
+        models.load(model_dir)
+
+
+def test_garbage_model_with_matching_sha_refused(model_dir):
+    name = models.load(model_dir).variants["dynamic"].path.name
+    (model_dir / name).write_bytes(b"not a flatbuffer" * 10)
+    edit(model_dir, lambda m: m["files"].__setitem__(name, models.sha256(model_dir / name)))
+    with pytest.raises(models.ModelError, match="not a loadable TFLite model"):
+        models.load(model_dir)
+
+
+def test_missing_file_refused(model_dir):
+    name = models.load(model_dir).variants["dynamic"].path.name
+    (model_dir / name).unlink()
+    with pytest.raises(models.ModelError, match="missing"):
+        models.load(model_dir)
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda m: m.pop("threshold"), "threshold"),
+    (lambda m: m.__setitem__("kind", "regressor"), "kind"),
+    (lambda m: m.__setitem__("window", 0), "window"),
+    (lambda m: m["normalization"].__setitem__("mean", [0.0]), "normalization.mean"),
+    (lambda m: m["normalization"].__setitem__("std", [1.0, -1.0, 1.0]), "normalization.std"),
+    (lambda m: m.__setitem__("channels", []), "channels"),
+    (lambda m: m["variants"]["dynamic"]["input"].__setitem__("dtype", "float32"), "dtype"),
+    (lambda m: m["variants"]["dynamic"]["input"].__setitem__("scale", 0), "scale"),
+    (lambda m: m.__setitem__("files", {}), "files"),
+    (lambda m: m["variants"]["dynamic"].__setitem__("file", "../x.tflite"), "file"),
+])
+def test_manifest_field_errors_name_the_field(model_dir, change, field):
+    edit(model_dir, change)
+    with pytest.raises(models.ModelError, match="manifest.json") as ei:
+        models.load(model_dir)
+    assert field.split(".")[-1] in str(ei.value)
+
+
+def test_wrong_shape_model_refused(model_dir):
+    """A manifest whose window disagrees with the .tflite tensors (a wrong-shape model)."""
+    def change(m):
+        m["window"] = m["window"] * 2
+        for v in m["variants"].values():
+            v["input"]["shape"][2] *= 2
+    edit(model_dir, change)
+    with pytest.raises(models.ModelError, match="input shape"):
+        models.load(model_dir)
+
+
+def test_quantization_mismatch_refused(model_dir):
+    edit(model_dir, lambda m: m["variants"]["dynamic"]["output"].__setitem__(
+        "scale", m["variants"]["dynamic"]["output"]["scale"] * 1.5))
+    with pytest.raises(models.ModelError, match="output quantization"):
+        models.load(model_dir)
+
+
+def test_bad_json_and_unknown_model(model_dir, tmp_path):
+    (model_dir / "manifest.json").write_text("{not json")
+    with pytest.raises(models.ModelError, match="not valid JSON"):
+        models.load(model_dir)
+    with pytest.raises(models.ModelError, match="no-such"):
+        models.load(tmp_path / "no-such")
