@@ -54,6 +54,8 @@ class Daemon:
         self.win_counts = np.zeros(cfg.max_sensors, dtype=np.int64)
         self.anom_counts = np.zeros(cfg.max_sensors, dtype=np.int64)
         self._stop = False
+        self.batch_errors = 0
+        self.lost_windows = 0
         self.started_ns = 0
         self.first_decision_ns = 0
         self.sock = None
@@ -126,6 +128,14 @@ class Daemon:
 
     # -- a batch is due -------------------------------------------------------
     def _on_batch(self, b: Batcher, k: int, reason: str) -> None:
+        try:
+            self._score_batch(b, k)
+        except Exception as exc:  # a failing backend or kernel must not take the daemon down
+            self.batch_errors += 1
+            self.lost_windows += k
+            self.rlog.warning("batch", f"batch of {k} windows failed and was lost: {exc!r}")
+
+    def _score_batch(self, b: Batcher, k: int) -> None:
         out = self.backend.run(k)
         scores, ch_err = self.scorer.score(b.buf, out, k)
         sidx = b.sensor_idx[:k]
@@ -184,6 +194,8 @@ class Daemon:
             "backend": self.backend.name,
             "kernels": kernels.BACKEND,
             "batches": self.batcher.batches,
+            "batch_errors": self.batch_errors,
+            "lost_windows": self.lost_windows,
             "batch_reasons": dict(self.batcher.reasons),
             "p50_latency_us": self.latency.quantile(0.50),
             "p99_latency_us": self.latency.quantile(0.99),

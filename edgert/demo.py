@@ -24,7 +24,7 @@ from . import events as ev
 from . import models
 
 HEALTHY = "SC_HLT_005"
-FAULT = "SC_A3_B0_C0"  # 30 % inter-turn short circuit in phase A
+FAULT = "SC_A3_B0_C0_001"  # 30 % inter-turn short circuit in phase A
 RATE_HZ = 1000.0
 GAP_S = 1.0
 

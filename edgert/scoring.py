@@ -54,7 +54,8 @@ class ReconstructionScorer:
 
     def score(self, inp: np.ndarray, out: np.ndarray, k: int):
         """Return (scores[k], ch_err[k, C]) views for the first k rows."""
-        kernels.recon_error(inp, self.in_scale, self.in_zp, out, self.out_scale, self.out_zp,
+        # The output may come from a smaller interpreter than the input buffer: compare rows [0, k).
+        kernels.recon_error(inp[:k], self.in_scale, self.in_zp, out[:k], self.out_scale, self.out_zp,
                             k, self.ch_err, self.scores)
         return self.scores[:k], self.ch_err[:k]
 

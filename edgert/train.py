@@ -21,7 +21,12 @@ What it does:
    layers, a linear Conv2D with C filters at the end), which converts to bare CONV_2D /
    TRANSPOSE_CONV (Edge TPU friendly, no reshapes, no UpSampling);
 3. converts it twice with full-integer int8 post-training quantization: ``*_dyn.tflite``
-   (batch -1, for the CPU path) and ``*_b1.tflite`` (fixed ``[1, 1, W, C]``);
+   (batch -1, for the CPU path) and ``*_b1.tflite`` (fixed ``[1, 1, W, C]``, for the Edge TPU:
+   CONV_2D, TRANSPOSE_CONV v2, RELU only). In the dynamic variant each Conv2DTranspose is
+   rewritten as its exact sub-pixel equivalent (Conv2D + constant-shape Reshape, same weights,
+   float outputs checked equal): a TRANSPOSE_CONV with a dynamic batch needs a run-time output
+   shape, which in LiteRT makes every later tensor dynamic (unallocated until the first
+   invoke, not taken by XNNPACK, ~5x slower here);
 4. calibrates the threshold on int8 scores computed with LiteRT and measures false alarms,
    per-class detection and float-vs-int8 agreement;
 5. writes ``manifest.json`` (the contract in docs/design.md, "Model directory").
@@ -30,7 +35,9 @@ What it does:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import platform
@@ -38,9 +45,9 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -70,7 +77,10 @@ class AEConfig:
     name: str = "motor-ae"
     window: int = 64                 # W, samples
     hop: int = 16                    # H, samples: runtime hop, and the hop of all scored windows
-    train_hop: int = 2               # hop of the windows the network is fitted on (augmentation)
+    # hop of the windows the network is fitted on: denser than ``hop`` as augmentation (every
+    # 2nd phase offset of the 60 Hz waveform instead of every 16th sample); normalization,
+    # threshold and metrics all use ``hop``
+    train_hop: int = 2
     channels: tuple[str, ...] = ("ia", "ib", "ic")
     sample_rate_hz: int = 1000
     # architecture
@@ -78,6 +88,10 @@ class AEConfig:
     filters: tuple[int, ...] = (16, 16, 16)  # one strided (stride 2) conv per entry
     latent: int = 3                  # bottleneck: [1, 1, latent]
     out_kernel: int = 3              # linear output conv
+    # how the dynamic-batch variant expresses the decoder: "subpixel" (exact CONV_2D + RESHAPE
+    # rewrite of each Conv2DTranspose, static shapes once the batch is set, fully taken by
+    # XNNPACK) or "transpose" (TRANSPOSE_CONV; its output shape becomes a run-time tensor)
+    dyn_decoder: str = "subpixel"
     # training
     epochs: int = 150
     batch_size: int = 64
@@ -185,9 +199,12 @@ def build_autoencoder(cfg: AEConfig, batch: int | None = None):
     Encoder: one Conv2D ``(1, k)`` stride ``(1, 2)`` + ReLU per entry of ``cfg.filters``, then
     a ``(1, W / 2**len(filters))`` valid Conv2D with ``cfg.latent`` filters and no activation,
     which collapses the window to a ``[1, 1, latent]`` code. Decoder: the mirror image with
-    Conv2DTranspose, each followed by its own ReLU layer (a ReLU fused into TRANSPOSE_CONV
-    makes op version 4, which the last edgetpu_compiler does not accept), and a linear Conv2D
-    with C filters.
+    Conv2DTranspose, each followed by its own ReLU layer, and a linear Conv2D with C filters.
+
+    The Conv2DTranspose layers have no bias on purpose: with a bias, the TFLite converter fuses
+    BiasAdd + the following ReLU layer into TRANSPOSE_CONV (fused activation -> op version 4,
+    newer than the last edgetpu_compiler accepts). Without one they convert to TRANSPOSE_CONV
+    v2 followed by a separate RELU op (checked in the converted model, see ``tflite_ops``).
     """
     tf = _tf()
     L = tf.keras.layers
@@ -202,13 +219,117 @@ def build_autoencoder(cfg: AEConfig, batch: int | None = None):
         h = L.Conv2D(f, (1, cfg.kernel), strides=(1, 2), padding="same", name=f"enc{i}")(h)
         h = L.ReLU(name=f"enc{i}_relu")(h)
     code = L.Conv2D(cfg.latent, (1, w_code), padding="valid", name="code")(h)
-    h = L.Conv2DTranspose(cfg.filters[-1], (1, w_code), padding="valid", name="dec_expand")(code)
+    h = L.Conv2DTranspose(cfg.filters[-1], (1, w_code), padding="valid", use_bias=False,
+                          name="dec_expand")(code)
     h = L.ReLU(name="dec_expand_relu")(h)
     for i, f in enumerate(reversed(cfg.filters)):
-        h = L.Conv2DTranspose(f, (1, cfg.kernel), strides=(1, 2), padding="same", name=f"dec{i}")(h)
+        h = L.Conv2DTranspose(f, (1, cfg.kernel), strides=(1, 2), padding="same", use_bias=False,
+                              name=f"dec{i}")(h)
         h = L.ReLU(name=f"dec{i}_relu")(h)
     out = L.Conv2D(C, (1, cfg.out_kernel), padding="same", name="recon")(h)
     return tf.keras.Model(inp, out, name=cfg.name.replace("-", "_"))
+
+
+def _subpixel_taps(k: int, stride: int = 2) -> tuple[int, list[list[tuple[int, int]]]]:
+    """How a ``(1, k)`` stride-2 'same' Conv2DTranspose maps onto a stride-1 Conv2D.
+
+    TF's transposed conv computes ``y[o] += x[i] K[t]`` for ``o = stride*i + t - pb`` with
+    ``pb = max(k - stride, 0) // 2``. Output position ``o = stride*j + r`` (phase ``r``) thus
+    takes ``x[j + d]`` with ``d = (r + pb - t) / stride`` for every tap ``t`` that makes it an
+    integer. Returns (``m``, per phase the list of (conv tap ``u = d + m``, ConvT tap ``t``)),
+    for a symmetric ``'same'`` Conv2D of width ``2m + 1``.
+    """
+    pb = max(k - stride, 0) // 2
+    pairs = [[((r + pb - t) // stride, t) for t in range(k) if (r + pb - t) % stride == 0]
+             for r in range(stride)]
+    m = max(abs(d) for ph in pairs for d, _ in ph)
+    return m, [[(d + m, t) for d, t in ph] for ph in pairs]
+
+
+def build_subpixel_autoencoder(cfg: AEConfig, batch: int | None = None):
+    """The same function as ``build_autoencoder`` with each Conv2DTranspose written as its
+    exact sub-pixel equivalent: a stride-1 Conv2D with ``stride × filters`` outputs (one group
+    per output phase) and a Reshape ``[.., 1, w, stride*f] -> [.., 1, stride*w, f]`` that
+    interleaves the phases (ReLU applied before the Reshape: it is elementwise).
+
+    Used for the dynamic-batch CPU variant. A TRANSPOSE_CONV whose batch is dynamic needs its
+    output shape computed at run time (SHAPE/STRIDED_SLICE/PACK), which LiteRT treats as a
+    dynamic tensor: every op after it is allocated only at the first invoke (no zero-copy
+    output view after ``allocate_tensors``) and XNNPACK cannot take it. This form converts to
+    CONV_2D + RESHAPE only, whose shapes are all known once the batch is set.
+    Weights come from a trained ``build_autoencoder`` model via ``to_subpixel``.
+    """
+    tf = _tf()
+    L = tf.keras.layers
+    W, C = cfg.window, len(cfg.channels)
+    n_down = len(cfg.filters)
+    w_code = W // 2 ** n_down
+    m, _ = _subpixel_taps(cfg.kernel)
+
+    class Shuffle(L.Layer):
+        """Reshape to ``[-1, 1, w, f]`` with a constant shape (Keras' Reshape computes the batch
+        with SHAPE/PACK, which would make the RESHAPE output dynamic again)."""
+
+        def __init__(self, w, f, **kw):
+            super().__init__(**kw)
+            self.w, self.f = w, f
+
+        def call(self, x):
+            return tf.keras.ops.reshape(x, (-1, 1, self.w, self.f))
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], 1, self.w, self.f)
+
+    inp = tf.keras.Input(shape=(1, W, C), batch_size=batch, name="x")
+    h = inp
+    for i, f in enumerate(cfg.filters):
+        h = L.Conv2D(f, (1, cfg.kernel), strides=(1, 2), padding="same", name=f"enc{i}")(h)
+        h = L.ReLU(name=f"enc{i}_relu")(h)
+    h = L.Conv2D(cfg.latent, (1, w_code), padding="valid", name="code")(h)
+    f = cfg.filters[-1]
+    h = L.Conv2D(w_code * f, (1, 1), use_bias=False, activation="relu", name="dec_expand_sp")(h)
+    h = Shuffle(w_code, f, name="dec_expand_shuffle")(h)
+    w = w_code
+    for i, f in enumerate(reversed(cfg.filters)):
+        h = L.Conv2D(2 * f, (1, 2 * m + 1), padding="same", use_bias=False, activation="relu",
+                     name=f"dec{i}_sp")(h)
+        w *= 2
+        h = Shuffle(w, f, name=f"dec{i}_shuffle")(h)
+    out = L.Conv2D(C, (1, cfg.out_kernel), padding="same", name="recon")(h)
+    return tf.keras.Model(inp, out, name=cfg.name.replace("-", "_") + "_sp")
+
+
+def to_subpixel(cfg: AEConfig, model, batch: int | None = None, check: np.ndarray | None = None):
+    """A ``build_subpixel_autoencoder`` model carrying the weights of the trained ``model``.
+
+    With ``check`` (normalized windows), asserts both give the same float output.
+    """
+    sp = build_subpixel_autoencoder(cfg, batch=batch)
+    src = {layer.name: layer for layer in model.layers}
+    _, phases = _subpixel_taps(cfg.kernel)
+    for layer in sp.layers:
+        if layer.name in src and layer.get_weights():
+            layer.set_weights(src[layer.name].get_weights())
+    # dec_expand: ConvT kernel [1, w_code, f, latent], y[o] = x[0] K[o] -> 1x1 conv, o*f + c
+    K = src["dec_expand"].get_weights()[0]
+    _, wc, f, lat = K.shape
+    Wt = np.transpose(K[0], (2, 0, 1)).reshape(1, 1, lat, wc * f)
+    sp.get_layer("dec_expand_sp").set_weights([Wt])
+    for i, _f in enumerate(reversed(cfg.filters)):
+        K = src[f"dec{i}"].get_weights()[0]          # [1, k, f_out, f_in]
+        _, k, fo, fi = K.shape
+        Wt = np.zeros((1, 2 * _subpixel_taps(k)[0] + 1, fi, 2 * fo), np.float32)
+        for r, ph in enumerate(phases):
+            for u, t in ph:
+                Wt[0, u, :, r * fo:(r + 1) * fo] = K[0, t].T
+        sp.get_layer(f"dec{i}_sp").set_weights([Wt])
+    if check is not None:
+        a = model.predict(check, batch_size=256, verbose=0)
+        b = sp.predict(check, batch_size=256, verbose=0)
+        err = float(np.abs(a - b).max())
+        if not err < 1e-4 * max(1.0, float(np.abs(a).max())):
+            raise RuntimeError(f"sub-pixel decoder differs from Conv2DTranspose: {err}")
+    return sp
 
 
 def train_autoencoder(cfg: AEConfig, x_train: np.ndarray, seed: int, verbose: int = 0):
@@ -251,7 +372,8 @@ def convert_int8(model, rep: np.ndarray) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    return conv.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras export chatter
+        return conv.convert()
 
 
 def clone_with_batch(cfg: AEConfig, model, batch: int | None):
@@ -279,12 +401,17 @@ class Int8Model:
     ``recon_error`` kernel contract (docs/design.md), in float64.
     """
 
-    def __init__(self, content: bytes, num_threads: int = 1):
+    def __init__(self, content: bytes, num_threads: int = 1, xnnpack: bool = True):
         self.content = content
         self._Interp = _interpreter_cls()
-        self.num_threads = num_threads
+        self._kw = {"num_threads": num_threads}
+        if not xnnpack:  # TFLite's builtin kernels only (no default XNNPACK delegate)
+            from ai_edge_litert.interpreter import OpResolverType
+
+            self._kw["experimental_op_resolver_type"] = (
+                OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         self._by_batch: dict[int, object] = {}
-        it = self._Interp(model_content=content, num_threads=num_threads)
+        it = self._Interp(model_content=content, **self._kw)
         it.allocate_tensors()
         i, o = it.get_input_details()[0], it.get_output_details()[0]
         self.in_shape = [int(v) for v in i["shape_signature"]]
@@ -307,7 +434,7 @@ class Int8Model:
         if it is None:
             if self.fixed_batch is not None:
                 raise ValueError(f"model has a fixed batch {self.fixed_batch}, asked for {batch}")
-            it = self._Interp(model_content=self.content, num_threads=self.num_threads)
+            it = self._Interp(model_content=self.content, **self._kw)
             idx = it.get_input_details()[0]["index"]
             it.resize_tensor_input(idx, [batch] + self.in_shape[1:], strict=True)
             it.allocate_tensors()
@@ -390,13 +517,27 @@ def _quantile(scores: np.ndarray, q: float) -> float:
     return float(np.quantile(np.asarray(scores, np.float64), q, method="higher"))
 
 
+def export_dynamic(cfg: AEConfig, model, rep: np.ndarray) -> bytes:
+    """int8 dynamic-batch variant of the trained (batch None) ``model``."""
+    if cfg.dyn_decoder == "subpixel":
+        return convert_int8(to_subpixel(cfg, model, batch=None, check=rep[:256]), rep)
+    if cfg.dyn_decoder == "transpose":
+        return convert_int8(model, rep)
+    raise ValueError(f"dyn_decoder must be 'subpixel' or 'transpose', not {cfg.dyn_decoder!r}")
+
+
+def export_b1(cfg: AEConfig, model, rep: np.ndarray) -> bytes:
+    """int8 fixed ``[1, 1, W, C]`` variant (Conv2DTranspose kept: TRANSPOSE_CONV for the TPU)."""
+    return convert_int8(clone_with_batch(cfg, model, 1), rep)
+
+
 def calibrate_threshold(cfg: AEConfig, recs: dict[str, np.ndarray], seed: int,
                         log=print) -> dict:
     """Leave-one-recording-out over the training recordings.
 
     For each training recording r, a model with the same config and seed is trained on the
     other training recordings (normalization fitted on them too), converted to int8, and scores
-    the windows of r through LiteRT: these scores come from recordings the scoring model never
+    the windows of r through LiteRT (dynamic variant, as shipped): these scores come from recordings the scoring model never
     saw, which is the situation the threshold must hold in (healthy recordings differ from
     each other by a few per cent). threshold = factor × quantile of the pooled held-out scores.
     """
@@ -408,7 +549,7 @@ def calibrate_threshold(cfg: AEConfig, recs: dict[str, np.ndarray], seed: int,
             np.concatenate([make_windows(recs[n], cfg.window, cfg.hop) for n in others]))
         model, _ = train_autoencoder(cfg, normalize(tr, mean, std), seed)
         rep = representative_set(cfg, normalize(tr, mean, std), seed)
-        m8 = Int8Model(convert_int8(model, rep))
+        m8 = Int8Model(export_dynamic(cfg, model, rep))
         s, _ = m8.errors(normalize(make_windows(recs[r], cfg.window, cfg.hop), mean, std))
         per_rec[r] = s
         pooled.append(s)
@@ -446,14 +587,14 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
     # --- threshold (leave-one-recording-out) ----------------------------------------------
     log("calibrating threshold (leave-one-recording-out) ...")
     cal = calibrate_threshold(cfg, recs, seed, log=log)
-    threshold = cal["threshold"]
+    threshold = _r(cal["threshold"], 6)  # the value written to the manifest is the one measured
 
     # --- final model -------------------------------------------------------------------
     log("training the final model ...")
     model, hist = train_autoencoder(cfg, x_fit, seed)
     rep = representative_set(cfg, x_fit, seed)
-    dyn_bytes = convert_int8(model, rep)
-    b1_bytes = convert_int8(clone_with_batch(cfg, model, 1), rep)
+    dyn_bytes = export_dynamic(cfg, model, rep)
+    b1_bytes = export_b1(cfg, model, rep)
     dyn, b1 = Int8Model(dyn_bytes), Int8Model(b1_bytes)
 
     # --- checks ------------------------------------------------------------------------
@@ -464,66 +605,56 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
     for b in (1, 8):
         sb, chb = dyn.errors(all_x, batch=b)
         per_batch_equal[b] = bool(np.array_equal(chb, ch32))
-    sb1, chb1 = b1.errors(all_x)
-    b1_equal = bool(np.array_equal(chb1, ch32))
     if not all(per_batch_equal.values()):
         raise RuntimeError(f"dynamic model gives different results per batch size: {per_batch_equal}")
-    if dyn.io()["input"]["scale"] != b1.io()["input"]["scale"]:
-        log("warning: b1 and dyn variants have different input quantization")
+    # b1 vs dyn: the same trained weights, converted separately. With dyn_decoder="subpixel"
+    # the graphs differ (CONV_2D+RESHAPE vs TRANSPOSE_CONV), so int8 rounding differs a little;
+    # with "transpose" they are the same graph, equal with the builtin kernels (XNNPACK takes
+    # the static TRANSPOSE_CONVs of b1 but not the dynamic ones of dyn, and rounds differently).
+    sb1, chb1 = b1.errors(all_x)
+    b1_equal = bool(np.array_equal(chb1, ch32))
+    if cfg.dyn_decoder == "transpose":
+        _, ch_dyn_ref = Int8Model(dyn_bytes, xnnpack=False).errors(all_x, batch=32)
+        _, ch_b1_ref = Int8Model(b1_bytes, xnnpack=False).errors(all_x)
+        if not np.array_equal(ch_dyn_ref, ch_b1_ref):
+            raise RuntimeError("b1 and dyn variants differ even with the builtin kernels")
 
     # --- metrics -----------------------------------------------------------------------
     offs = np.cumsum([0] + [len(xn[n]) for n in recs])
-    score_of = {n: s32[offs[i]:offs[i + 1]] for i, n in enumerate(recs)}
+    split = lambda s: {n: s[offs[i]:offs[i + 1]] for i, n in enumerate(recs)}  # noqa: E731
+    score_of = split(s32)
     fl_all, _ = float_errors(model, all_x)
     corr_all = float(np.corrcoef(fl_all, s32)[0, 1])
     healthy = [n for n in recs if recording_class(n) == cfg.healthy_class]
     h_idx = np.concatenate([np.arange(offs[i], offs[i + 1]) for i, n in enumerate(recs)
                             if n in healthy])
     corr_h = float(np.corrcoef(fl_all[h_idx], s32[h_idx])[0, 1])
-
-    def rate(names):
-        s = np.concatenate([score_of[n] for n in names])
-        return float((s > threshold).mean()), int(len(s))
-
     classes = sorted({recording_class(n) for n in recs})
-    detection = {}
-    for c in classes:
-        if c == cfg.healthy_class:
-            continue
-        names = sorted(n for n in recs if recording_class(n) == c)
-        r, nwin = rate(names)
-        detection[c] = {
-            "rate": _r(r, 4), "windows": nwin,
-            "per_recording": {n: _r((score_of[n] > threshold).mean(), 4) for n in names}}
-    fa_hold, n_hold = rate(list(cfg.holdout_recordings))
-    fa_train, n_train = rate(list(cfg.train_recordings))
-
-    def by_severity(level):
-        names = [n for n in recs if re.fullmatch(rf"SC_A\d_B\d_C\d_\d+", n)
-                 and max(int(d) for d in re.findall(r"[ABC](\d)", n)) == level]
-        return _r(rate(names)[0], 4)
+    rates = _rates(score_of, threshold, cfg, classes)
+    rates_b1 = _rates(split(sb1), threshold, cfg, classes)
 
     metrics = {
         "scored_with": "LiteRT int8 (dynamic variant, batch 32); score from dequantized int8 "
                        "input and output tensors",
-        "false_alarm_rate_holdout": {n: _r((score_of[n] > threshold).mean(), 4)
-                                     for n in cfg.holdout_recordings},
-        "false_alarm_windows_holdout": int(sum((score_of[n] > threshold).sum()
-                                               for n in cfg.holdout_recordings)),
-        "holdout_windows": n_hold,
-        "false_alarm_rate_train_recordings": _r(fa_train, 4),
-        "detection_rate": {c: detection[c]["rate"] for c in detection},
-        "detection_rate_by_severity": {f"{10 * k}%": by_severity(k) for k in (1, 2, 3, 4)},
-        "detection_windows_per_class": next(iter(detection.values()))["windows"],
-        "detection_per_recording": {c: detection[c]["per_recording"] for c in detection},
+        **rates,
         "score_median": {c: _r(np.median(np.concatenate(
             [score_of[n] for n in recs if recording_class(n) == c]))) for c in classes},
+        "score_p05": {c: _r(np.quantile(np.concatenate(
+            [score_of[n] for n in recs if recording_class(n) == c]), 0.05)) for c in classes},
         "score_max_holdout": _r(max(score_of[n].max() for n in cfg.holdout_recordings)),
         "float_int8_score_corr": _r(corr_all, 5),
         "float_int8_score_corr_healthy_only": _r(corr_h, 5),
         "float_int8_score_corr_windows": int(len(s32)),
+        "float_int8_score_corr_b1": _r(np.corrcoef(fl_all, sb1)[0, 1], 5),
+        "dyn_output_allocated_before_first_invoke": _static_after_resize(dyn_bytes, cfg, 8),
         "dyn_batch_1_8_32_identical": bool(all(per_batch_equal.values())),
         "b1_equals_dyn": b1_equal,
+        "b1_vs_dyn_max_abs_score_diff": _r(np.abs(sb1 - s32).max(), 4),
+        "b1_vs_dyn_max_rel_score_diff": _r((np.abs(sb1 - s32) / np.maximum(s32, 1e-12)).max(), 4),
+        "b1_vs_dyn_decisions_differ": int(((sb1 > threshold) != (s32 > threshold)).sum()),
+        "b1_variant": {k: rates_b1[k] for k in (
+            "false_alarm_rate_holdout", "false_alarm_rate_train_recordings", "detection_rate",
+            "detection_rate_by_severity")},
         "final_train_loss": _r(hist["loss"][-1]),
     }
 
@@ -583,6 +714,7 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
             "architecture": _arch_summary(model),
             "params": int(model.count_params()),
             "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes)},
+            "litert_us_per_window": _speed(dyn, b1, cfg),
             "seconds": round(time.time() - t0, 1),
             "metrics": metrics,
         },
@@ -591,6 +723,74 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"wrote {out} in {time.time() - t0:.0f} s; threshold {threshold:.6g}")
     return manifest
+
+
+def _rates(score_of: dict[str, np.ndarray], threshold: float, cfg: AEConfig,
+           classes: list[str]) -> dict:
+    """False-alarm and detection rates (fraction of windows with score > threshold)."""
+    def rate(names):
+        s = np.concatenate([score_of[n] for n in names])
+        return float((s > threshold).mean()), int(len(s))
+
+    detection = {}
+    for c in classes:
+        if c == cfg.healthy_class:
+            continue
+        names = sorted(n for n in score_of if recording_class(n) == c)
+        r, nwin = rate(names)
+        detection[c] = {
+            "rate": _r(r, 4), "windows": nwin,
+            "per_recording": {n: _r((score_of[n] > threshold).mean(), 4) for n in names}}
+
+    def severity(name):  # "SC_A0_B3_C0_002" -> 3; None for the healthy class
+        m = re.fullmatch(r"SC_A(\d)_B(\d)_C(\d)_\d+", name)
+        return max(int(v) for v in m.groups()) if m else None
+
+    levels = sorted({severity(n) for n in score_of} - {None})
+    return {
+        "false_alarm_rate_holdout": {n: _r((score_of[n] > threshold).mean(), 4)
+                                     for n in cfg.holdout_recordings},
+        "false_alarm_windows_holdout": int(sum((score_of[n] > threshold).sum()
+                                               for n in cfg.holdout_recordings)),
+        "holdout_windows": rate(list(cfg.holdout_recordings))[1],
+        "false_alarm_rate_train_recordings": _r(rate(list(cfg.train_recordings))[0], 4),
+        "detection_rate": {c: detection[c]["rate"] for c in detection},
+        "detection_rate_by_severity": {
+            f"{10 * k}%": _r(rate([n for n in score_of if severity(n) == k])[0], 4)
+            for k in levels},
+        "detection_windows_per_class": {c: detection[c]["windows"] for c in detection},
+        "detection_per_recording": {c: detection[c]["per_recording"] for c in detection},
+    }
+
+
+def _static_after_resize(content: bytes, cfg: AEConfig, batch: int) -> bool:
+    """True when, after resize_tensor_input + allocate_tensors, the output tensor already has
+    its memory (no dynamic tensors), so a zero-copy view can be taken before the first invoke."""
+    it = _interpreter_cls()(model_content=content, num_threads=1)
+    it.resize_tensor_input(it.get_input_details()[0]["index"],
+                           [batch, 1, cfg.window, len(cfg.channels)], strict=True)
+    it.allocate_tensors()
+    try:
+        view = it.tensor(it.get_output_details()[0]["index"])()
+    except ValueError:
+        return False
+    return tuple(view.shape) == (batch, 1, cfg.window, len(cfg.channels))
+
+
+def _speed(dyn: Int8Model, b1: Int8Model, cfg: AEConfig, reps: int = 300) -> dict:
+    """Rough LiteRT invoke cost per window (one thread, this machine, shared; indicative)."""
+    out = {}
+    shape = [1, len(cfg.channels)]
+    for name, m, b in (("dyn_b1", dyn, 1), ("dyn_b32", dyn, 32), ("b1", b1, 1)):
+        it = m._interp(b)
+        it.set_tensor(it.get_input_details()[0]["index"],
+                      np.zeros([b, 1, cfg.window, shape[1]], np.int8))
+        it.invoke()
+        t = time.perf_counter()
+        for _ in range(reps):
+            it.invoke()
+        out[name] = round((time.perf_counter() - t) / reps / b * 1e6, 2)
+    return out
 
 
 def _io_json(m: Int8Model) -> dict:

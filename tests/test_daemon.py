@@ -21,7 +21,7 @@ from edgert.data import itsc_recording
 from edgert.replay import replay
 
 HEALTHY = "SC_HLT_005"  # never seen in training
-FAULTS = ["SC_A3_B0_C0", "SC_A0_B4_C0", "SC_A0_B0_C3"]
+FAULTS = ["SC_A3_B0_C0_001", "SC_A0_B4_C0_002", "SC_A0_B0_C3_003"]
 # Stated false-alarm budget for the healthy stretch (the model's calibrated threshold keeps
 # the unseen healthy recording well below this; see the manifest's metrics).
 MAX_FALSE_ALARM_RATE = 0.02
@@ -163,7 +163,7 @@ def test_bad_input_counted_then_still_detects(tmp_path):
         pub.send_frames([b"bad-1", hdr(seq=13, t0=10**12 + 64_000_000), good])  # gap: noted
         pub.close()
         time.sleep(0.5)
-        res = stream_recordings(r, "motor-2", [HEALTHY, "SC_A3_B0_C0"])
+        res = stream_recordings(r, "motor-2", [HEALTHY, "SC_A3_B0_C0_001"])
         per = windows_per_recording(r.d.model)
         assert r.wait_windows(2 * per + 4)
         r.collect(0.3)

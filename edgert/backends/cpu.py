@@ -35,25 +35,38 @@ class _Slot:
         self.interp.allocate_tensors()
         self.in_index = inp["index"]
         self.out_index = self.interp.get_output_details()[0]["index"]
-        # Views held for the interpreter's lifetime: tensors are never resized after this
-        # point, so the buffers stay put. The public invoke() refuses to run while numpy views
-        # exist (a guard against resizes), so we call the underlying Invoke() directly.
+        # Run once before taking any view: the runtime applies its default delegate (XNNPACK)
+        # lazily at the first invoke and re-plans the tensor arena then, moving the input.
+        self.interp.invoke()
+        # From here on the input view is held for the interpreter's lifetime: nothing resizes
+        # tensors any more, so the arena stays put (the self-test checks it). The public
+        # invoke() refuses to run while numpy views exist (its guard against resizes), so we
+        # call the underlying Invoke() directly. The output of a dynamic-batch model is a
+        # dynamic tensor the runtime may reallocate, so its view is taken afresh per invoke.
         self.inp = self.interp.tensor(self.in_index)()
-        self.out = self.interp.tensor(self.out_index)()
         raw = getattr(self.interp, "_interpreter", None)
         self._invoke = raw.Invoke if raw is not None and hasattr(raw, "Invoke") else None
+        self._in_fn = self.interp.tensor(self.in_index)
+        self._out_fn = self.interp.tensor(self.out_index)
+        self.out = None
+        self.invoke()
         if self.out.shape[0] != batch:
             raise BackendError(f"{path}: output batch is {self.out.shape[0]} after resizing the "
                                f"input to {batch} (this runtime cannot batch this model)")
 
-    def invoke(self) -> None:
+    def invoke(self) -> np.ndarray:
+        self.out = None
         if self._invoke is not None:
             self._invoke()
         else:  # pragma: no cover - runtimes without the private handle
-            inp = self.inp
-            self.inp = self.out = None
+            inp, self.inp = self.inp, None
             self.interp.invoke()
-            self.inp, self.out = inp, self.interp.tensor(self.out_index)()
+            self.inp = inp
+        self.out = self._out_fn()
+        return self.out
+
+    def input_moved(self) -> bool:
+        return self._in_fn().ctypes.data != self.inp.ctypes.data
 
 
 class CpuBackend:
@@ -99,8 +112,7 @@ class CpuBackend:
         slot = self._slots[self._by_k[k]]
         if slot is not self._full:
             slot.inp[:k] = self._full.inp[:k]
-        slot.invoke()
-        return slot.out
+        return slot.invoke()
 
     def close(self) -> None:
         for s in self._slots:
@@ -122,3 +134,7 @@ class CpuBackend:
                 raise BackendError(f"{self.variant.path}: batch {k} differs from batch "
                                    f"{self.max_batch} by up to {worst} LSB on {self.runtime}")
         self._full.inp[:] = 0
+        moved = [s.batch for s in self._slots if s.input_moved()]
+        if moved:
+            raise BackendError(f"{self.variant.path}: {self.runtime} moved the input tensor between "
+                               f"invokes (batch sizes {moved}); cannot write windows in place")
