@@ -57,8 +57,13 @@ __all__ = [
     "make_windows",
     "fit_normalization",
     "build_autoencoder",
+    "build_subpixel_autoencoder",
+    "to_subpixel",
     "train_autoencoder",
     "convert_int8",
+    "export_dynamic",
+    "export_b1",
+    "calibrate_threshold",
     "Int8Model",
     "tflite_ops",
     "train_motor_ae",
@@ -324,8 +329,8 @@ def to_subpixel(cfg: AEConfig, model, batch: int | None = None, check: np.ndarra
                 Wt[0, u, :, r * fo:(r + 1) * fo] = K[0, t].T
         sp.get_layer(f"dec{i}_sp").set_weights([Wt])
     if check is not None:
-        a = model.predict(check, batch_size=256, verbose=0)
-        b = sp.predict(check, batch_size=256, verbose=0)
+        a = np.asarray(model(check, training=False))
+        b = np.asarray(sp(check, training=False))
         err = float(np.abs(a - b).max())
         if not err < 1e-4 * max(1.0, float(np.abs(a).max())):
             raise RuntimeError(f"sub-pixel decoder differs from Conv2DTranspose: {err}")

@@ -231,3 +231,39 @@ def test_serve_bad_model_names_it(tmp_path):
                           "--events", f"ipc://{tmp_path}/e", "--model", "no-such-model"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "no-such-model" in out.stderr
+
+
+def test_daemon_runs_without_numba(tmp_path):
+    """With the numba import blocked, the numpy kernels serve (one warning) and detection works."""
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "from edgert.cli import main\n"
+            f"sys.exit(main(['serve', '--listen', 'ipc://{tmp_path}/s', '--events', 'ipc://{tmp_path}/e']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(tmp_path))
+    ctx = zmq.Context()
+    try:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"event/anomaly/")
+        sub.connect(f"ipc://{tmp_path}/e")
+        pub = SensorPublisher(f"ipc://{tmp_path}/s", "m1", ctx=ctx)
+        assert pub.wait_subscribed(60)
+        res = replay([itsc_recording(HEALTHY), itsc_recording("SC_A3_B0_C0_002")], pub, 1000.0,
+                     realtime=False)
+        anomalies = []
+        end = time.monotonic() + 5
+        while time.monotonic() < end and len(anomalies) < 30:
+            if sub.poll(100):
+                anomalies.append(ev.decode(sub.recv_multipart())[2])
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ctx.destroy(linger=0)
+    assert proc.returncode == 0, err
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["kernels"] == "numpy"
+    assert err.count("numba") >= 1 and err.count("RuntimeWarning") == 1
+    lo, hi = res["spans"][1]
+    assert final["windows"] == 2 * ((1000 - 64) // 16 + 1)
+    assert len(anomalies) >= 30 and all(lo <= a["t_start"] <= hi for a in anomalies)
