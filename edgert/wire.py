@@ -23,6 +23,7 @@ MAX_SENSOR_ID = 64
 MAX_SAMPLES = 1 << 20  # per block; larger blocks are refused as "huge"
 MAX_CHANNELS = 256
 MAX_HEADER_BYTES = 4096
+F4_MAX = float(np.finfo(np.float32).max)  # samples are held as float32
 
 # Wire dtype code -> little-endian numpy dtype.
 DTYPES = {
@@ -184,6 +185,8 @@ def decode(frames, check_finite=None) -> Block:
         bad = check_finite(samples)
         if bad:
             raise WireError("nonfinite", f"{bad} NaN/Inf values in the block (seq {seq})", sensor)
+        if code == "f8" and np.abs(samples).max() > F4_MAX:
+            raise WireError("nonfinite", f"f8 values beyond float32 range in the block (seq {seq})", sensor)
     return Block(sensor, seq, t0, dt, samples)
 
 

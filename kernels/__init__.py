@@ -1,0 +1,78 @@
+"""edgert.kernels: the per-sample hot path (ring append, finiteness check, normalize+quantize,
+reconstruction error, window statistics).
+
+Numba kernels from `_jit.py` when numba imports, otherwise the vectorized numpy ones from
+`ref.py` (same signatures, bit-identical results, slower), with a single RuntimeWarning.
+`EDGERT_NO_NUMBA=1` forces the numpy kernels. `BACKEND` says which set is in use. Contracts:
+docs/design.md, "Kernels".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+
+__all__ = ["BACKEND", "ring_append", "count_nonfinite", "normalize_quantize", "recon_error",
+           "window_stats", "warmup"]
+
+
+def _numba_unavailable() -> str | None:
+    """Why the numba kernels can't be used, or None if they can."""
+    if os.environ.get("EDGERT_NO_NUMBA") == "1":
+        return "EDGERT_NO_NUMBA=1 is set"
+    try:
+        import numba  # noqa: F401
+    except (ImportError, OSError) as exc:  # OSError: llvmlite's shared library failed to load
+        return f"import failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+_why = _numba_unavailable()
+if _why is None:
+    from ._jit import count_nonfinite, normalize_quantize, recon_error, ring_append, window_stats
+
+    BACKEND = "numba"
+else:
+    from .ref import count_nonfinite, normalize_quantize, recon_error, ring_append, window_stats
+
+    BACKEND = "numpy"
+    warnings.warn(f"edgert.kernels: numba is unavailable ({_why}); the numpy kernels serve "
+                  "instead (slower)", RuntimeWarning, stacklevel=2)
+del _why
+
+#: Sample dtypes the bus allows (edgert/wire.py), i.e. what ring_append/count_nonfinite get.
+_BLOCK_DTYPES = ("<f4", "<f8", "<i2", "<i4", "<u2")
+
+
+def warmup() -> float:
+    """Call every kernel once on tiny arrays so numba compiles (or loads from its cache) each
+    specialization the daemon uses. Returns the seconds taken.
+
+    Blocks are covered for every bus dtype, writable and read-only (a block decoded with
+    ``np.frombuffer`` from a message is read-only, which numba types separately). Scalars
+    are Python int/float and float arrays float64: a caller passing e.g. a numpy float32
+    scale gets another specialization, compiled on its first call.
+    """
+    t0 = time.perf_counter()
+    cap, C, W = 4, 2, 2
+    ring = np.zeros((2 * cap, C), dtype=np.float32)
+    for dt in _BLOCK_DTYPES:
+        for writable in (True, False):
+            block = np.ones((3, C), dtype=dt)
+            block.flags.writeable = writable
+            ring_append(ring, cap, 0, block)
+            count_nonfinite(block)
+    starts = np.array([0, 1], dtype=np.int64)
+    mean = np.zeros(C, dtype=np.float64)
+    inv_std = np.ones(C, dtype=np.float64)
+    q = np.zeros((2, 1, W, C), dtype=np.int8)
+    normalize_quantize(ring, cap, starts, W, mean, inv_std, 0.5, 0, q, 0)
+    ch_err = np.zeros((2, C), dtype=np.float32)
+    scores = np.zeros(2, dtype=np.float32)
+    recon_error(q, 0.5, 0, q, 0.5, 0, 2, ch_err, scores)
+    stats = np.zeros((2, C, 6), dtype=np.float32)
+    window_stats(ring, cap, starts, W, stats)
+    return time.perf_counter() - t0
