@@ -21,7 +21,8 @@ def cmd_serve(args) -> int:
     try:
         cfg = config.load(args.config, listen=args.listen, events=args.events, model=args.model,
                           backend=args.backend, socket=args.socket, max_batch=args.max_batch,
-                          max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval)
+                          max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
+                          threshold=args.threshold, risk_q=args.risk_q)
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, dest="max_batch")
     s.add_argument("--max-delay-us", type=int, dest="max_delay_us")
     s.add_argument("--stats-interval", type=float, dest="stats_interval")
+    s.add_argument("--threshold", choices=["fixed", "spot", "dspot", "quantile"],
+                   help="fixed: the manifest's calibrated threshold (default); spot/dspot: streaming "
+                        "peaks-over-threshold per sensor; quantile: rolling quantile per sensor")
+    s.add_argument("--risk-q", type=float, dest="risk_q", help="SPOT risk q (default 1e-4)")
     s.add_argument("--config", help="TOML file with the same keys")
     s.set_defaults(fn=cmd_serve)
 
@@ -165,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("warmup", help="compile the numba kernels and check the models load")
     w.set_defaults(fn=cmd_warmup)
+
+    from .compiler import add_parsers as add_compile_parsers
+    from .edgetpu_check import add_parsers as add_check_parsers
+    add_check_parsers(sub)
+    add_compile_parsers(sub)
     return p
 
 

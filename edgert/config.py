@@ -23,6 +23,8 @@ class Config:
     ring_capacity: int = 1024  # samples per sensor ring
     gap_samples: float = 3.0  # t0 jump (in sample periods) that restarts a sensor's windows
     max_sensors: int = 4096
+    threshold: str = "fixed"  # fixed (manifest) | spot | dspot | quantile
+    risk_q: float = 1e-4  # SPOT/DSPOT risk: target false-alarm probability per window
     stats_interval_s: float = 1.0
     rcvhwm: int = 100000
     log_level: str = "INFO"
@@ -30,6 +32,10 @@ class Config:
     def validate(self) -> "Config":
         if self.socket not in ("sub", "pull"):
             raise ValueError(f"config field 'socket' must be 'sub' or 'pull', got {self.socket!r}")
+        if self.threshold not in ("fixed", "spot", "dspot", "quantile"):
+            raise ValueError(f"config field 'threshold' must be fixed, spot, dspot or quantile, got {self.threshold!r}")
+        if not 0 < self.risk_q < 1:
+            raise ValueError(f"config field 'risk_q' must be in (0, 1), got {self.risk_q!r}")
         for name in ("max_batch", "max_delay_us", "num_threads", "ring_capacity", "max_sensors"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_delay_us" else 1):

@@ -42,7 +42,7 @@ class Daemon:
         self.backend = backends.create(cfg.backend, self.model, max_batch=cfg.max_batch,
                                        num_threads=cfg.num_threads)
         self.scorer = ReconstructionScorer(self.model, self.backend.max_batch)
-        self.threshold = FixedThreshold(self.model.threshold)
+        self.threshold = make_threshold(cfg, self.model.threshold)
         self.batcher = Batcher(self.backend, self.model, self._on_batch,
                                max_batch=cfg.max_batch, max_delay_us=cfg.max_delay_us)
         self.ctx = ctx or zmq.Context.instance()
@@ -258,6 +258,19 @@ class Daemon:
         self.events.close()
         self.backend.close()
         return final
+
+
+def make_threshold(cfg: Config, calibrated: float):
+    """The thresholder named by ``cfg.threshold``, warm-started from the calibrated value."""
+    from .thresholds import QuantileThreshold, SpotThreshold
+
+    if cfg.threshold == "spot":
+        return SpotThreshold(q=cfg.risk_q, calibrated=calibrated, max_sensors=cfg.max_sensors)
+    if cfg.threshold == "dspot":
+        return SpotThreshold(q=cfg.risk_q, calibrated=calibrated, depth=200, max_sensors=cfg.max_sensors)
+    if cfg.threshold == "quantile":
+        return QuantileThreshold(calibrated=calibrated, max_sensors=cfg.max_sensors)
+    return FixedThreshold(calibrated)
 
 
 def rss_mb() -> float:

@@ -8,7 +8,19 @@ import numpy as np
 
 
 class BackendError(RuntimeError):
-    """A backend that cannot run here; the message says why."""
+    """A backend that cannot run here; the message says why.
+
+    Attributes:
+      cause: a short classification when one is known ("library absent", "no device",
+        "no compiled variant", "version mismatch", "delegate crashed", "delegate failed",
+        "probe timed out"), else None.
+      details: extra facts for reports (versions, signal, stage, stderr tail).
+    """
+
+    def __init__(self, message: str, cause: str | None = None, details: dict | None = None):
+        super().__init__(message)
+        self.cause = cause
+        self.details = details or {}
 
 
 @runtime_checkable
@@ -18,6 +30,9 @@ class Backend(Protocol):
     Attributes:
       name: what actually runs, e.g. "cpu:ai-edge-litert-2.3.0" (shown in stats and events).
       max_batch: rows of `input_buffer()`.
+
+    `edgert.backends.create` also sets ``fallbacks`` on the backend it returns: a list of
+    ``{"backend": spec, "cause": message}`` for every backend of the chain that could not run.
     """
 
     name: str

@@ -26,9 +26,11 @@ def batch_sizes(max_batch: int) -> list[int]:
 class _Slot:
     """One interpreter allocated for a fixed batch size, with views of its I/O tensors."""
 
-    def __init__(self, Interpreter, path: str, batch: int, num_threads: int, dynamic: bool):
+    def __init__(self, Interpreter, path: str, batch: int, num_threads: int, dynamic: bool,
+                 delegates=None):
         self.batch = batch
-        self.interp = Interpreter(model_path=path, num_threads=num_threads)
+        extra = {"experimental_delegates": list(delegates)} if delegates else {}
+        self.interp = Interpreter(model_path=path, num_threads=num_threads, **extra)
         inp = self.interp.get_input_details()[0]
         if dynamic and inp["shape"][0] != batch:
             self.interp.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=True)
@@ -69,32 +71,25 @@ class _Slot:
         return self._in_fn().ctypes.data != self.inp.ctypes.data
 
 
-class CpuBackend:
-    """Runs a model's ``dynamic`` variant on the CPU.
+class DynamicBatchBackend:
+    """Runs a dynamic-batch variant: one interpreter per batch size, rows written in place.
 
-    Args:
-      model: a loaded `edgert.models.Model`.
-      max_batch: largest batch (rows of the input buffer).
-      num_threads: interpreter threads; 1 is fastest for these small models at low batch.
+    Shared by `CpuBackend` and `edgert.backends.delegate.DelegateBackend` (which passes
+    ``make_delegates``: a callable returning the delegate list for one more interpreter).
     """
 
-    def __init__(self, model, max_batch: int = 32, num_threads: int = 1):
-        try:
-            Interpreter, _, runtime, version = _litert.find()
-        except ImportError as exc:
-            raise BackendError(str(exc)) from None
-        variant = model.variants.get("dynamic")
-        if variant is None:
-            raise BackendError(f"{model.dir}/manifest.json: model {model.name!r} has no 'dynamic' variant for the CPU")
+    def __init__(self, model, variant, max_batch: int, num_threads: int, Interpreter, runtime: str,
+                 name: str, make_delegates=None):
         if max_batch < 1:
             raise BackendError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
         self.variant = variant
         self.max_batch = int(max_batch)
-        self.name = f"cpu:{runtime}-{version}"
+        self.name = name
         self.runtime = runtime
         path = str(variant.path)
-        self._slots = [_Slot(Interpreter, path, b, num_threads, dynamic=True)
+        self._slots = [_Slot(Interpreter, path, b, num_threads, dynamic=variant.batch is None,
+                             delegates=make_delegates() if make_delegates else None)
                        for b in batch_sizes(self.max_batch)]
         self._by_k = np.empty(self.max_batch + 1, dtype=np.int64)
         j = 0
@@ -138,3 +133,25 @@ class CpuBackend:
         if moved:
             raise BackendError(f"{self.variant.path}: {self.runtime} moved the input tensor between "
                                f"invokes (batch sizes {moved}); cannot write windows in place")
+
+
+class CpuBackend(DynamicBatchBackend):
+    """Runs a model's ``dynamic`` variant on the CPU.
+
+    Args:
+      model: a loaded `edgert.models.Model`.
+      max_batch: largest batch (rows of the input buffer).
+      num_threads: interpreter threads; 1 is fastest for these small models at low batch.
+    """
+
+    def __init__(self, model, max_batch: int = 32, num_threads: int = 1):
+        try:
+            Interpreter, _, runtime, version = _litert.find()
+        except ImportError as exc:
+            raise BackendError(str(exc), cause="runtime absent") from None
+        variant = model.variants.get("dynamic")
+        if variant is None:
+            raise BackendError(f"{model.dir}/manifest.json: model {model.name!r} has no 'dynamic' "
+                               f"variant for the CPU", cause="no variant")
+        super().__init__(model, variant, max_batch, num_threads, Interpreter, runtime,
+                         f"cpu:{runtime}-{version}")
