@@ -60,8 +60,15 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
     env = dict(os.environ)
     py = [sys.executable, "-m", "edgert"]
     daemon = subprocess.Popen(py + ["serve", "--listen", listen, "--events", events_ep, "--model", model,
-                                    "--stats-interval", "1.0"],
+                                    "--stats-interval", "0.5"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Start the sensor once the daemon's events reach us, so no early anomaly is missed
+    # (a SUB that connects before the PUB binds joins a little late).
+    t_wait = time.monotonic() + 120
+    while not sub.poll(200):
+        if daemon.poll() is not None or time.monotonic() > t_wait:
+            _say(as_json, "edgert demo: the daemon did not start:\n" + daemon.communicate()[1][-3000:])
+            return 1
     sensor = subprocess.Popen(py + ["replay", *files, "--to", listen, "--sensor", "motor-1",
                                     "--rate", str(RATE_HZ), "--speed", str(speed), "--block", "64",
                                     "--gap", str(GAP_S), "--t0", str(t0), "--wait", "60"],

@@ -237,23 +237,27 @@ def test_daemon_runs_without_numba(tmp_path):
     """With the numba import blocked, the numpy kernels serve (one warning) and detection works."""
     code = ("import sys; sys.modules['numba'] = None\n"
             "from edgert.cli import main\n"
-            f"sys.exit(main(['serve', '--listen', 'ipc://{tmp_path}/s', '--events', 'ipc://{tmp_path}/e']))\n")
+            f"sys.exit(main(['serve', '--listen', 'ipc://{tmp_path}/s', '--events', 'ipc://{tmp_path}/e', "
+            "'--stats-interval', '0.2']))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(tmp_path))
     ctx = zmq.Context()
     try:
         sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"event/anomaly/")
+        sub.setsockopt(zmq.SUBSCRIBE, b"event/")
         sub.connect(f"ipc://{tmp_path}/e")
         pub = SensorPublisher(f"ipc://{tmp_path}/s", "m1", ctx=ctx)
         assert pub.wait_subscribed(60)
+        assert sub.poll(30_000), "no stats event: not connected to the daemon's events"  # no slow joiner
         res = replay([itsc_recording(HEALTHY), itsc_recording("SC_A3_B0_C0_002")], pub, 1000.0,
                      realtime=False)
         anomalies = []
         end = time.monotonic() + 60  # generous: the machine may be loaded; exits at 30 anomalies
         while time.monotonic() < end and len(anomalies) < 30:
             if sub.poll(100):
-                anomalies.append(ev.decode(sub.recv_multipart())[2])
+                kind, _, payload = ev.decode(sub.recv_multipart())
+                if kind == "anomaly":
+                    anomalies.append(payload)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -266,7 +270,7 @@ def test_daemon_runs_without_numba(tmp_path):
     assert err.count("numba") >= 1 and err.count("RuntimeWarning") == 1
     lo, hi = res["spans"][1]
     assert final["windows"] == 2 * ((1000 - 64) // 16 + 1)
-    assert len(anomalies) >= 30 and all(lo <= a["t_start"] <= hi for a in anomalies)
+    assert len(anomalies) >= 30 and all(lo <= a["t_start"] <= hi for a in anomalies), (final["anomalies"], err[-2000:])
 
 
 @pytest.mark.parametrize("threshold", ["spot", "dspot", "quantile"])
