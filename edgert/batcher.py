@@ -43,9 +43,18 @@ class Batcher:
         self.seq = np.zeros(B, dtype=np.int64)
         self.t_recv = np.zeros(B, dtype=np.int64)  # perf_counter_ns at receipt
         self.stats = np.zeros((B, C, 6), dtype=np.float32)
+        # Further models that see the same windows (a classifier beside the autoencoder): each
+        # gets the window quantized with its own normalization into its own input tensor.
+        self.extra: list[ModelInput] = []
         self.n = 0
         self.batches = 0
         self.reasons = {"full": 0, "deadline": 0, "flush": 0}
+
+    def add_input(self, backend, model) -> "ModelInput":
+        """Also quantize every window into `backend`'s input for `model` (same W, H, channels)."""
+        mi = ModelInput(backend, model)
+        self.extra.append(mi)
+        return mi
 
     @property
     def free(self) -> int:
@@ -86,3 +95,17 @@ class Batcher:
             self.sink(self, k, reason)
         finally:
             self.n = 0
+
+
+class ModelInput:
+    """Where and how a second model's copy of each window is quantized."""
+
+    def __init__(self, backend, model):
+        self.backend = backend
+        self.model = model
+        self.buf = backend.input_buffer()
+        spec = model.variants["dynamic"].input if "dynamic" in model.variants else next(iter(model.variants.values())).input
+        self.in_scale = float(spec.scale)
+        self.in_zp = int(spec.zero_point)
+        self.mean = np.ascontiguousarray(model.mean, dtype=np.float64)
+        self.inv_std = np.ascontiguousarray(model.inv_std, dtype=np.float64)

@@ -22,7 +22,7 @@ def cmd_serve(args) -> int:
         cfg = config.load(args.config, listen=args.listen, events=args.events, model=args.model,
                           backend=args.backend, socket=args.socket, max_batch=args.max_batch,
                           max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
-                          threshold=args.threshold, risk_q=args.risk_q)
+                          threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier)
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="sensor endpoint to bind (tcp://*:5555, ipc:///run/edgert/sensors)")
     s.add_argument("--events", help="event PUB endpoint to bind")
     s.add_argument("--model", help="shipped model name or model directory (default motor-ae)")
-    s.add_argument("--backend", help="auto|cpu (default auto)")
+    s.add_argument("--backend", help="auto|cpu|edgetpu|delegate:PATH[:k=v,...] (default auto)")
+    s.add_argument("--classifier", help="also classify every window with this classifier model "
+                                        "(same window, hop and channels), e.g. motor-cnn")
     s.add_argument("--socket", choices=["sub", "pull"], help="input socket type (default sub)")
     s.add_argument("--max-batch", type=int, dest="max_batch")
     s.add_argument("--max-delay-us", type=int, dest="max_delay_us")

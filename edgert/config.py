@@ -16,6 +16,7 @@ class Config:
     events: str = "ipc:///tmp/edgert-events"
     socket: str = "sub"  # "sub" or "pull"
     model: str = "motor-ae"
+    classifier: str = ""  # optional classifier model (same window/hop/channels) for fault classes
     backend: str = "auto"
     max_batch: int = 32
     max_delay_us: int = 1000

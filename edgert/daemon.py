@@ -21,7 +21,7 @@ from . import backends, kernels, models, wire
 from .batcher import Batcher
 from .config import Config
 from .events import STAT_NAMES, EventPublisher
-from .scoring import FixedThreshold, ReconstructionScorer, channel_shares
+from .scoring import ClassScorer, FixedThreshold, ReconstructionScorer, channel_shares
 from .stats import LatencyHistogram, RateLimitedLog, SensorCounters
 from .windows import SensorStream, push_block
 
@@ -45,6 +45,9 @@ class Daemon:
         self.threshold = make_threshold(cfg, self.model.threshold)
         self.batcher = Batcher(self.backend, self.model, self._on_batch,
                                max_batch=cfg.max_batch, max_delay_us=cfg.max_delay_us)
+        self.classifier = self.cls_backend = self.cls_scorer = None
+        if cfg.classifier:
+            self._add_classifier(cfg.classifier)
         self.ctx = ctx or zmq.Context.instance()
         self.counters = SensorCounters()
         self.latency = LatencyHistogram()
@@ -62,6 +65,22 @@ class Daemon:
         self.events = None
         self.listen_endpoint = None
         self.events_endpoint = None
+
+    def _add_classifier(self, name: str) -> None:
+        c = models.load(name)
+        m = self.model
+        if c.kind != "classifier":
+            raise ValueError(f"{c.dir}/manifest.json: field 'kind' is {c.kind!r}; --classifier needs a classifier")
+        for field in ("window", "hop", "channels"):
+            if getattr(c, field) != getattr(m, field):
+                raise ValueError(f"{c.dir}/manifest.json: field {field!r} is {getattr(c, field)!r}, but the "
+                                 f"autoencoder {m.name} has {getattr(m, field)!r}; they must see the same windows")
+        self.classifier = c
+        self.cls_backend = backends.create(self.cfg.backend, c, max_batch=self.batcher.max_batch,
+                                           num_threads=self.cfg.num_threads)
+        self.cls_scorer = ClassScorer(c, self.batcher.max_batch)
+        self.batcher.add_input(self.cls_backend, c)
+        self.class_counts = np.zeros((self.cfg.max_sensors, len(c.class_names)), dtype=np.int64)
 
     # -- set-up -------------------------------------------------------------
     def bind(self) -> None:
@@ -139,6 +158,10 @@ class Daemon:
         out = self.backend.run(k)
         scores, ch_err = self.scorer.score(b.buf, out, k)
         sidx = b.sensor_idx[:k]
+        cls = None
+        if self.cls_backend is not None:
+            cls = self.cls_scorer.classify(self.cls_backend.run(k), k)
+            np.add.at(self.class_counts, (sidx, cls[0]), 1)
         thr = self.threshold.values(sidx)
         flags = scores > thr
         self.threshold.learn(sidx, scores, flags)
@@ -152,16 +175,20 @@ class Daemon:
             idx = np.flatnonzero(flags)
             np.add.at(self.anom_counts, sidx[idx], 1)
             shares = channel_shares(ch_err[idx])
-            self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k)
+            self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k, cls)
 
-    def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k) -> None:
+    def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k, cls=None) -> None:
         m = self.model
         span = (m.window - 1)
         for j, i in enumerate(idx):
             st = self.streams[self.names[b.sensor_idx[i]]]
             order = np.argsort(-shares[j])
             t_start = int(b.t_start[i])
-            self.events.publish("anomaly", st.sensor, {
+            extra = {}
+            if cls is not None:
+                extra = {"class": self.classifier.class_names[int(cls[0][i])],
+                         "class_prob": float(cls[1][i]), "classifier": self.classifier.name}
+            self.events.publish("anomaly", st.sensor, {**extra,
                 "sensor": st.sensor,
                 "t_start": t_start,
                 "t_end": t_start + span * st.dt,
@@ -188,6 +215,11 @@ class Daemon:
         d["per_sensor"] = {s: {"windows": int(self.win_counts[i]), "anomalies": int(self.anom_counts[i]),
                                "restarts": self.streams[s].restarts}
                            for i, s in enumerate(self.names)}
+        if self.classifier is not None:
+            names = self.classifier.class_names
+            for i, s in enumerate(self.names):
+                row = self.class_counts[i]
+                d["per_sensor"][s]["classes"] = {names[j]: int(row[j]) for j in np.flatnonzero(row)}
         elapsed = (time.perf_counter_ns() - self.started_ns) * 1e-9 if self.started_ns else 0.0
         d.update({
             "model": self.model.name,
@@ -257,6 +289,8 @@ class Daemon:
         self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
         self.events.close()
         self.backend.close()
+        if self.cls_backend is not None:
+            self.cls_backend.close()
         return final
 
 

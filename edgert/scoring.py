@@ -64,3 +64,27 @@ def channel_shares(ch_err: np.ndarray) -> np.ndarray:
     """Each channel's share of a window's reconstruction error (rows sum to 1)."""
     total = ch_err.sum(axis=-1, keepdims=True)
     return np.divide(ch_err, total, out=np.zeros_like(ch_err), where=total > 0)
+
+
+class ClassScorer:
+    """Classifier output → (class index, probability) per window.
+
+    The int8 output rows are dequantized; a model whose manifest says ``"output": "logits"``
+    (or whose dequantized rows are not probabilities) gets a softmax.
+    """
+
+    def __init__(self, model, max_batch: int):
+        v = model.variants["dynamic"] if "dynamic" in model.variants else next(iter(model.variants.values()))
+        self.scale, self.zp = float(v.output.scale), int(v.output.zero_point)
+        self.logits = model.manifest.get("output") == "logits"
+        self.names = list(model.class_names)
+        self.n = len(self.names)
+
+    def classify(self, out: np.ndarray, k: int):
+        """Return (class index int64[k], probability float32[k])."""
+        x = (out[:k].reshape(k, -1)[:, :self.n].astype(np.float32) - self.zp) * self.scale
+        if self.logits or not (x.min() >= -1e-3 and np.allclose(x.sum(axis=1), 1.0, atol=0.05)):
+            x = np.exp(x - x.max(axis=1, keepdims=True))
+            x /= x.sum(axis=1, keepdims=True)
+        idx = x.argmax(axis=1)
+        return idx, x[np.arange(k), idx]

@@ -120,6 +120,9 @@ def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int,
             row = batcher.n
             kernels.normalize_quantize(stream.ring, cap, sel, W, batcher.mean, batcher.inv_std,
                                        batcher.in_scale, batcher.in_zp, batcher.buf, row)
+            for mi in batcher.extra:
+                kernels.normalize_quantize(stream.ring, cap, sel, W, mi.mean, mi.inv_std,
+                                           mi.in_scale, mi.in_zp, mi.buf, row)
             kernels.window_stats(stream.ring, cap, sel, W, batcher.stats[row:row + k])
             batcher.commit(k, stream.index, stream.window_times(sel), seq, t_recv)
             j += k

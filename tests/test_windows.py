@@ -17,6 +17,7 @@ class Collect:
         self.mean = np.linspace(-1, 1, C)
         self.inv_std = 1.0 / np.linspace(0.5, 2, C)
         self.in_scale, self.in_zp = scale, zp
+        self.extra = []
         self.n = 0
         self.windows, self.t_starts, self.seqs, self.flushes = [], [], [], 0
 
