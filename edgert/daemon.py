@@ -235,7 +235,7 @@ class Daemon:
             "uptime_s": round(elapsed, 3),
             "windows_per_s": round(d["windows"] / elapsed, 1) if elapsed > 0 else 0.0,
             "events_published": self.events.published if self.events else 0,
-            "rss_mb": rss_mb(),
+            **rss_breakdown(),
         })
         return d
 
@@ -305,6 +305,21 @@ def make_threshold(cfg: Config, calibrated: float):
     if cfg.threshold == "quantile":
         return QuantileThreshold(calibrated=calibrated, max_sensors=cfg.max_sensors)
     return FixedThreshold(calibrated)
+
+
+def rss_breakdown() -> dict:
+    """RSS in MB, split into anonymous (the daemon's own heap) and file-backed pages (shared
+    libraries such as llvmlite's 178 MB libLLVM, counted as far as they are paged in)."""
+    out = {"rss_mb": rss_mb()}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                    key, val = line.split(":")
+                    out[key.lower().replace("rss", "rss_") + "_mb"] = round(int(val.split()[0]) / 1024, 1)
+    except OSError:
+        pass
+    return out
 
 
 def rss_mb() -> float:

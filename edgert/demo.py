@@ -156,6 +156,8 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
         "healthy_recording": healthy,
         "fault_recording": fault,
         "daemon_rss_mb": final.get("rss_mb"),
+        "daemon_rss_anon_mb": final.get("rss_anon_mb"),
+        "daemon_rss_file_mb": final.get("rss_file_mb"),
     }
     _say(as_json, f"done: {result['windows']} windows, fault {'DETECTED' if result['fault_detected'] else 'MISSED'} "
                   f"({fault_hits}/{fault_windows} fault windows flagged), false alarms {healthy_alarms}/"
