@@ -1,0 +1,614 @@
+"""End-to-end figures with the real daemon (`python -m edgert serve`) over ZeroMQ ipc.
+
+The daemon runs as a subprocess pinned to CPU 0 with a PULL input socket; this process is
+the sensor side (PUSH, `edgert.bus.SensorPublisher`, one socket per sensor id) pinned to
+CPU 1, and reads the daemon's ``stats`` events.
+
+* `saturate`: blocks go out as fast as the daemon takes them (flow control keeps a bounded
+  backlog of unconsumed messages, so the daemon never waits for input and its ZeroMQ I/O
+  thread never buffers hundreds of MB); the daemon's own ``windows`` / ``uptime_s`` counters
+  over the busy period give the sustained rate.
+* `paced`: a fresh daemon, blocks paced by busy-waiting on ``perf_counter`` at a fixed window
+  rate; p50/p99 latency (receipt → decision), RSS and counts come from the daemon's final
+  JSON line printed at SIGTERM.
+* Both measure start-up: spawn → first decision, seen as the first ``anomaly`` event of a
+  probe sensor fed a deliberately anomalous signal (a full-scale alternating square wave) as
+  soon as the daemon's input socket exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from edgert import events as ev
+from edgert.bus import SensorPublisher
+
+from . import sysinfo
+
+DT_NS = 1_000_000  # 1 kHz sensors
+PROBE = "probe-0"
+PROBE_EVERY_S = 0.02
+
+
+class BenchError(RuntimeError):
+    """The daemon or the bus misbehaved; the message says precisely how."""
+
+
+# -- data -------------------------------------------------------------------------------
+def seamless_period(rec: np.ndarray, lo: int = 500, match: int = 8) -> int:
+    """A length L such that rec[:L] tiled is (nearly) continuous: rec[L:L+match] ≈ rec[:match]."""
+    n = rec.shape[0]
+    best, best_d = n, np.inf
+    for L in range(lo, n - match):
+        d = float(np.abs(rec[L:L + match] - rec[:match]).max())
+        if d < best_d:
+            best, best_d = L, d
+    return best
+
+
+def sensor_blocks(block: int, recording: str = "SC_HLT_005") -> list:
+    """Contiguous [block, C] float32 blocks of a healthy recording tiled without seams, as a cycle."""
+    from edgert.data import itsc_recording
+
+    rec = itsc_recording(recording)
+    L = seamless_period(rec)
+    base = rec[:L]
+    data = np.ascontiguousarray(np.tile(base, (block, 1)), dtype=np.float32)  # block*L samples
+    return [data[i * block:(i + 1) * block] for i in range(L)]
+
+
+def probe_block(model, block: int) -> np.ndarray:
+    """A block whose windows the model cannot reconstruct: ±(full scale) alternating every sample."""
+    v = model.variants["dynamic"].input
+    amp = 200.0 * v.scale * np.asarray(model.std, dtype=np.float64)  # beyond the int8 range
+    sign = np.where(np.arange(block) % 2 == 0, 1.0, -1.0)[:, None]
+    return np.ascontiguousarray(np.asarray(model.mean)[None, :] + sign * amp[None, :], dtype=np.float32)
+
+
+def windows_for(samples: int, W: int, H: int) -> int:
+    return 0 if samples < W else (samples - W) // H + 1
+
+
+# -- the daemon subprocess --------------------------------------------------------------
+class DaemonProc:
+    """``python -m edgert serve`` on fresh ipc endpoints, pinned to `cpu`."""
+
+    def __init__(self, model: str, stats_interval: float, cpu: int | None, tag: str,
+                 extra: tuple = ()):
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"edgert-bench-{tag}-"))
+        self.listen_path = self.tmp / "s"
+        self.events_path = self.tmp / "e"
+        self.listen = f"ipc://{self.listen_path}"
+        self.events = f"ipc://{self.events_path}"
+        self.cmd = [sys.executable, "-m", "edgert", "serve", "--listen", self.listen, "--events",
+                    self.events, "--socket", "pull", "--stats-interval", str(stats_interval),
+                    "--model", str(model), *extra]
+        self.stderr_path = self.tmp / "stderr.log"
+        self._stderr = open(self.stderr_path, "w+b")
+        preexec = None
+        if cpu is not None:
+            def preexec():
+                os.sched_setaffinity(0, {cpu})
+        self.cpu = cpu
+        self.t_spawn = time.perf_counter()
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     preexec_fn=preexec, text=True)
+        self.pid = self.proc.pid
+        self.final = None
+
+    def stderr_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.stderr_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def check_alive(self, what: str) -> None:
+        rc = self.proc.poll()
+        if rc is not None:
+            out = self.proc.stdout.read() if self.proc.stdout else ""
+            raise BenchError(f"daemon exited with code {rc} {what}; stdout: {out.strip()[-500:]!r}; "
+                             f"stderr tail:\n{self.stderr_tail()}")
+
+    def wait_bound(self, timeout: float) -> float:
+        """Wait until both ipc endpoints exist; seconds since spawn."""
+        deadline = time.perf_counter() + timeout
+        while not (self.listen_path.exists() and self.events_path.exists()):
+            self.check_alive("before binding its sockets")
+            if time.perf_counter() > deadline:
+                raise BenchError(f"daemon did not bind {self.listen} / {self.events} within {timeout:.0f} s; "
+                                 f"stderr tail:\n{self.stderr_tail()}")
+            time.sleep(0.0005)
+        return time.perf_counter() - self.t_spawn
+
+    def stop(self, timeout: float = 20.0) -> dict:
+        """SIGTERM, wait, and parse the final JSON stats line."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        t0 = time.perf_counter()
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            raise BenchError(f"daemon did not exit within {timeout:.0f} s of SIGTERM (killed); "
+                             f"stderr tail:\n{self.stderr_tail()}")
+        stop_s = time.perf_counter() - t0
+        self._stderr.close()
+        final = None
+        for line in reversed(out.splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if d.get("final"):
+                    final = d
+                    break
+        if final is None:
+            raise BenchError(f"daemon exited with code {self.proc.returncode} after SIGTERM without a "
+                             f"final stats line; stdout: {out.strip()[-500:]!r}; stderr tail:\n{self.stderr_tail()}")
+        final["_stop_s"] = round(stop_s, 3)
+        self.final = final
+        return final
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self._stderr.closed:
+            self._stderr.close()
+
+    def cleanup(self) -> None:
+        self.kill()
+        for p in (self.listen_path, self.events_path, self.stderr_path):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        try:
+            self.tmp.rmdir()
+        except OSError:
+            pass
+
+
+class Events:
+    """SUB on the daemon's events: keeps stats snapshots (with receipt time) and probe anomalies."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str):
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, 100000)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 2)
+        for prefix in ("event/stats/", "event/lifecycle/", f"event/anomaly/{PROBE}"):
+            self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        self.sock.connect(endpoint)
+        self.stats: list = []  # (bench perf_counter, payload)
+        self.probe_anomalies = 0
+        self.first_probe_anomaly = None  # (perf_counter, payload)
+        self.lifecycle: list = []
+
+    def drain(self, timeout_ms: int = 0) -> int:
+        """Handle every event waiting (wait up to timeout_ms for the first). Returns how many."""
+        n = 0
+        sock = self.sock
+        if timeout_ms and not sock.poll(timeout_ms):
+            return 0
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            t = time.perf_counter()
+            kind, sensor, payload = ev.decode(frames)
+            n += 1
+            if kind == "stats":
+                self.stats.append((t, payload))
+            elif kind == "anomaly" and sensor == PROBE:
+                self.probe_anomalies += 1
+                if self.first_probe_anomaly is None:
+                    self.first_probe_anomaly = (t, payload)
+            elif kind == "lifecycle":
+                self.lifecycle.append((t, payload))
+
+    @property
+    def last(self) -> dict | None:
+        return self.stats[-1][1] if self.stats else None
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def startup(d: DaemonProc, ctx: zmq.Context, model, block: int, timeout: float) -> tuple:
+    """Spawn → first decision. Returns (Events, probe publisher, figures)."""
+    bound_s = d.wait_bound(timeout)
+    evs = Events(ctx, d.events)
+    probe = _publisher(ctx, d, PROBE, sndhwm=1000)
+    pb = probe_block(model, block)
+    t0 = time.time_ns()
+    deadline = time.perf_counter() + timeout
+    sent = 0
+    method = None
+    next_send = 0.0
+    while True:
+        if time.perf_counter() >= next_send:
+            # one block, then another every PROBE_EVERY_S until a decision shows up: few probe
+            # windows end up in the daemon's latency histogram
+            try:
+                probe.send(pb, t0 + sent * block * DT_NS, DT_NS)
+            except zmq.Again:
+                raise _send_blocked(d, "start-up probe") from None
+            sent += 1
+            next_send = time.perf_counter() + PROBE_EVERY_S
+        evs.drain(1)
+        if evs.first_probe_anomaly is not None:
+            method = "probe anomaly event"
+            t_dec, first = evs.first_probe_anomaly
+            break
+        st = evs.last
+        if st is not None and st.get("windows", 0) > 0:
+            method = "first stats event with windows > 0 (resolution = stats interval; the probe scored no anomaly)"
+            t_dec, first = evs.stats[-1][0], {}
+            break
+        d.check_alive("during start-up")
+        if time.perf_counter() > deadline:
+            raise BenchError(f"no decision from the daemon within {timeout:.0f} s of spawning it "
+                             f"({sent} probe blocks sent); stderr tail:\n{d.stderr_tail()}")
+    return evs, probe, {
+        "bound_s": round(bound_s, 4),
+        "first_decision_s": round(t_dec - d.t_spawn, 4),
+        "method": method,
+        "probe_blocks": sent,
+        "probe_samples": sent * block,
+        # receipt -> decision of that first window inside the daemon (first kernel calls included)
+        "first_window_latency_us": first.get("latency_us"),
+        "first_window_seq": first.get("seq"),
+    }
+
+
+def _next_stats(evs: Events, d: DaemonProc, stats_interval: float) -> dict:
+    """Wait for the next stats event."""
+    n0 = len(evs.stats)
+    deadline = time.perf_counter() + 5 * stats_interval + 2.0
+    while len(evs.stats) == n0:
+        evs.drain(int(stats_interval * 1000) + 1)
+        if time.perf_counter() > deadline:
+            d.check_alive("while waiting for a stats event")
+            raise BenchError(f"no stats event from the daemon for {5 * stats_interval + 2.0:.1f} s "
+                             f"(interval {stats_interval} s)")
+    return evs.last
+
+
+SEND_TIMEOUT_MS = 3000  # a send blocked this long means the daemon stopped taking input
+
+
+def _publisher(ctx, d: DaemonProc, sensor: str, sndhwm: int) -> SensorPublisher:
+    pub = SensorPublisher(d.listen, sensor, kind="push", ctx=ctx, sndhwm=sndhwm)
+    pub.sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+    return pub
+
+
+def _publishers(ctx, d: DaemonProc, n_sensors: int, sndhwm: int) -> list:
+    return [_publisher(ctx, d, f"bench-{i}", sndhwm) for i in range(n_sensors)]
+
+
+def _send_blocked(d: DaemonProc, what: str) -> BenchError:
+    d.check_alive(f"({what}: a send blocked for {SEND_TIMEOUT_MS / 1000:g} s)")
+    return BenchError(f"daemon stopped taking input ({what}): a send to {d.listen} blocked for "
+                      f"{SEND_TIMEOUT_MS / 1000:g} s although the process is alive; stderr tail:\n{d.stderr_tail()}")
+
+
+def _close_all(pubs) -> None:
+    for p in pubs:
+        p.sock.close(linger=0)
+
+
+def _consumed(st: dict) -> int:
+    return int(st.get("messages", 0)) + int(st.get("dropped", 0))
+
+
+def _count_check(final: dict, sent_blocks: list, block: int, W: int, H: int, probe: dict) -> dict:
+    """Compare what the daemon counted with what was sent (per load sensor)."""
+    per = final.get("per_sensor", {})
+    missing = {}
+    expected_total = 0
+    for i, nb in enumerate(sent_blocks):
+        exp = windows_for(nb * block, W, H)
+        expected_total += exp
+        got = per.get(f"bench-{i}", {}).get("windows", 0)
+        if got != exp:
+            missing[f"bench-{i}"] = {"expected": exp, "scored": got}
+    return {"windows_expected": expected_total,
+            "windows_scored": sum(per.get(f"bench-{i}", {}).get("windows", 0) for i in range(len(sent_blocks))),
+            "mismatch": missing,
+            "probe_windows": per.get(PROBE, {}).get("windows", 0),
+            "probe_windows_expected": windows_for(probe["probe_samples"], W, H)}
+
+
+def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: int = 8, block: int = 64,
+             stats_interval: float = 0.2, backlog_msgs: int = 12000, cpu_daemon: int | None = 0,
+             startup_timeout: float = 120.0, log=None) -> dict:
+    """Max sustained windows/s of the daemon (see module doc)."""
+    W, H = model.window, model.hop
+    blocks = sensor_blocks(block)
+    nblk = len(blocks)
+    ctx = zmq.Context()
+    d = DaemonProc(model_arg, stats_interval, cpu_daemon, "sat")
+    evs = probe = None
+    pubs = []
+    try:
+        evs, probe, st_fig = startup(d, ctx, model, block, startup_timeout)
+        if log:
+            log(f"  daemon up: bound {st_fig['bound_s']:.2f} s, first decision {st_fig['first_decision_s']:.2f} s")
+        pubs = _publishers(ctx, d, n_sensors, sndhwm=max(1000, backlog_msgs // n_sensors))
+        # let the probe's blocks be consumed and a stats event report them, so counts start clean
+        _next_stats(evs, d, stats_interval)
+        base = _consumed(evs.last)
+        t0_ns = [time.time_ns()] * n_sensors
+        idx = [(i * nblk) // n_sensors for i in range(n_sensors)]
+        sent = [0] * n_sensors
+        total = 0
+        consumed = 0
+        blocked_s = 0.0
+        waits = 0
+        perf = time.perf_counter
+        ru0 = os.times()
+        cpu0 = sysinfo.proc_threads_cpu(d.pid)
+        t_start = perf()
+        t_end = t_start + duration
+        t_progress = t_start
+        while True:
+            now = perf()
+            if now >= t_end:
+                break
+            if total - consumed >= backlog_msgs:
+                evs.drain(int(stats_interval * 2000))
+                before = consumed
+                consumed = _consumed(evs.last) - base
+                t1 = perf()
+                blocked_s += t1 - now
+                waits += 1
+                if consumed != before:
+                    t_progress = t1
+                elif t1 - t_progress > 5 * stats_interval + 1.0:
+                    d.check_alive("while loaded")
+                    raise BenchError(f"daemon stalled: it consumed nothing for {t1 - t_progress:.1f} s with "
+                                     f"{total - consumed} messages outstanding (stats events: {len(evs.stats)})")
+                continue
+            for i in range(n_sensors):
+                try:
+                    pubs[i].send(blocks[idx[i]], t0_ns[i], DT_NS)
+                except zmq.Again:
+                    raise _send_blocked(d, "saturating load") from None
+                idx[i] = idx[i] + 1 if idx[i] + 1 < nblk else 0
+                t0_ns[i] += block * DT_NS
+                sent[i] += 1
+            total += n_sensors
+            if total & 63 == 0 and evs.drain(0):
+                consumed = _consumed(evs.last) - base
+                t_progress = perf()
+        t_stop = perf()
+        cpu1 = sysinfo.proc_threads_cpu(d.pid)
+        ru1 = os.times()
+        mem = sysinfo.proc_mem_mb(d.pid)
+        # wait until the daemon has consumed every block sent, so the counts can be checked exactly
+        t_w = perf()
+        drain_s = 10.0 + 4 * backlog_msgs / max(1.0, (consumed + 1) / max(1e-3, t_stop - t_start))
+        while consumed < total:
+            if perf() - t_w > drain_s:
+                raise BenchError(f"daemon did not consume the last {total - consumed} of {total} messages "
+                                 f"within {drain_s:.0f} s after sending stopped")
+            _next_stats(evs, d, stats_interval)
+            consumed = _consumed(evs.last) - base
+        drain_wait = perf() - t_w
+        final = d.stop()
+        evs.drain(200)
+    except BaseException:
+        d.kill()
+        raise
+    finally:
+        _close_all(pubs)
+        if probe is not None:
+            probe.sock.close(linger=0)
+        if evs is not None:
+            evs.close()
+        ctx.term()
+        d.cleanup()
+
+    snaps = [(t, s) for t, s in evs.stats if t_start + settle <= t <= t_stop]
+    res = {
+        "sensors": n_sensors, "block_samples": block, "seconds_loaded": round(t_stop - t_start, 3),
+        "startup": st_fig, "messages_sent": total,
+        "sender_msgs_per_s": round(total / (t_stop - t_start), 1),
+        "sender_blocked_share": round(blocked_s / (t_stop - t_start), 3),
+        "sender_cpu_share": round(((ru1.user - ru0.user) + (ru1.system - ru0.system)) / (t_stop - t_start), 3),
+        "daemon_threads_cpu_share": sysinfo.threads_cpu_share(cpu0, cpu1, t_stop - t_start),
+        "daemon_mem_loaded": mem,
+        "backlog_limit_msgs": backlog_msgs,
+        "drain_after_send_s": round(drain_wait, 3),
+    }
+    if len(snaps) < 2:
+        raise BenchError(f"only {len(snaps)} daemon stats events in the busy period "
+                         f"({len(evs.stats)} in total): stats are not arriving every {stats_interval} s")
+    (ta, a), (tb, b) = snaps[0], snaps[-1]
+    du = b["uptime_s"] - a["uptime_s"]
+    rate = (b["windows"] - a["windows"]) / du
+    mrate = (b["messages"] - a["messages"]) / du
+    inter = []
+    for (_, x), (_, y) in zip(snaps, snaps[1:]):
+        dd = y["uptime_s"] - x["uptime_s"]
+        if dd > 0:
+            inter.append((y["windows"] - x["windows"]) / dd)
+    gaps = [y[0] - x[0] for x, y in zip(evs.stats, evs.stats[1:]) if t_start <= x[0] <= t_stop]
+    main_share = _main_thread_share(res["daemon_threads_cpu_share"])
+    proc_share = sum(res["daemon_threads_cpu_share"].values())
+    res.update({
+        "windows_per_s": round(rate, 1),
+        "daemon_cpu_share": round(proc_share, 3),
+        "daemon_main_thread_cpu_share": main_share,
+        # throughput per CPU-second the daemon actually got: less sensitive to other load on its core
+        "windows_per_daemon_cpu_s": round(rate / proc_share, 1) if proc_share > 0 else None,
+        "messages_per_s": round(mrate, 1),
+        "interval_windows_per_s": {"min": round(min(inter), 1), "median": round(float(np.median(inter)), 1),
+                                   "max": round(max(inter), 1), "n": len(inter)},
+        "measured_s": round(du, 3),
+        "max_stats_gap_s": round(max(gaps), 3) if gaps else None,
+        "sender_bound": bool(res["sender_blocked_share"] < 0.05),
+        "anomalies": b.get("anomalies", 0) - a.get("anomalies", 0),
+        "final": _final_summary(final),
+        "counts": _count_check(final, sent, block, W, H, st_fig),
+    })
+    res["problems"] = _problems(res, final, loaded=True)
+    return res
+
+
+def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensors: int = 8,
+          block: int = 64, stats_interval: float = 0.2, cpu_daemon: int | None = 0,
+          startup_timeout: float = 120.0, log=None) -> dict:
+    """A fresh daemon at a fixed window rate: latency, RSS, start-up (see module doc)."""
+    W, H = model.window, model.hop
+    blocks = sensor_blocks(block)
+    nblk = len(blocks)
+    msg_rate = windows_per_s * H / block  # 64-sample blocks with hop 16 complete 4 windows each
+    period = 1.0 / msg_rate
+    ctx = zmq.Context()
+    d = DaemonProc(model_arg, stats_interval, cpu_daemon, "lat")
+    evs = probe = None
+    pubs = []
+    try:
+        evs, probe, st_fig = startup(d, ctx, model, block, startup_timeout)
+        if log:
+            log(f"  daemon up: bound {st_fig['bound_s']:.2f} s, first decision {st_fig['first_decision_s']:.2f} s")
+        pubs = _publishers(ctx, d, n_sensors, sndhwm=100000)
+        _next_stats(evs, d, stats_interval)
+        base = _consumed(evs.last)
+        t0_ns = [time.time_ns()] * n_sensors
+        idx = [(i * nblk) // n_sensors for i in range(n_sensors)]
+        sent = [0] * n_sensors
+        perf = time.perf_counter
+        cpu0 = sysinfo.proc_threads_cpu(d.pid)
+        t_start = perf()
+        n_msgs = int(duration * msg_rate)
+        late = 0
+        max_late = 0.0
+        i = 0
+        due = t_start
+        for m in range(n_msgs):
+            now = perf()
+            while now < due:
+                now = perf()
+            lag = now - due
+            if lag > 200e-6:
+                late += 1
+                if lag > max_late:
+                    max_late = lag
+            try:
+                pubs[i].send(blocks[idx[i]], t0_ns[i], DT_NS)
+            except zmq.Again:
+                raise _send_blocked(d, "paced load") from None
+            idx[i] = idx[i] + 1 if idx[i] + 1 < nblk else 0
+            t0_ns[i] += block * DT_NS
+            sent[i] += 1
+            i = i + 1 if i + 1 < n_sensors else 0
+            due += period
+            if m & 255 == 0:
+                evs.drain(0)
+        t_stop = perf()
+        total = sum(sent)
+        cpu1 = sysinfo.proc_threads_cpu(d.pid)
+        mem = sysinfo.proc_mem_mb(d.pid)
+        t_w = perf()
+        while _consumed(evs.last) - base < total:
+            if perf() - t_w > 10.0:
+                raise BenchError(f"daemon did not consume the last {total - _consumed(evs.last) + base} of "
+                                 f"{total} paced messages within 10 s after sending stopped")
+            _next_stats(evs, d, stats_interval)
+        time.sleep(0.005)  # the last partial batch waits max_delay_us (1 ms) for its deadline
+        final = d.stop()
+    except BaseException:
+        d.kill()
+        raise
+    finally:
+        _close_all(pubs)
+        if probe is not None:
+            probe.sock.close(linger=0)
+        if evs is not None:
+            evs.close()
+        ctx.term()
+        d.cleanup()
+    secs = t_stop - t_start
+    res = {
+        "sensors": n_sensors, "block_samples": block,
+        "target_windows_per_s": round(windows_per_s, 1),
+        "offered_windows_per_s": round(total * block / H / secs, 1),
+        "seconds_loaded": round(secs, 3),
+        "messages_sent": total,
+        "late_sends": late, "max_send_lag_us": round(max_late * 1e6, 1),
+        "startup": st_fig,
+        "p50_latency_us": final.get("p50_latency_us"),
+        "p99_latency_us": final.get("p99_latency_us"),
+        "max_latency_us": final.get("max_latency_us"),
+        "rss_mb": final.get("rss_mb"),
+        "daemon_mem": mem,
+        "daemon_threads_cpu_share": sysinfo.threads_cpu_share(cpu0, cpu1, secs),
+        "daemon_cpu_share": round(sum(sysinfo.threads_cpu_share(cpu0, cpu1, secs).values()), 3),
+        "final": _final_summary(final),
+        "counts": _count_check(final, sent, block, W, H, st_fig),
+    }
+    res["problems"] = _problems(res, final, loaded=False)
+    return res
+
+
+def _main_thread_share(shares: dict) -> float | None:
+    """CPU share of the daemon's main thread (the busiest one not named ZMQbg/...)."""
+    main = [v for k, v in shares.items() if "ZMQbg" not in k]
+    return max(main) if main else None
+
+
+def _final_summary(final: dict) -> dict:
+    keys = ("messages", "samples", "windows", "anomalies", "dropped", "drops", "notes", "batches",
+            "batch_reasons", "p50_latency_us", "p99_latency_us", "max_latency_us", "uptime_s",
+            "windows_per_s", "rss_mb", "backend", "kernels", "model", "_stop_s")
+    return {k: final.get(k) for k in keys}
+
+
+def _problems(res: dict, final: dict, loaded: bool) -> list:
+    """Things the daemon or the bus did wrong, stated precisely (empty when all is well)."""
+    out = []
+    if final.get("dropped"):
+        out.append(f"daemon dropped {final['dropped']} blocks: {final.get('drops')}")
+    notes = {s: n for s, n in (final.get("notes") or {}).items() if n}
+    if notes:
+        out.append(f"daemon noted stream irregularities on correctly sequenced input: {notes}")
+    c = res["counts"]
+    if c["mismatch"]:
+        out.append(f"windows scored differ from what was sent: {c['mismatch']}")
+    if c["probe_windows"] != c["probe_windows_expected"]:
+        out.append(f"probe sensor: {c['probe_windows']} windows scored, {c['probe_windows_expected']} expected")
+    gap = res.get("max_stats_gap_s")
+    if gap is not None and gap > 0.2 * 5:
+        out.append(f"stats events stalled: a {gap:.2f} s gap between events (interval 0.2 s)")
+    inter = res.get("interval_windows_per_s")
+    if inter and inter["min"] < 0.5 * inter["median"]:
+        out.append(f"throughput dipped: slowest 0.2 s interval {inter['min']:.0f} windows/s vs median "
+                   f"{inter['median']:.0f}")
+    share = res.get("daemon_main_thread_cpu_share")
+    if loaded and share is not None and share < 0.9:
+        out.append(f"the daemon's main thread got only {share:.2f} of a core while loaded "
+                   "(other processes on its CPU, or it waited for input)")
+    if loaded and res.get("sender_bound"):
+        out.append("the sender never had to wait for the daemon: the figure is sender-bound, not the daemon's max")
+    if not loaded and res.get("late_sends", 0) > 0.01 * max(1, res.get("messages_sent", 1)):
+        out.append(f"the paced sender was late (>200 µs) on {res['late_sends']} of {res['messages_sent']} sends")
+    return out

@@ -1,0 +1,503 @@
+"""``edgert bench [--quick] [--json] [--out FILE]``: kernels, bare invoke, pipeline, latency.
+
+One run measures, in this order (see the modules for how):
+
+1. kernels (`micro.bench_kernels`): each numba kernel vs its numpy reference on 32 windows of
+   the model's W×C and of 64×8 → µs per call and the speedup (target ≥ 5×).
+2. bare invoke (`micro.bench_invoke`): ``backend.run(32)`` and ``run(1)`` in a loop → windows/s.
+3. pipeline (`pipeline.saturate`): the daemon as a subprocess on CPU 0, blocks of 64 samples
+   from 8 sensors sent from CPU 1 as fast as it takes them → sustained windows/s; the ratio to
+   the bare batch-32 rate (target ≥ 0.5).
+4. latency (`pipeline.paced`): a fresh daemon at 50 % of that rate → p50/p99 latency
+   (target p99 ≤ 2000 µs), RSS (target ≤ 200 MB), start-up (spawn → first decision).
+
+Prints a table (progress goes to stderr); with ``--json`` the last stdout line is the whole
+result as one JSON object. Every run writes that JSON to ``--out`` or to
+``bench/results/bench-<timestamp>.json`` under the current directory. Machine-independent
+figures (pipeline / bare, numba / numpy per kernel) are under ``"ratios"``.
+Exit status: 0 when every section ran (whether or not targets were met), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import sysinfo
+
+SCHEMA = 1
+SECTIONS = ("kernels", "invoke", "pipeline", "latency")
+EXTRA_SHAPE = (64, 8, 16)  # W, C, H: the prototype's shape (shared/NOTES.md)
+
+TARGETS = {  # name: (op, value)
+    "kernel_speedup_min": (">=", 5.0),
+    "pipeline_over_bare_invoke": (">=", 0.5),
+    "p99_latency_us": ("<=", 2000.0),
+    "rss_mb": ("<=", 200.0),
+}
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    model: str = "motor-ae"
+    kernel_repeats: int = 21
+    kernel_target_s: float = 0.01
+    kernel_windows: int = 32
+    invoke_repeats: int = 21
+    invoke_target_s: float = 0.1
+    max_batch: int = 32
+    sensors: int = 8
+    block_samples: int = 64
+    stats_interval_s: float = 0.2
+    pipeline_s: float = 15.0
+    pipeline_settle_s: float = 1.0
+    backlog_msgs: int = 12000
+    latency_load: float = 0.5
+    latency_s: float = 10.0
+    startup_timeout_s: float = 120.0
+    cpu_daemon: int | None = 0
+    cpu_bench: int | None = 1
+    sections: tuple = SECTIONS
+    notes: list = field(default_factory=list)
+
+    @classmethod
+    def for_mode(cls, quick: bool, **kw) -> "Settings":
+        if quick:
+            base = dict(quick=True, kernel_repeats=7, kernel_target_s=0.004, invoke_repeats=7,
+                        invoke_target_s=0.05, pipeline_s=5.0, pipeline_settle_s=0.6, latency_s=5.0)
+        else:
+            base = {}
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class LoadMeter:
+    """CPU used by *other* processes while a section ran (this process and its children excluded)."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+        self.cpu = sysinfo.cpu_times()
+        self.own = os.times()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t
+        cpu = sysinfo.cpu_times()
+        own = os.times()
+        res = {"seconds": round(wall, 2)}
+        if self.cpu and cpu and wall > 0:
+            tick = os.sysconf("SC_CLK_TCK")
+            busy = sum(cpu[c][0] - self.cpu[c][0] for c in cpu if c in self.cpu) / tick
+            steal = sum(cpu[c][2] - self.cpu[c][2] for c in cpu if c in self.cpu) / tick
+            mine = sum(getattr(own, a) - getattr(self.own, a)
+                       for a in ("user", "system", "children_user", "children_system"))
+            res["other_cores"] = round(max(0.0, busy - mine) / wall, 2)
+            res["steal_cores"] = round(steal / wall, 2)
+            res["per_cpu"] = sysinfo.cpu_usage(self.cpu, cpu)
+        return res
+
+
+def _snapshot_model(name: str):
+    """Copy the model directory to a private temp dir and load it from there.
+
+    The in-process backend and every daemon then run the very same files, and a model being
+    rewritten in place meanwhile (TFLite maps the file: a rewrite under a live interpreter is a
+    SIGBUS) cannot disturb the run. Returns (model, snapshot dir, source dir).
+    """
+    from edgert import models
+
+    src = models.resolve(name)
+    last = None
+    for _ in range(3):  # a copy taken mid-rewrite fails its sha256 check: take it again
+        tmp = Path(tempfile.mkdtemp(prefix="edgert-bench-model-"))
+        snap = tmp / src.name
+        shutil.copytree(src, snap, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+        try:
+            return models.load(snap), snap, src
+        except models.ModelError as exc:
+            last = exc
+            shutil.rmtree(tmp, ignore_errors=True)
+            time.sleep(1.0)
+    raise last
+
+
+def run_bench(settings: Settings, log=_log) -> dict:
+    """Run the selected sections; returns the result dict (never raises for a failing section)."""
+    from . import micro, pipeline
+
+    result = {
+        "schema": SCHEMA,
+        "tool": "edgert bench",
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if settings.quick else "full",
+        "machine": sysinfo.machine_info(),
+        "settings": None,
+        "errors": {},
+        "problems": [],
+    }
+    git = sysinfo.git_rev(Path(__file__).resolve().parent.parent)
+    if git:
+        result["machine"]["git"] = git
+    t_all = time.perf_counter()
+    meter_all = LoadMeter()
+
+    # pinning: the bench (sender) on one core, the daemon on the other
+    orig_aff = None
+    try:
+        orig_aff = os.sched_getaffinity(0)
+    except AttributeError:
+        pass
+    if settings.cpu_bench is not None and settings.cpu_daemon is not None and orig_aff is not None \
+            and {settings.cpu_bench, settings.cpu_daemon} <= orig_aff and settings.cpu_bench != settings.cpu_daemon:
+        sysinfo.pin(settings.cpu_bench)
+        result["machine"]["pinning"] = {"bench": settings.cpu_bench, "daemon": settings.cpu_daemon}
+    else:
+        settings.notes.append("not pinned: needs two distinct allowed CPUs "
+                              f"{settings.cpu_bench} and {settings.cpu_daemon} (allowed: {sorted(orig_aff or [])})")
+        settings.cpu_daemon = None
+        result["machine"]["pinning"] = None
+
+    snap = None
+    try:
+        model = None
+        try:
+            model, snap, src = _snapshot_model(settings.model)
+            model_arg = str(snap)
+            v = model.variants["dynamic"]
+            result["model"] = {
+                "name": model.name, "dir": str(src), "window": model.window, "hop": model.hop,
+                "channels": model.channels, "threshold": model.threshold,
+                "dynamic_variant": v.path.name, "sha256": model.manifest.get("files", {}).get(v.path.name),
+                "input_quant": [v.input.scale, v.input.zero_point],
+                "output_quant": [v.output.scale, v.output.zero_point],
+            }
+        except Exception as exc:  # noqa: BLE001 - every section that needs it reports it
+            result["model"] = None
+            result["errors"]["model"] = f"{type(exc).__name__}: {exc}"
+            log(f"edgert bench: model {settings.model!r} unavailable: {exc}")
+
+        # 1. kernels
+        if "kernels" in settings.sections:
+            log("edgert bench: kernels (numba vs numpy)")
+            m = LoadMeter()
+            try:
+                if model is not None:
+                    v = model.variants["dynamic"]
+                    W, C, H = model.window, model.n_channels, model.hop
+                    mean, std = model.mean, model.std
+                    inq, outq = (v.input.scale, v.input.zero_point), (v.output.scale, v.output.zero_point)
+                else:
+                    W, C, H = 64, 3, 16
+                    mean, std = [0.0] * 3, [2.0] * 3
+                    inq = outq = (0.03, -1)
+                    settings.notes.append("kernels: no model, used W=64 C=3 H=16, mean 0, std 2, scale 0.03")
+                import numpy as np
+                cases = {f"{W}x{C}": micro.KernelCase(W, C, H, mean, std, inq, outq, settings.kernel_windows)}
+                eW, eC, eH = EXTRA_SHAPE
+                if f"{eW}x{eC}" not in cases:
+                    data = micro.signal_data(eC, 4096).astype(np.float64)
+                    cases[f"{eW}x{eC}"] = micro.KernelCase(eW, eC, eH, data.mean(0), data.std(0), inq, outq,
+                                                          settings.kernel_windows)
+                from edgert import kernels as _kernels
+                extra = sorted(set(_kernels.__all__) - set(micro.KERNELS) - {"BACKEND", "warmup"})
+                if extra:
+                    settings.notes.append(f"kernels not benchmarked (no input recipe in bench/micro.py): {extra}")
+                kres = micro.bench_kernels(cases, settings.kernel_repeats, settings.kernel_target_s, log=log)
+                kres["machine_load"] = m.stop()
+                result["kernels"] = kres
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["kernels"] = _err(exc)
+
+        # 2. bare invoke
+        if "invoke" in settings.sections:
+            log("edgert bench: bare invoke")
+            m = LoadMeter()
+            try:
+                if model is None:
+                    raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
+                ires = micro.bench_invoke(model, settings.invoke_repeats, settings.invoke_target_s,
+                                          max_batch=settings.max_batch, log=log)
+                ires["machine_load"] = m.stop()
+                result["invoke"] = ires
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["invoke"] = _err(exc)
+
+        # 3. pipeline at full speed
+        if "pipeline" in settings.sections:
+            log(f"edgert bench: pipeline ({settings.sensors} sensors, {settings.block_samples}-sample "
+                f"blocks, {settings.pipeline_s:g} s)")
+            m = LoadMeter()
+            try:
+                if model is None:
+                    raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
+                pres = pipeline.saturate(model, model_arg, settings.pipeline_s, settings.pipeline_settle_s,
+                                         n_sensors=settings.sensors, block=settings.block_samples,
+                                         stats_interval=settings.stats_interval_s,
+                                         backlog_msgs=settings.backlog_msgs, cpu_daemon=settings.cpu_daemon,
+                                         startup_timeout=settings.startup_timeout_s, log=log)
+                pres["machine_load"] = m.stop()
+                result["pipeline"] = pres
+                log(f"  sustained {pres['windows_per_s']:,.0f} windows/s")
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["pipeline"] = _err(exc)
+
+        # 4. latency at half load, fresh daemon
+        if "latency" in settings.sections:
+            m = LoadMeter()
+            try:
+                if model is None:
+                    raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
+                if "pipeline" in result:
+                    max_rate, src = result["pipeline"]["windows_per_s"], "pipeline"
+                elif "invoke" in result:
+                    max_rate, src = 0.5 * result["invoke"]["windows_per_s"], "0.5 x bare invoke (no pipeline figure)"
+                else:
+                    raise RuntimeError("no max rate to take a fraction of (pipeline and invoke both missing)")
+                rate = settings.latency_load * max_rate
+                log(f"edgert bench: latency at {settings.latency_load:.0%} load ({rate:,.0f} windows/s, "
+                    f"{settings.latency_s:g} s)")
+                lres = pipeline.paced(model, model_arg, rate, settings.latency_s, n_sensors=settings.sensors,
+                                      block=settings.block_samples, stats_interval=settings.stats_interval_s,
+                                      cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s,
+                                      log=log)
+                lres["load_fraction"] = settings.latency_load
+                lres["max_rate_from"] = src
+                lres["machine_load"] = m.stop()
+                result["latency"] = lres
+                log(f"  p50 {_fmt(lres['p50_latency_us'], 0)} µs, p99 {_fmt(lres['p99_latency_us'], 0)} µs, "
+                    f"rss {_fmt(lres['rss_mb'])} MB")
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["latency"] = _err(exc)
+    finally:
+        if snap is not None:
+            shutil.rmtree(snap.parent, ignore_errors=True)
+        if orig_aff is not None:
+            try:
+                os.sched_setaffinity(0, orig_aff)
+            except OSError:
+                pass
+
+    result["settings"] = asdict(settings)
+    result["machine"]["loadavg_end"] = sysinfo.loadavg()
+    result["machine"]["load_during_run"] = meter_all.stop()
+    result["elapsed_s"] = round(time.perf_counter() - t_all, 2)
+    _summarize(result)
+    return result
+
+
+def _err(exc: BaseException) -> str:
+    tb = traceback.format_exception_only(type(exc), exc)
+    return "".join(tb).strip()
+
+
+def _summarize(r: dict) -> None:
+    """Top-level ``figures``, ``ratios`` and ``targets``."""
+    figures, ratios = {}, {}
+    k = r.get("kernels")
+    if k:
+        for label, case in k.items():
+            if not isinstance(case, dict) or "kernels" not in case:
+                continue
+            for name, row in case["kernels"].items():
+                ratios[f"kernel_speedup.{label}.{name}"] = row["speedup"]
+                figures[f"kernel_us.{label}.{name}.numba"] = row["numba_us"]
+                figures[f"kernel_us.{label}.{name}.numpy"] = row["numpy_us"]
+                if not row["identical"]:
+                    r["problems"].append(f"kernel {name} ({label}): numba and numpy results differ")
+    inv = r.get("invoke")
+    if inv:
+        b = inv[f"batch{inv['max_batch']}"]
+        figures["bare_invoke_windows_per_s"] = b["windows_per_s"]
+        figures["bare_invoke_us_batch32"] = b["us_per_invoke"]
+        figures["bare_invoke_batch1_per_s"] = inv["batch1"]["invokes_per_s"]
+        figures["bare_invoke_us_batch1"] = inv["batch1"]["us_per_invoke"]
+    p = r.get("pipeline")
+    if p:
+        figures["pipeline_windows_per_s"] = p["windows_per_s"]
+        figures["pipeline_messages_per_s"] = p["messages_per_s"]
+        figures["pipeline_windows_per_daemon_cpu_s"] = p["windows_per_daemon_cpu_s"]
+        figures["startup_first_decision_s.pipeline_daemon"] = p["startup"]["first_decision_s"]
+        if inv:
+            ratios["pipeline_over_bare_invoke"] = round(p["windows_per_s"] / inv["windows_per_s"], 3)
+        r["problems"] += [f"pipeline: {x}" for x in p.get("problems", [])]
+    lat = r.get("latency")
+    if lat:
+        for key in ("p50_latency_us", "p99_latency_us", "max_latency_us", "rss_mb"):
+            figures[key] = lat[key]
+        figures["peak_rss_mb"] = (lat.get("daemon_mem") or {}).get("peak_rss_mb")
+        figures["latency_load_windows_per_s"] = lat["offered_windows_per_s"]
+        figures["startup_first_decision_s"] = lat["startup"]["first_decision_s"]
+        figures["startup_bound_s"] = lat["startup"]["bound_s"]
+        r["problems"] += [f"latency: {x}" for x in lat.get("problems", [])]
+    sp = [v for key, v in ratios.items() if key.startswith("kernel_speedup.")]
+    values = {
+        "kernel_speedup_min": min(sp) if sp else None,
+        "pipeline_over_bare_invoke": ratios.get("pipeline_over_bare_invoke"),
+        "p99_latency_us": figures.get("p99_latency_us"),
+        "rss_mb": figures.get("rss_mb"),
+    }
+    targets = {}
+    for name, (op, want) in TARGETS.items():
+        got = values[name]
+        ok = None if got is None or (isinstance(got, float) and math.isnan(got)) else \
+            (got >= want if op == ">=" else got <= want)
+        targets[name] = {"value": got, "target": f"{op} {want:g}", "pass": ok}
+    if sp:
+        failing = sorted(key.split(".", 1)[1] for key, v in ratios.items()
+                         if key.startswith("kernel_speedup.") and v < TARGETS["kernel_speedup_min"][1])
+        targets["kernel_speedup_min"]["below_target"] = failing
+    r["figures"] = figures
+    r["ratios"] = ratios
+    r["targets"] = targets
+
+
+# -- output ------------------------------------------------------------------------------
+def _fmt(x, nd=1, unit="") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, (int, float)) and abs(x) >= 10000:
+        return f"{x:,.0f}{unit}"
+    return f"{x:.{nd}f}{unit}"
+
+
+def _mark(ok) -> str:
+    return {True: "ok", False: "MISS", None: "-"}[ok]
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    lines = []
+    model = r.get("model") or {}
+    lines.append(f"edgert bench ({r['mode']}) - {m['cpu_model']}, {m['nproc']} CPUs, Python {m['python']}, "
+                 f"numpy {m['numpy']}, numba {m['numba']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), "
+                 f"litert {m['litert']}")
+    if model:
+        lines.append(f"model {model['name']} W={model['window']} H={model['hop']} C={len(model['channels'])} "
+                     f"({model['dynamic_variant']}); pinning: {m.get('pinning') or 'none'}")
+    load = m.get("load_during_run", {})
+    if load.get("other_cores", 0) > 0.1:
+        lines.append(f"WARNING: other processes used {load['other_cores']:.2f} cores during the run "
+                     f"(loadavg {m.get('loadavg_start')} -> {m.get('loadavg_end')}): figures are noisy")
+    t = r["targets"]
+    k = r.get("kernels")
+    if k:
+        lines.append("")
+        lines.append(f"{'kernels, 32 windows':<34}{'numba µs':>10}{'numpy µs':>10}{'speedup':>9}   target >= 5x")
+        for label, case in k.items():
+            if not isinstance(case, dict) or "kernels" not in case:
+                continue
+            for name, row in case["kernels"].items():
+                flag = "ok" if row["speedup"] >= 5 else "MISS"
+                if not row["identical"]:
+                    flag += " (results differ!)"
+                lines.append(f"  {label} {name:<28}{row['numba_us']:>10.2f}{row['numpy_us']:>10.2f}"
+                             f"{row['speedup']:>8.1f}x   {flag}")
+    inv = r.get("invoke")
+    if inv:
+        b = inv[f"batch{inv['max_batch']}"]
+        lines.append("")
+        lines.append(f"bare invoke ({inv['backend']})")
+        lines.append(f"  batch {inv['max_batch']:<27}{b['us_per_invoke']:>10.2f} µs/invoke  "
+                     f"{_fmt(b['windows_per_s'], 0)} windows/s")
+        b1 = inv["batch1"]
+        lines.append(f"  batch 1{'':<27}{b1['us_per_invoke']:>10.2f} µs/invoke  {_fmt(b1['invokes_per_s'], 0)} invokes/s")
+    p = r.get("pipeline")
+    if p:
+        iv = p["interval_windows_per_s"]
+        lines.append("")
+        lines.append(f"pipeline ({p['sensors']} sensors x {p['block_samples']}-sample blocks, PUSH/PULL ipc, "
+                     f"{p['measured_s']:.1f} s busy)")
+        lines.append(f"  sustained{'':<25}{_fmt(p['windows_per_s'], 0):>10} windows/s  "
+                     f"({_fmt(p['messages_per_s'], 0)} msgs/s; per {r['settings']['stats_interval_s']} s: "
+                     f"{_fmt(iv['min'], 0)}..{_fmt(iv['max'], 0)})")
+        pr = t["pipeline_over_bare_invoke"]
+        lines.append(f"  pipeline / bare invoke{'':<12}{_fmt(pr['value'], 3):>10}             "
+                     f"target {pr['target']}  {_mark(pr['pass'])}")
+        thr = ", ".join(f"{n.split(':', 1)[1]} {v:.2f}" for n, v in list(p["daemon_threads_cpu_share"].items())[:3])
+        lines.append(f"  daemon CPU (cores){'':<16}{thr}; sender waited {p['sender_blocked_share']:.0%} of the time")
+        lines.append(f"  per daemon CPU-second{'':<13}{_fmt(p['windows_per_daemon_cpu_s'], 0):>10} windows")
+        s = p["startup"]
+        lines.append(f"  start-up (spawn -> first decision) {s['first_decision_s']:.2f} s; first window "
+                     f"{_fmt(s.get('first_window_latency_us'), 0)} µs receipt -> decision")
+    lat = r.get("latency")
+    if lat:
+        lines.append("")
+        lines.append(f"latency at {lat['load_fraction']:.0%} load ({_fmt(lat['offered_windows_per_s'], 0)} windows/s "
+                     f"for {lat['seconds_loaded']:.1f} s, fresh daemon)")
+        p99 = t["p99_latency_us"]
+        lines.append(f"  p50 / p99 / max latency{'':<11}{_fmt(lat['p50_latency_us'], 0)} / {_fmt(lat['p99_latency_us'], 0)}"
+                     f" / {_fmt(lat['max_latency_us'], 0)} µs   target p99 {p99['target']}  {_mark(p99['pass'])}")
+        rss = t["rss_mb"]
+        peak = (lat.get("daemon_mem") or {}).get("peak_rss_mb")
+        lines.append(f"  daemon RSS{'':<24}{_fmt(lat['rss_mb'], 1)} MB (peak {_fmt(peak, 1)} MB)   "
+                     f"target {rss['target']}  {_mark(rss['pass'])}")
+        s = lat["startup"]
+        lines.append(f"  start-up (spawn -> first decision) {s['first_decision_s']:.2f} s (sockets bound at "
+                     f"{s['bound_s']:.2f} s; first window {_fmt(s.get('first_window_latency_us'), 0)} µs "
+                     "receipt -> decision)")
+        lines.append(f"  daemon CPU{'':<24}{lat.get('daemon_cpu_share', 0):.2f} cores")
+    lines.append("")
+    ratio_k = t["kernel_speedup_min"]
+    lines.append(f"targets: kernel speedup min {_fmt(ratio_k['value'], 1)}x {_mark(ratio_k['pass'])}"
+                 + (f" (below: {', '.join(ratio_k.get('below_target', []))})" if ratio_k.get("below_target") else "")
+                 + f"; pipeline/bare {_mark(t['pipeline_over_bare_invoke']['pass'])}"
+                 f"; p99 {_mark(t['p99_latency_us']['pass'])}; RSS {_mark(t['rss_mb']['pass'])}")
+    for name, e in r["errors"].items():
+        lines.append(f"ERROR {name}: {e}")
+    for pb in r["problems"]:
+        lines.append(f"PROBLEM {pb}")
+    for n in r["settings"]["notes"]:
+        lines.append(f"note: {n}")
+    lines.append(f"elapsed {r['elapsed_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _clean(x):
+    """JSON-safe: NaN/inf -> None, tuples -> lists."""
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):  # numpy scalars
+        return _clean(x.item())
+    return x
+
+
+def write_json(result: dict, out: str | None) -> Path:
+    if out:
+        path = Path(out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("bench") / "results" / f"bench-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(result), indent=1) + "\n")
+    return path
+
+
+def main(args) -> int:
+    sections = getattr(args, "sections", None)
+    settings = Settings.for_mode(bool(getattr(args, "quick", False)), model=getattr(args, "model", None),
+                                 sections=tuple(sections) if sections else None)
+    result = run_bench(settings)
+    path = write_json(result, getattr(args, "out", None))
+    result["output"] = str(path)
+    print(render(result), flush=True)
+    print(f"results: {path}", flush=True)
+    if getattr(args, "json", False):
+        print(json.dumps(_clean(result), separators=(",", ":")), flush=True)
+    return 1 if result["errors"] else 0

@@ -1,0 +1,168 @@
+"""What the benchmark ran on: CPU, core count, load, library versions, CPU pinning, process CPU time."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def loadavg() -> list | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_times() -> dict | None:
+    """Per-CPU jiffies from /proc/stat: {cpu: (busy, idle, steal)}."""
+    try:
+        out = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                f = line.split()
+                v = [int(x) for x in f[1:]]
+                idle = v[3] + v[4]
+                steal = v[7] if len(v) > 7 else 0
+                busy = sum(v[:8]) - idle - steal
+                out[f[0]] = (busy, idle, steal)
+        return out
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_usage(before: dict | None, after: dict | None) -> dict | None:
+    """Busy and steal share of each CPU between two `cpu_times()` snapshots."""
+    if not before or not after:
+        return None
+    res = {}
+    for cpu, (b1, i1, s1) in after.items():
+        if cpu not in before:
+            continue
+        b0, i0, s0 = before[cpu]
+        tot = (b1 - b0) + (i1 - i0) + (s1 - s0)
+        if tot > 0:
+            res[cpu] = {"busy": round((b1 - b0) / tot, 3), "steal": round((s1 - s0) / tot, 3)}
+    return res
+
+
+def git_rev(root: Path) -> dict | None:
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict:
+    import numpy
+    import zmq
+
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    try:
+        import numba
+        numba_v = numba.__version__
+    except Exception as exc:  # noqa: BLE001 - report, don't fail
+        numba_v = f"unavailable ({type(exc).__name__})"
+    from edgert import kernels
+
+    return {
+        "cpu_model": cpu_model(),
+        "nproc": os.cpu_count(),
+        "affinity": affinity,
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+        "numpy": numpy.__version__,
+        "numba": numba_v,
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": _version("msgpack"),
+        "litert": _version("ai-edge-litert"),
+        "tflite_runtime": _version("tflite-runtime"),
+        "edgert": _version("edgert"),
+        "kernels_backend": kernels.BACKEND,
+        "loadavg_start": loadavg(),
+        "executable": sys.executable,
+    }
+
+
+def pin(cpu: int) -> bool:
+    """Pin the calling thread (and threads it starts later) to `cpu`. False if not possible."""
+    try:
+        if cpu in os.sched_getaffinity(0):
+            os.sched_setaffinity(0, {cpu})
+            return True
+    except (AttributeError, OSError):
+        pass
+    return False
+
+
+def proc_threads_cpu(pid: int) -> dict:
+    """CPU seconds (user+system) per thread of process `pid`: {"tid:name": seconds}."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    base = Path(f"/proc/{pid}/task")
+    try:
+        tids = list(base.iterdir())
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            stat = (t / "stat").read_text()
+            name = (t / "comm").read_text().strip()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        out[f"{t.name}:{name}"] = (int(f[11]) + int(f[12])) / tick
+    return out
+
+
+def threads_cpu_share(before: dict, after: dict, seconds: float) -> dict:
+    """Share of one core each thread used between two `proc_threads_cpu` snapshots."""
+    if seconds <= 0:
+        return {}
+    res = {k: round((v - before.get(k, 0.0)) / seconds, 3) for k, v in after.items()}
+    return {k: v for k, v in sorted(res.items(), key=lambda kv: -kv[1]) if v > 0.005}
+
+
+def proc_mem_mb(pid: int) -> dict:
+    """VmRSS and VmHWM (peak RSS) of a process, MB."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, val = line.split(":", 1)
+                out[key] = round(int(val.split()[0]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return {"rss_mb": out.get("VmRSS"), "peak_rss_mb": out.get("VmHWM")}
