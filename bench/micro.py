@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-KERNELS = ("ring_append", "count_nonfinite", "normalize_quantize", "recon_error", "window_stats")
+KERNELS = ("ring_append", "count_nonfinite", "normalize_quantize", "recon_error", "window_stats",
+           "ingest")
 RING_CAPACITY = 1024  # the daemon's default ring_capacity
 RECORDING = "SC_HLT_005"
 
@@ -118,7 +119,18 @@ class KernelCase:
         scores = np.zeros(k, dtype=np.float32)
         stats = np.zeros((k, C, 6), dtype=np.float32)
         ring2 = self.ring.copy()
+        ring3 = self.ring.copy()
+        # ingest: what the daemon calls per 64-sample message (append + cut the windows it
+        # completes: 64 // H of them), idempotent for fixed (pos, next_start).
+        blk = self.block[:64]
+        nxt = self.pos - W + self.H
+        out3 = np.zeros((k, 1, W, C), dtype=np.int8)
+        stats3 = np.zeros((k, C, 6), dtype=np.float32)
+        t3 = np.zeros(k, dtype=np.int64)
         return {
+            "ingest": (impl.ingest, (ring3, cap, self.pos, nxt, blk, W, self.H, self.mean, self.inv_std,
+                                     self.in_scale, self.in_zp, out3, stats3, t3, 0, k, 10**18, 1000),
+                       (ring3, out3, stats3, t3)),
             "ring_append": (impl.ring_append, (ring2, cap, self.pos, self.block), (ring2,)),
             "count_nonfinite": (impl.count_nonfinite, (self.block,), ()),
             "normalize_quantize": (impl.normalize_quantize,

@@ -60,11 +60,11 @@ class Batcher:
     def free(self) -> int:
         return self.max_batch - self.n
 
-    def commit(self, k: int, sensor_index: int, t_starts: np.ndarray, seq: int, t_recv: int) -> None:
-        """Record metadata of the k rows just written at ``self.n``; send the batch if full."""
+    def commit_rows(self, k: int, sensor_index: int, seq: int, t_recv: int) -> None:
+        """Record metadata of the k rows the kernels just wrote at ``self.n`` (their t_start
+        included); send the batch if it is full."""
         a, b = self.n, self.n + k
         self.sensor_idx[a:b] = sensor_index
-        self.t_start[a:b] = t_starts
         self.seq[a:b] = seq
         self.t_recv[a:b] = t_recv
         self.n = b

@@ -35,6 +35,9 @@ class Daemon:
 
     def __init__(self, cfg: Config, ctx: zmq.Context | None = None):
         self.cfg = cfg
+        # Load (or compile) every kernel now, not inside the first message's handling, so the
+        # first decision is not 100-300 ms late.
+        self.warmup_s = kernels.warmup()
         self.model = models.load(cfg.model)
         if self.model.kind != "autoencoder":
             raise ValueError(f"{self.model.dir}: the daemon scores autoencoders; "
@@ -233,6 +236,9 @@ class Daemon:
             "p99_latency_us": self.latency.quantile(0.99),
             "max_latency_us": self.latency.max_us,
             "uptime_s": round(elapsed, 3),
+            "kernel_warmup_s": round(self.warmup_s, 3),
+            "first_decision_s": round((self.first_decision_ns - self.started_ns) * 1e-9, 6)
+            if self.first_decision_ns else None,
             "windows_per_s": round(d["windows"] / elapsed, 1) if elapsed > 0 else 0.0,
             "events_published": self.events.published if self.events else 0,
             **rss_breakdown(),

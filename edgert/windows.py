@@ -81,13 +81,13 @@ class SensorStream:
             self.restart(t0, dt)
         self.last_seq = seq
 
-    def window_times(self, starts: np.ndarray) -> np.ndarray:
-        """ns timestamps of the first sample of windows at logical `starts`."""
-        return self.t_origin + starts * self.dt
-
 
 def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int, batcher) -> int:
     """Append a block to a sensor's ring and hand every completed window to the batcher.
+
+    One fused kernel call (`kernels.ingest`) per ring-sized chunk appends the samples and
+    cuts the completed windows straight into the batcher's input tensor, statistics and
+    timestamps; Python only commits the rows (and flushes a full batch between calls).
 
     Args:
       stream: the sensor's `SensorStream` (already `check`-ed for this block).
@@ -100,31 +100,26 @@ def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int,
       the number of windows cut.
     """
     W, H, cap = stream.window, stream.hop, stream.cap
-    chunk = cap - W + 1
+    b = batcher
     n = samples.shape[0]
-    cut = 0
     i = 0
-    while i < n:
-        part = samples[i:i + chunk]
-        i += part.shape[0]
-        stream.pos = kernels.ring_append(stream.ring, cap, stream.pos, part)
-        last = stream.pos - W  # last possible window start
-        if stream.next_start > last:
-            continue
-        starts = np.arange(stream.next_start, last + 1, H, dtype=np.int64)
-        stream.next_start = int(starts[-1]) + H
-        j = 0
-        while j < starts.size:
-            k = min(starts.size - j, batcher.free)
-            sel = starts[j:j + k]
-            row = batcher.n
-            kernels.normalize_quantize(stream.ring, cap, sel, W, batcher.mean, batcher.inv_std,
-                                       batcher.in_scale, batcher.in_zp, batcher.buf, row)
-            for mi in batcher.extra:
-                kernels.normalize_quantize(stream.ring, cap, sel, W, mi.mean, mi.inv_std,
-                                           mi.in_scale, mi.in_zp, mi.buf, row)
-            kernels.window_stats(stream.ring, cap, sel, W, batcher.stats[row:row + k])
-            batcher.commit(k, stream.index, stream.window_times(sel), seq, t_recv)
-            j += k
-        cut += starts.size
-    return cut
+    cut = 0
+    while True:
+        row = b.n
+        first = stream.next_start
+        pos, nxt, k, used = kernels.ingest(
+            stream.ring, cap, stream.pos, first, samples[i:] if i else samples, W, H, b.mean,
+            b.inv_std, b.in_scale, b.in_zp, b.buf, b.stats, b.t_start, row, b.max_batch - row,
+            stream.t_origin, stream.dt)
+        stream.pos, stream.next_start = pos, nxt
+        i += used
+        if k:
+            if b.extra:  # a classifier beside the model: its own copy of the same windows
+                sel = first + H * np.arange(k, dtype=np.int64)
+                for mi in b.extra:
+                    kernels.normalize_quantize(stream.ring, cap, sel, W, mi.mean, mi.inv_std,
+                                               mi.in_scale, mi.in_zp, mi.buf, row)
+            b.commit_rows(k, stream.index, seq, t_recv)
+            cut += k
+        if i >= n and nxt + W > pos:
+            return cut

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 __all__ = ["BACKEND", "ring_append", "count_nonfinite", "normalize_quantize", "recon_error",
-           "window_stats", "warmup"]
+           "window_stats", "ingest", "warmup"]
 
 
 def _numba_unavailable() -> str | None:
@@ -32,11 +32,11 @@ def _numba_unavailable() -> str | None:
 
 _why = _numba_unavailable()
 if _why is None:
-    from ._jit import count_nonfinite, normalize_quantize, recon_error, ring_append, window_stats
+    from ._jit import count_nonfinite, ingest, normalize_quantize, recon_error, ring_append, window_stats
 
     BACKEND = "numba"
 else:
-    from .ref import count_nonfinite, normalize_quantize, recon_error, ring_append, window_stats
+    from .ref import count_nonfinite, ingest, normalize_quantize, recon_error, ring_append, window_stats
 
     BACKEND = "numpy"
     warnings.warn(f"edgert.kernels: numba is unavailable ({_why}); the numpy kernels serve "
@@ -75,4 +75,10 @@ def warmup() -> float:
     recon_error(q, 0.5, 0, q, 0.5, 0, 2, ch_err, scores)
     stats = np.zeros((2, C, 6), dtype=np.float32)
     window_stats(ring, cap, starts, W, stats)
+    t_start = np.zeros(2, dtype=np.int64)
+    for dt in _BLOCK_DTYPES:
+        for writable in (True, False):
+            block = np.ones((3, C), dtype=dt)
+            block.flags.writeable = writable
+            ingest(ring, cap, 0, 0, block, W, 1, mean, inv_std, 0.5, 0, q, stats, t_start, 0, 2, 0, 1)
     return time.perf_counter() - t0

@@ -13,7 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["ring_append", "count_nonfinite", "normalize_quantize", "recon_error", "window_stats"]
+__all__ = ["ring_append", "count_nonfinite", "normalize_quantize", "recon_error", "window_stats",
+           "ingest"]
 
 
 @njit(cache=True, nogil=True)
@@ -223,3 +224,36 @@ def window_stats(ring, cap, starts, W, out):
             out[j, c, 3] = pk
             out[j, c, 4] = pk / rms if rms != 0.0 else 0.0
             out[j, c, 5] = m4 / (m2 * m2) if m2 != 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def ingest(ring, cap, pos, next_start, block, W, H, mean, inv_std, scale, zero_point, out, stats,
+           t_start, row0, max_rows, t_origin, dt):
+    """One step of a sensor's stream: append a chunk of `block` to the ring (only when no
+    completed window is waiting), then cut up to `max_rows` completed windows into rows
+    row0.. of `out` (normalize+quantize), `stats` (window_stats) and `t_start` (ns).
+
+    The chunk is at most what the ring holds without overwriting the first window still to be
+    cut, and appending comes before cutting, so every window cut by a call is intact in the
+    ring when it returns. Returns (pos, next_start, rows_cut, samples_used).
+    """
+    n = block.shape[0]
+    used = 0
+    if next_start + W > pos and n > 0:
+        m = min(n, cap, next_start + cap - pos)
+        pos = ring_append(ring, cap, pos, block[:m])
+        used = m
+    k = 0
+    if next_start + W <= pos:
+        k = min((pos - W - next_start) // H + 1, max_rows)
+    if k > 0:
+        if row0 < 0 or row0 + k > t_start.shape[0] or row0 + k > stats.shape[0]:
+            raise ValueError("rows row0..row0+k out of range of t_start/stats")
+        starts = np.empty(k, dtype=np.int64)
+        for j in range(k):
+            starts[j] = next_start + j * H
+            t_start[row0 + j] = t_origin + starts[j] * dt
+        normalize_quantize(ring, cap, starts, W, mean, inv_std, scale, zero_point, out, row0)
+        window_stats(ring, cap, starts, W, stats[row0:row0 + k])
+        next_start += k * H
+    return pos, next_start, k, used

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ring_append", "count_nonfinite", "normalize_quantize", "recon_error", "window_stats"]
+__all__ = ["ring_append", "count_nonfinite", "normalize_quantize", "recon_error", "window_stats",
+           "ingest"]
 
 
 def _seqsum(x: np.ndarray, axis: int) -> np.ndarray:
@@ -139,3 +140,27 @@ def window_stats(ring, cap, starts, W, out) -> None:
     o[..., 3] = peak
     o[..., 4] = crest
     o[..., 5] = kurt
+
+
+def ingest(ring, cap, pos, next_start, block, W, H, mean, inv_std, scale, zero_point, out, stats,
+           t_start, row0, max_rows, t_origin, dt):
+    """numpy version of `_jit.ingest` (same contract), composed of the kernels above."""
+    n = block.shape[0]
+    used = 0
+    pos, next_start = int(pos), int(next_start)
+    if next_start + W > pos and n > 0:
+        m = min(n, cap, next_start + cap - pos)
+        pos = ring_append(ring, cap, pos, block[:m])
+        used = m
+    k = 0
+    if next_start + W <= pos:
+        k = min((pos - W - next_start) // H + 1, max_rows)
+    if k > 0:
+        if row0 < 0 or row0 + k > t_start.shape[0] or row0 + k > stats.shape[0]:
+            raise ValueError("rows row0..row0+k out of range of t_start/stats")
+        starts = next_start + H * np.arange(k, dtype=np.int64)
+        t_start[row0:row0 + k] = t_origin + starts * dt
+        normalize_quantize(ring, cap, starts, W, mean, inv_std, scale, zero_point, out, row0)
+        window_stats(ring, cap, starts, W, stats[row0:row0 + k])
+        next_start += k * H
+    return pos, next_start, k, used

@@ -104,3 +104,22 @@ def window_stats(ring, cap, starts, W, out):
             out[j, c, 3] = np.float32(peak)
             out[j, c, 4] = np.float32(peak / rms) if rms != 0 else 0.0
             out[j, c, 5] = np.float32(m4 / (m2 * m2)) if m2 != 0 else 0.0
+
+
+def ingest(ring, cap, pos, next_start, block, W, H, mean, inv_std, scale, zero_point, out, stats,
+           t_start, row0, max_rows, t_origin, dt):
+    """Obvious version of the fused step: append a safe chunk, then cut windows one by one."""
+    used = 0
+    if next_start + W > pos and block.shape[0] > 0:
+        m = min(block.shape[0], cap, next_start + cap - pos)
+        pos = ring_append(ring, cap, pos, block[:m])
+        used = m
+    k = 0
+    while next_start + W <= pos and k < max_rows:
+        s = np.array([next_start], dtype=np.int64)
+        normalize_quantize(ring, cap, s, W, mean, inv_std, scale, zero_point, out, row0 + k)
+        window_stats(ring, cap, s, W, stats[row0 + k:row0 + k + 1])
+        t_start[row0 + k] = t_origin + next_start * dt
+        next_start += H
+        k += 1
+    return pos, next_start, k, used

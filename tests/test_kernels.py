@@ -569,3 +569,64 @@ def test_without_numba_falls_back_with_one_warning(how):
     assert cat == "RuntimeWarning"
     assert "numba is unavailable" in msg and "numpy kernels" in msg and "slower" in msg
     assert ("EDGERT_NO_NUMBA=1" in msg) if how == "env" else ("import failed" in msg)
+
+
+@st.composite
+def ingest_cases(draw):
+    C = draw(st.integers(1, 8))
+    W = draw(st.integers(1, 64))
+    H = draw(st.integers(1, 80))
+    cap = draw(st.integers(2 * W, 2 * W + 300))
+    B = draw(st.integers(1, 12))
+    dtype = draw(st.sampled_from(["<f4", "<f8", "<i2", "<i4", "<u2"]))
+    sizes = draw(st.lists(st.integers(0, 3 * cap), min_size=1, max_size=6))
+    seed = draw(st.integers(0, 2**32 - 1))
+    pos0 = draw(st.sampled_from([0, 5, 2**31 + 7, 2**33]))
+    return C, W, H, cap, B, dtype, sizes, seed, pos0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ingest_cases())
+def test_ingest_fused_step_agrees(case):
+    """numba == numpy == naive for the fused append+cut step, driven over whole streams with
+    small batches (so calls stop at max_rows and resume), and the windows equal slices of the
+    stream."""
+    C, W, H, cap, B, dtype, sizes, seed, pos0 = case
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=C)
+    inv_std = rng.uniform(0.1, 3, size=C)
+    scale, zp = float(rng.uniform(0.01, 0.5)), int(rng.integers(-5, 5))
+    impls = {"jit": _jit.ingest, "ref": ref.ingest, "naive": naive.ingest}
+    results = {}
+    blocks = [(rng.normal(scale=50, size=(n, C))).astype(dtype) for n in sizes]
+    for name, fn in impls.items():
+        ring = np.zeros((2 * cap, C), np.float32)
+        pos, nxt = pos0, pos0
+        out = np.zeros((B, 1, W, C), np.int8)
+        stats = np.zeros((B, C, 6), np.float32)
+        t_start = np.zeros(B, np.int64)
+        got_q, got_s, got_t = [], [], []
+        for blk in blocks:
+            i = 0
+            while True:
+                pos, nxt, k, used = fn(ring, cap, pos, nxt, blk[i:], W, H, mean, inv_std, scale, zp,
+                                       out, stats, t_start, 0, B, 10**18, 1000)
+                i += used
+                got_q.extend(out[:k].copy())
+                got_s.extend(stats[:k].copy())
+                got_t.extend(t_start[:k].tolist())
+                if i >= blk.shape[0] and nxt + W > pos:
+                    break
+        results[name] = (np.array(got_q), np.array(got_s), got_t, pos, nxt)
+    for name in ("ref", "naive"):
+        a, b = results["jit"], results[name]
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1].view(np.uint32), b[1].view(np.uint32))
+        assert a[2:] == b[2:], name
+    stream = np.concatenate([b.astype(np.float32) for b in blocks]) if blocks else np.zeros((0, C))
+    starts = np.arange(0, stream.shape[0] - W + 1, H)
+    assert len(results["jit"][2]) == starts.size
+    assert results["jit"][2] == [10**18 + (pos0 + s) * 1000 for s in starts]
+    for j, s in enumerate(starts[:50]):
+        win = stream[s:s + W].astype(np.float64)
+        q = np.clip(np.rint((win - mean) * inv_std / scale + zp), -128, 127).astype(np.int8)
+        assert np.array_equal(results["jit"][0][j, 0], q)

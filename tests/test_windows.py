@@ -13,6 +13,7 @@ class Collect:
     def __init__(self, W, C, max_batch=8, scale=0.05, zp=3):
         self.buf = np.zeros((max_batch, 1, W, C), dtype=np.int8)
         self.stats = np.zeros((max_batch, C, 6), dtype=np.float32)
+        self.t_start = np.zeros(max_batch, dtype=np.int64)
         self.max_batch = max_batch
         self.mean = np.linspace(-1, 1, C)
         self.inv_std = 1.0 / np.linspace(0.5, 2, C)
@@ -25,9 +26,9 @@ class Collect:
     def free(self):
         return self.max_batch - self.n
 
-    def commit(self, k, sensor_index, t_starts, seq, t_recv):
+    def commit_rows(self, k, sensor_index, seq, t_recv):
         self.windows.extend(self.buf[self.n:self.n + k, 0].copy())
-        self.t_starts.extend(int(t) for t in t_starts)
+        self.t_starts.extend(int(t) for t in self.t_start[self.n:self.n + k])
         self.seqs.extend([seq] * k)
         self.n += k
         if self.n >= self.max_batch:
