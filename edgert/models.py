@@ -221,6 +221,21 @@ def load(name_or_path, verify: bool = True) -> Model:
     return model
 
 
+def read_variant(model: "Model", variant: Variant) -> bytes:
+    """The bytes of a variant's file, checked against the manifest's sha256.
+
+    Backends run these bytes (``model_content``) rather than the path: the file can then be
+    replaced on disk (a retrained model, a copy in progress) without the running interpreter,
+    which maps its model, seeing it change under it, and what runs is what was verified.
+    """
+    data = variant.path.read_bytes()
+    want = model.manifest.get("files", {}).get(variant.path.name)
+    got = hashlib.sha256(data).hexdigest()
+    if want is not None and got != want:
+        raise ModelError(f"{variant.path}: sha256 {got[:16]}… does not match {MANIFEST} 'files' ({str(want)[:16]}…)")
+    return data
+
+
 def verify_tensors(variant: Variant) -> None:
     """Open `variant` in the TFLite interpreter and compare its I/O tensors with the manifest."""
     from .backends import _litert

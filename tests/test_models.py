@@ -110,3 +110,19 @@ def test_bad_json_and_unknown_model(model_dir, tmp_path):
         models.load(model_dir)
     with pytest.raises(models.ModelError, match="no-such"):
         models.load(tmp_path / "no-such")
+
+
+def test_backend_survives_model_file_replaced_on_disk(model_dir):
+    """The interpreter runs verified bytes, not a mapping of the file: rewriting the file in
+    place (a retrain writing over it) cannot crash a running backend (SIGBUS)."""
+    m = models.load(model_dir)
+    be = create("cpu", m, max_batch=4)
+    be.input_buffer()[:] = 7
+    before = be.run(4).copy()
+    f = m.variants["dynamic"].path
+    f.write_bytes(b"\0" * 10)  # truncated in place
+    be.input_buffer()[:] = 7
+    assert np.array_equal(be.run(4), before)
+    be.close()
+    with pytest.raises(Exception, match="sha256"):
+        create("cpu", m, max_batch=4)

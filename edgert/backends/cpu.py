@@ -26,11 +26,17 @@ def batch_sizes(max_batch: int) -> list[int]:
 class _Slot:
     """One interpreter allocated for a fixed batch size, with views of its I/O tensors."""
 
-    def __init__(self, Interpreter, path: str, batch: int, num_threads: int, dynamic: bool,
+    def __init__(self, Interpreter, path, batch: int, num_threads: int, dynamic: bool,
                  delegates=None):
+        """`path`: the model file, or its bytes (preferred: see `edgert.models.read_variant`)."""
         self.batch = batch
         extra = {"experimental_delegates": list(delegates)} if delegates else {}
-        self.interp = Interpreter(model_path=path, num_threads=num_threads, **extra)
+        if isinstance(path, (bytes, bytearray)):
+            self._content = bytes(path)  # the interpreter keeps a pointer into this buffer
+            extra["model_content"] = self._content
+        else:
+            extra["model_path"] = path
+        self.interp = Interpreter(num_threads=num_threads, **extra)
         inp = self.interp.get_input_details()[0]
         if dynamic and inp["shape"][0] != batch:
             self.interp.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=True)
@@ -87,7 +93,11 @@ class DynamicBatchBackend:
         self.max_batch = int(max_batch)
         self.name = name
         self.runtime = runtime
-        path = str(variant.path)
+        try:
+            from ..models import read_variant
+            path = read_variant(model, variant)  # bytes, verified: see read_variant
+        except Exception as exc:
+            raise BackendError(str(exc)) from None
         self._slots = [_Slot(Interpreter, path, b, num_threads, dynamic=variant.batch is None,
                              delegates=make_delegates() if make_delegates else None)
                        for b in batch_sizes(self.max_batch)]
