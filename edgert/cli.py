@@ -15,7 +15,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    from . import config
+    from . import config, sdnotify
     from .daemon import Daemon
 
     try:
@@ -27,14 +27,19 @@ def cmd_serve(args) -> int:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
     _setup_logging(cfg.log_level)
+    notifier = sdnotify.Notifier()  # no-op unless started by systemd (Type=notify)
     try:
         d = Daemon(cfg)
         d.bind()
     except Exception as exc:  # model, backend or socket errors: say which, exit non-zero
+        notifier.status(f"failed: {exc}")
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 1
     d.install_signal_handlers()
-    final = d.run()
+    final = d.run(ready=lambda: notifier.ready(f"serving {d.model.name} on {d.listen_endpoint}, "
+                                               f"backend {d.backend.name}"),
+                  tick=notifier.tick)
+    notifier.stopping(f"stopped after {final.get('windows', 0)} windows")
     print(json.dumps({"final": True, **final}, default=float), flush=True)
     return 0
 
@@ -105,6 +110,12 @@ def cmd_bench(args) -> int:
     return bench_run.main(args)
 
 
+def cmd_backends(args) -> int:
+    from .backends.report import main as report
+
+    return report(as_json=args.json, model=args.model)
+
+
 def cmd_warmup(args) -> int:
     from . import kernels, models
 
@@ -124,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="sensor endpoint to bind (tcp://*:5555, ipc:///run/edgert/sensors)")
     s.add_argument("--events", help="event PUB endpoint to bind")
     s.add_argument("--model", help="shipped model name or model directory (default motor-ae)")
-    s.add_argument("--backend", help="auto|cpu|edgetpu|delegate:PATH[:k=v,...] (default auto)")
+    s.add_argument("--backend", help="auto|cpu|edgetpu[:device=usb:0]|delegate:PATH[:key=value,…], "
+                                     "or a fallback chain A|B (default auto = edgetpu|cpu)")
     s.add_argument("--classifier", help="also classify every window with this classifier model "
                                         "(same window, hop and channels), e.g. motor-cnn")
     s.add_argument("--socket", choices=["sub", "pull"], help="input socket type (default sub)")
@@ -169,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--out", help="write the JSON result here")
     b.set_defaults(fn=cmd_bench)
+
+    bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")
+    bk.add_argument("--json", action="store_true")
+    bk.add_argument("--model", default="motor-ae", help="model whose variants to check (default motor-ae)")
+    bk.set_defaults(fn=cmd_backends)
 
     w = sub.add_parser("warmup", help="compile the numba kernels and check the models load")
     w.set_defaults(fn=cmd_warmup)

@@ -33,6 +33,12 @@ class Config:
     def validate(self) -> "Config":
         if self.socket not in ("sub", "pull"):
             raise ValueError(f"config field 'socket' must be 'sub' or 'pull', got {self.socket!r}")
+        from .backends.spec import parse as parse_backend
+
+        try:
+            parse_backend(self.backend)
+        except ValueError as exc:
+            raise ValueError(f"config field 'backend': {exc}") from None
         if self.threshold not in ("fixed", "spot", "dspot", "quantile"):
             raise ValueError(f"config field 'threshold' must be fixed, spot, dspot or quantile, got {self.threshold!r}")
         if not 0 < self.risk_q < 1:

@@ -79,7 +79,10 @@ class Daemon:
                 raise ValueError(f"{c.dir}/manifest.json: field {field!r} is {getattr(c, field)!r}, but the "
                                  f"autoencoder {m.name} has {getattr(m, field)!r}; they must see the same windows")
         self.classifier = c
-        self.cls_backend = backends.create(self.cfg.backend, c, max_batch=self.batcher.max_batch,
+        # The classifier may have no compiled variant for an accelerator: let it fall back to
+        # the CPU rather than stop the daemon.
+        chain = self.cfg.backend if self.cfg.backend.endswith("cpu") else f"{self.cfg.backend}|cpu"
+        self.cls_backend = backends.create(chain, c, max_batch=self.batcher.max_batch,
                                            num_threads=self.cfg.num_threads)
         self.cls_scorer = ClassScorer(c, self.batcher.max_batch)
         self.batcher.add_input(self.cls_backend, c)
@@ -227,6 +230,7 @@ class Daemon:
         d.update({
             "model": self.model.name,
             "backend": self.backend.name,
+            "backend_fallbacks": getattr(self.backend, "fallbacks", []),
             "kernels": kernels.BACKEND,
             "batches": self.batcher.batches,
             "batch_errors": self.batch_errors,
@@ -246,11 +250,13 @@ class Daemon:
         return d
 
     # -- main loop --------------------------------------------------------------
-    def run(self, ready=None) -> dict:
+    def run(self, ready=None, tick=None) -> dict:
         """Serve until stopped. Returns the final stats.
 
         Args:
           ready: optional ``callable()`` called once the sockets are bound and input is taken.
+          tick: optional ``callable()`` called on every loop iteration (at least every 100 ms
+            while idle), e.g. `edgert.sdnotify.Notifier.tick` for the systemd watchdog.
         """
         if self.sock is None:
             self.bind()
@@ -285,6 +291,8 @@ class Daemon:
                     if batcher.n and t >= batcher.t_recv[0] + batcher.max_delay_ns:
                         batcher.flush("deadline")
             batcher.poll()
+            if tick is not None:
+                tick()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 self.events.publish("stats", "daemon", self.stats())

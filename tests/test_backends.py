@@ -320,6 +320,43 @@ def test_delegate_that_rejects_the_graph(libs, model):
     assert "dynamic variant" in str(ei.value) and "b1 variant" in str(ei.value)
 
 
+def test_delegate_runs_a_b1_only_classifier(libs, tmp_path):
+    """A model with only a b1 variant and a [1, classes] output (a classifier) runs through a
+    delegate one window per invoke; rows equal plain single invokes."""
+    from edgert.backends import _litert
+
+    Interpreter = _litert.find()[0]
+    src = HERE / "data" / "check_model" / "mappable.tflite"  # int8 [1, 1, 16, 3] -> [1, 4]
+    shutil.copy(src, tmp_path / "clf_b1.tflite")
+    it = Interpreter(model_path=str(src))
+    det = {"input": it.get_input_details()[0], "output": it.get_output_details()[0]}
+    tspec = {k: {"shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                 "scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+             for k, d in det.items()}
+    man = {"schema": 1, "name": "tiny-clf", "kind": "classifier", "window": 16, "hop": 8,
+           "channels": ["a", "b", "c"], "normalization": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+           "class_names": ["w", "x", "y", "z"],
+           "variants": {"b1": {"file": "clf_b1.tflite", "batch": 1, **tspec}},
+           "files": {"clf_b1.tflite": models.sha256(tmp_path / "clf_b1.tflite")}}
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    m = models.load(tmp_path)
+    b = backends.create(f"delegate:{libs['passthrough']}", m, max_batch=6)
+    try:
+        assert b.info["variant"] == "b1" and b.rows == 1
+        q = np.random.default_rng(5).integers(-128, 128, size=(20, 1, 16, 3), dtype=np.int8)
+        got = run_all(b, q, 6)
+        assert got.shape == (20, 4)
+        it.allocate_tensors()
+        ref = []
+        for row in q:
+            it.set_tensor(det["input"]["index"], row[None])
+            it.invoke()
+            ref.append(it.get_tensor(det["output"]["index"])[0].copy())
+        assert np.array_equal(got, np.stack(ref))
+    finally:
+        b.close()
+
+
 def test_missing_delegate_library(model, tmp_path):
     with pytest.raises(BackendError) as ei:
         backends.create(f"delegate:{tmp_path}/nope.so", model)
@@ -437,6 +474,35 @@ def test_edgetpu_one_device_is_zero_copy(libs, packed_model, monkeypatch, tmp_pa
     with pytest.raises(BackendError) as ei:
         backends.create("edgetpu:device=pci:0", packed_model)
     assert ei.value.cause == "no device" and "pci:0 not found" in str(ei.value)
+
+
+def test_edgetpu_picks_the_packed_compiled_variant(libs, packed_dir, monkeypatch, tmp_path):
+    """`edgert compile` names the compiled variants edgetpu_<source> when a model has several
+    fixed-batch ones: the packed one (most windows per invoke) is chosen over edgetpu_b1."""
+    d = tmp_path / "m"
+    shutil.copytree(packed_dir, d)
+    man = json.loads((d / "manifest.json").read_text())
+    v = man["variants"]
+    v["edgetpu_packed"] = dict(v.pop("edgetpu"), source_variant="packed", backend="edgetpu",
+                               min_runtime=13, compiler_version="16.0.384591198")
+    shutil.copy(d / v["b1"]["file"], d / "motor-ae_b1_edgetpu.tflite")
+    v["edgetpu_b1"] = dict(v["b1"], file="motor-ae_b1_edgetpu.tflite", source_variant="b1", backend="edgetpu")
+    man["files"]["motor-ae_b1_edgetpu.tflite"] = models.sha256(d / "motor-ae_b1_edgetpu.tflite")
+    (d / "manifest.json").write_text(json.dumps(man))
+    m = models.load(d)
+    assert edgetpu.compiled_variants(m)[0] == "edgetpu_packed"
+    _fake_tpu(monkeypatch, libs["fake_edgetpu"], "usb:0", tmp_path)
+    b = backends.create("edgetpu", m, max_batch=16)
+    assert b.info["variant"] == "edgetpu_packed" and b.rows == m.variants["packed"].input.shape[1]
+    q = quantized_windows(m)
+    assert np.array_equal(run_all(b, q, 16), b1_reference(m, q))
+    b.close()
+    # the compiled model's provenance is named when the runtime refuses it
+    monkeypatch.setenv("FAKE_EDGETPU_FAIL", "version")
+    with pytest.raises(BackendError) as ei:
+        backends.create("edgetpu", m)
+    assert ei.value.cause == "version mismatch"
+    assert "edgetpu_compiler 16.0.384591198, Edge TPU runtime >= 13" in str(ei.value)
 
 
 @pytest.mark.parametrize("devices,fail,cause,words", [

@@ -2,11 +2,14 @@
 
 LiteRT is the default (XNNPACK runs int8 models ~5x faster than tflite-runtime's kernels);
 tflite-runtime is what many Coral boards carry, so it is accepted when it is all there is.
+``EDGERT_TFLITE_RUNTIME=tflite-runtime`` (or ``ai-edge-litert``) picks one when both are
+installed, e.g. to match the TF Lite version a libedgetpu build was made for (docs/coral.md).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 _CANDIDATES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert", "ai_edge_litert"),
@@ -26,7 +29,14 @@ def find():
     if _found is not None:
         return _found
     errors = []
-    for module, dist, pkg in _CANDIDATES:
+    want = os.environ.get("EDGERT_TFLITE_RUNTIME", "").strip()
+    candidates = _CANDIDATES
+    if want:
+        candidates = tuple(c for c in _CANDIDATES if want in (c[1], c[2]))
+        if not candidates:
+            raise ImportError(f"EDGERT_TFLITE_RUNTIME={want!r}: expected one of "
+                              + ", ".join(c[1] for c in _CANDIDATES))
+    for module, dist, pkg in candidates:
         try:
             mod = importlib.import_module(module)
         except Exception as exc:  # a broken install can raise more than ImportError

@@ -20,7 +20,7 @@ import os
 from . import _litert, probe
 from .base import BackendError
 from .cpu import DynamicBatchBackend, _Slot
-from .packed import PackedBackend
+from .packed import PackedBackend, model_source
 
 log = logging.getLogger("edgert")
 
@@ -123,7 +123,7 @@ def build(model, path: str, options: dict | None = None, max_batch: int = 32, nu
                 b = DynamicBatchBackend(model, variant, max_batch, num_threads, Interpreter, runtime,
                                         name, make_delegates=make)
             else:
-                slot = _Slot(Interpreter, str(variant.path), 1, num_threads, dynamic=False,
+                slot = _Slot(Interpreter, model_source(model, variant), 1, num_threads, dynamic=False,
                              delegates=make())
                 b = PackedBackend(model, variant, max_batch, [slot], name, runtime)
         except BackendError as exc:

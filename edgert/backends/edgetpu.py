@@ -30,7 +30,7 @@ from . import _litert, probe
 from .base import BackendError
 from .cpu import _Slot
 from .delegate import _one_line, probe_failure
-from .packed import PackedBackend
+from .packed import PackedBackend, model_source, packed_rows
 
 log = logging.getLogger("edgert")
 
@@ -69,14 +69,47 @@ def version_mismatch(text: str) -> str | None:
     return m.group(0).strip() if m else None
 
 
+def _entry(model, name: str) -> dict:
+    return model.manifest.get("variants", {}).get(name, {}) or {}
+
+
+def compiled_variants(model) -> list[str]:
+    """Names of the model's variants compiled for the Edge TPU, best first.
+
+    ``edgert compile`` names the compiled form ``edgetpu`` when the model has one fixed-batch
+    variant and ``edgetpu_<source>`` (``edgetpu_packed``, ``edgetpu_b1``) when it has several;
+    the packed one (most windows per invoke) is preferred.
+    """
+    names = [n for n, v in model.variants.items()
+             if n == VARIANT or n.startswith(VARIANT + "_") or _entry(model, n).get("backend") == VARIANT
+             or v.path.name.endswith("_edgetpu.tflite")]
+
+    def rows(n):
+        shape = model.variants[n].input.shape
+        return int(shape[1]) if len(shape) == 4 and shape[0] == 1 else 0
+
+    return sorted(names, key=lambda n: (-rows(n), n != VARIANT, n))
+
+
 def variant_of(model):
     """The model's compiled Edge TPU variant; BackendError(cause="no variant") if it has none."""
-    v = model.variants.get(VARIANT)
-    if v is None:
+    names = compiled_variants(model)
+    if not names:
         raise BackendError(f"model {model.name!r} has no compiled '{VARIANT}' variant in {model.dir}/manifest.json "
                            f"(compile one with `edgert compile` on an x86-64 host; see docs/coral.md)",
                            cause="no variant")
-    return v
+    return model.variants[names[0]]
+
+
+def compiled_for(model, variant) -> str:
+    """"edgetpu_compiler 16.0, runtime >= 13" from the manifest entry, '' if it does not say."""
+    e = _entry(model, variant.name)
+    parts = []
+    if e.get("compiler_version"):
+        parts.append(f"edgetpu_compiler {e['compiler_version']}")
+    if e.get("min_runtime") is not None:
+        parts.append(f"Edge TPU runtime >= {e['min_runtime']}")
+    return ", ".join(parts)
 
 
 def build(model, options: dict | None = None, max_batch: int = 32, num_threads: int = 1):
@@ -100,25 +133,29 @@ def build(model, options: dict | None = None, max_batch: int = 32, num_threads: 
         Interpreter, load_delegate, runtime, version = _litert.find()
     except ImportError as exc:
         raise BackendError(str(exc), cause="runtime absent") from None
-    from .packed import packed_rows
-
     packed_rows(model, variant)  # refuse a variant of the wrong shape before touching devices
     pr = probe.probe_edgetpu(lib, devices=[want] if want else None, options=options,
                              model_path=variant.path)
     what = "Edge TPU"
     if not pr.ok:
         err = probe_failure(what, pr, lib, label="library")
+        made = compiled_for(model, variant)
+        if made and err.cause == "delegate crashed":
+            err = BackendError(f"{err} (model {variant.path.name}: {made})", cause=err.cause, details=err.details)
         mismatch = version_mismatch(pr.stderr) or version_mismatch(str(pr.result.get("error", "")))
         if mismatch and not pr.signal:
+            made = compiled_for(model, variant)
             raise BackendError(_one_line(
-                f"{what}: {variant.path.name} was compiled for a newer Edge TPU runtime than this libedgetpu: "
-                f"{mismatch}; recompile it with `edgetpu_compiler -m <runtime version>` or install a newer "
-                f"libedgetpu ({probe.versions_text(pr, lib, 'library')})"), cause="version mismatch",
+                f"{what}: {variant.path.name} was compiled for a newer Edge TPU runtime than this libedgetpu"
+                f"{f' ({made})' if made else ''}: {mismatch}; recompile it with `edgert compile --min-runtime N` "
+                f"(edgetpu_compiler -m N) or install a newer libedgetpu "
+                f"({probe.versions_text(pr, lib, 'library')})"), cause="version mismatch",
                 details=err.details)
         raise err
     usable = pr.result.get("usable", [])
     libver = pr.result.get("libedgetpu_version") or "version unknown"
     delegates, slots = [], []
+    source = model_source(model, variant)
     for dev in usable:
         try:
             d = load_delegate(lib, {"device": dev, **options})
@@ -127,7 +164,7 @@ def build(model, options: dict | None = None, max_batch: int = 32, num_threads: 
                                cause="delegate failed") from None
         delegates.append(d)
         try:
-            slots.append(_Slot(Interpreter, str(variant.path), 1, num_threads, dynamic=False, delegates=[d]))
+            slots.append(_Slot(Interpreter, source, 1, num_threads, dynamic=False, delegates=[d]))
         except (ValueError, RuntimeError) as exc:
             raise BackendError(_one_line(f"{what}: device {dev}: {exc}"), cause="delegate failed") from None
     name = f"edgetpu:{runtime}-{version}[{','.join(usable)}]"

@@ -18,21 +18,43 @@ from __future__ import annotations
 import numpy as np
 
 from .base import BackendError
-from .cpu import _Slot
+
+
+def model_source(model, variant):
+    """What an interpreter should load: the variant's verified bytes
+    (`edgert.models.read_variant`, when that exists), else its path."""
+    try:
+        from ..models import read_variant
+    except ImportError:  # pragma: no cover - older models module
+        return str(variant.path)
+    try:
+        return read_variant(model, variant)
+    except Exception as exc:
+        raise BackendError(str(exc), cause="no variant") from None
 
 
 def packed_rows(model, variant) -> int:
-    """B of a static ``[1, B, W, C]`` variant (1 for ``b1``); BackendError if it is not one."""
+    """B of a static ``[1, B, W, C]`` variant (1 for ``b1``); BackendError if it is not one.
+
+    The output is ``[1, B, …]`` (an autoencoder's ``[1, B, W, C]``, a classifier's
+    ``[1, B, classes]``), or anything ``[1, …]`` when B = 1.
+    """
     shape = tuple(variant.input.shape)
-    vd = model.manifest.get("variants", {}).get(variant.name, {})
+    variants = model.manifest.get("variants", {})
+    vd = dict(variants.get(variant.name, {}))
+    src = variants.get(vd.get("source_variant"), {})  # a compiled variant inherits its source's layout
+    for key in ("layout", "rows"):
+        if key not in vd and key in src:
+            vd[key] = src[key]
     W, C = model.window, model.n_channels
     if len(shape) != 4 or shape[0] != 1 or shape[2:] != (W, C) or shape[1] < 1:
         raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} input {list(shape)} is not "
                            f"[1, B, {W}, {C}] (a b1 or packed layout)", cause="no variant")
-    if tuple(variant.output.shape) != shape:
-        raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} output "
-                           f"{list(variant.output.shape)} != input {list(shape)}", cause="no variant")
     rows = int(shape[1])
+    out = tuple(variant.output.shape)
+    if not out or out[0] != 1 or (rows > 1 and (len(out) < 2 or out[1] != rows)):
+        raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} output {list(out)} is not "
+                           f"[1, {rows}, …] like its input {list(shape)}", cause="no variant")
     declared = vd.get("rows")
     if declared is not None and declared != rows:
         raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} says rows {declared} "
@@ -41,6 +63,18 @@ def packed_rows(model, variant) -> int:
         raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} has {rows} rows but "
                            f"layout {vd.get('layout')!r} (expected 'packed')", cause="no variant")
     return rows
+
+
+def row_shape(variant, rows: int) -> tuple:
+    """Shape of one window's output row as the protocol returns it (``run(k)`` → ``[k, *row]``).
+
+    b1: the output minus its batch axis. Packed: the output minus ``[1, B]``, with the ``1`` of
+    ``[…, 1, W, C]`` put back for a 4-D (autoencoder) output so rows look like the CPU's.
+    """
+    out = tuple(variant.output.shape)
+    if rows == 1:
+        return out[1:]
+    return (1, *out[2:]) if len(out) == 4 else out[2:]
 
 
 class PackedBackend:
@@ -73,6 +107,7 @@ class PackedBackend:
         for s in self._slots:
             if tuple(s.inp.shape) != (1, B, W, C):
                 raise BackendError(f"{variant.path}: interpreter input {list(s.inp.shape)} != [1, {B}, {W}, {C}]")
+        self._row = row_shape(variant, B)
         self.invokes = 0  # total invokes (B windows or fewer each)
         self.invokes_per_slot = [0] * self._n
         self.zero_copy = self._n == 1 and self.max_batch <= B
@@ -84,7 +119,7 @@ class PackedBackend:
             self._out = None
         else:
             self._in = np.zeros((self.max_batch, 1, W, C), dtype=np.int8)
-            self._out = np.zeros((self.max_batch, 1, W, C), dtype=np.int8)
+            self._out = np.zeros((self.max_batch, *self._row), dtype=np.dtype(variant.output.dtype))
         self._self_test()
 
     # -- protocol ---------------------------------------------------------------
@@ -100,7 +135,7 @@ class PackedBackend:
             out = s.invoke()
             self.invokes += 1
             self.invokes_per_slot[0] += 1
-            return out.reshape(B, 1, *out.shape[2:])[:k]
+            return out.reshape(B, *self._row)[:k]
         inp, res = self._in, self._out
         j = 0
         while j < k:
@@ -112,7 +147,7 @@ class PackedBackend:
             if m < B:
                 s.inp[0, m:] = 0  # pad the partial batch
             out = s.invoke()
-            res[j:j + m, 0] = out[0, :m]
+            res[j:j + m] = out.reshape(B, *self._row)[:m]
             self.invokes += 1
             self.invokes_per_slot[r] += 1
             j += m
@@ -134,9 +169,9 @@ class PackedBackend:
         ref = None
         for i, s in enumerate(self._slots):
             s.inp[0] = x
-            a = s.invoke()[0].copy()
+            a = s.invoke().reshape(B, *self._row).copy()
             s.inp[0] = x[::-1]
-            b = s.invoke()[0][::-1].copy()
+            b = s.invoke().reshape(B, *self._row)[::-1].copy()
             if not np.array_equal(a, b):
                 worst = int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
                 raise BackendError(f"{self.variant.path}: rows of the packed layout are not independent "

@@ -397,11 +397,10 @@ def child_edgetpu(a) -> dict:
             for i in range(MAX_PROBE_INDEX):
                 _stage(f"probe device {t}:{i}")
                 try:
-                    d = load_delegate(a.lib, {"device": f"{t}:{i}"})
+                    load_delegate(a.lib, {"device": f"{t}:{i}"})  # dropped at once: closes the device
                 except ValueError:
                     break
                 devices.append({"device": f"{t}:{i}", "type": t, "path": None})
-                del d
     _info(enumeration=method, devices=[d["device"] for d in devices])
     found = [d["device"] for d in devices]
     res = {"ok": False, "library": a.lib, "libedgetpu_version": ver, "enumeration": method,
