@@ -34,8 +34,10 @@ def _say(as_json: bool, msg: str) -> None:
 
 
 def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
-             model: str = "motor-ae") -> int:
+             model: str = "motor-ae", classifier: str | None = "motor-cnn") -> int:
     m = models.load(model)
+    if classifier and classifier not in models.shipped():
+        classifier = None
     healthy = m.manifest.get("demo", {}).get("healthy", HEALTHY)
     fault = m.manifest.get("demo", {}).get("fault", FAULT)
     from .data import itsc_recording
@@ -60,7 +62,8 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
     env = dict(os.environ)
     py = [sys.executable, "-m", "edgert"]
     daemon = subprocess.Popen(py + ["serve", "--listen", listen, "--events", events_ep, "--model", model,
-                                    "--stats-interval", "0.5"],
+                                    "--stats-interval", "0.5"]
+                              + (["--classifier", classifier] if classifier else []),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # Start the sensor once the daemon's events reach us, so no early anomaly is missed
     # (a SUB that connects before the PUB binds joins a little late).
@@ -77,6 +80,7 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
                   f"(healthy, unseen in training) then {n_fault} x {fault} (30 % short circuit, phase A) "
                   f"at {speed:g}x real time")
     anomalies = healthy_alarms = fault_hits = 0
+    fault_classes: dict = {}
     backend = None
     last = {}
     deadline = time.monotonic() + seconds * 3 + 90  # cold start can compile kernels
@@ -89,6 +93,9 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
                     backend = payload.get("backend", backend)
                     if payload["t_start"] >= fault_from:
                         fault_hits += 1
+                        c = payload.get("class")
+                        if c:
+                            fault_classes[c] = fault_classes.get(c, 0) + 1
                     else:
                         healthy_alarms += 1
                 elif kind == "stats":
@@ -107,6 +114,9 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
                             anomalies += 1
                             if payload["t_start"] >= fault_from:
                                 fault_hits += 1
+                                c = payload.get("class")
+                                if c:
+                                    fault_classes[c] = fault_classes.get(c, 0) + 1
                             else:
                                 healthy_alarms += 1
                 break
@@ -155,6 +165,11 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
         "model": m.name,
         "healthy_recording": healthy,
         "fault_recording": fault,
+        "classifier": classifier,
+        "fault_class": max(fault_classes, key=fault_classes.get) if fault_classes else None,
+        "fault_class_share": round(max(fault_classes.values()) / sum(fault_classes.values()), 3)
+        if fault_classes else None,
+        "true_fault_class": fault.rsplit("_", 1)[0],
         "daemon_rss_mb": final.get("rss_mb"),
         "daemon_rss_anon_mb": final.get("rss_anon_mb"),
         "daemon_rss_file_mb": final.get("rss_file_mb"),
@@ -163,6 +178,10 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
                   f"({fault_hits}/{fault_windows} fault windows flagged), false alarms {healthy_alarms}/"
                   f"{healthy_windows} healthy windows, latency p50 {result['p50_latency_us']:.0f} µs "
                   f"p99 {result['p99_latency_us']:.0f} µs, backend {result['backend']}")
+    if classifier:
+        _say(as_json, f"fault class from {classifier}: {result['fault_class']} on "
+                      f"{100 * (result['fault_class_share'] or 0):.0f} % of flagged windows "
+                      f"(true class {result['true_fault_class']})")
     if as_json:
         print(json.dumps(result), flush=True)
     return 0
