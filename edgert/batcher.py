@@ -26,16 +26,10 @@ class Batcher:
     """
 
     def __init__(self, backend, model, sink, max_batch: int = 32, max_delay_us: int = 1000):
-        self.backend = backend
-        self.buf = backend.input_buffer()
-        self.max_batch = min(int(max_batch), backend.max_batch)
+        self.requested_batch = int(max_batch)
         self.max_delay_ns = int(max_delay_us) * 1000
         self.sink = sink
-        spec = model.variants["dynamic"].input if "dynamic" in model.variants else next(iter(model.variants.values())).input
-        self.in_scale = float(spec.scale)
-        self.in_zp = int(spec.zero_point)
-        self.mean = np.ascontiguousarray(model.mean, dtype=np.float64)
-        self.inv_std = np.ascontiguousarray(model.inv_std, dtype=np.float64)
+        self.rebind(backend, model)
         C = model.n_channels
         B = self.max_batch
         self.sensor_idx = np.zeros(B, dtype=np.int32)
@@ -49,6 +43,19 @@ class Batcher:
         self.n = 0
         self.batches = 0
         self.reasons = {"full": 0, "deadline": 0, "flush": 0}
+
+    def rebind(self, backend, model) -> None:
+        """Quantize into `backend`'s input for `model` from now on (call only when empty)."""
+        if getattr(self, "n", 0):
+            raise RuntimeError("rebind with windows pending: flush first")
+        self.backend = backend
+        self.buf = backend.input_buffer()
+        self.max_batch = min(self.requested_batch, backend.max_batch)
+        spec = run_variant(backend, model).input
+        self.in_scale = float(spec.scale)
+        self.in_zp = int(spec.zero_point)
+        self.mean = np.ascontiguousarray(model.mean, dtype=np.float64)
+        self.inv_std = np.ascontiguousarray(model.inv_std, dtype=np.float64)
 
     def add_input(self, backend, model) -> "ModelInput":
         """Also quantize every window into `backend`'s input for `model` (same W, H, channels)."""
@@ -104,8 +111,16 @@ class ModelInput:
         self.backend = backend
         self.model = model
         self.buf = backend.input_buffer()
-        spec = model.variants["dynamic"].input if "dynamic" in model.variants else next(iter(model.variants.values())).input
+        spec = run_variant(backend, model).input
         self.in_scale = float(spec.scale)
         self.in_zp = int(spec.zero_point)
         self.mean = np.ascontiguousarray(model.mean, dtype=np.float64)
         self.inv_std = np.ascontiguousarray(model.inv_std, dtype=np.float64)
+
+
+def run_variant(backend, model):
+    """The manifest variant `backend` runs (its tensors' quantization is what counts)."""
+    v = getattr(backend, "variant", None)
+    if v is not None:
+        return v
+    return model.variants["dynamic"] if "dynamic" in model.variants else next(iter(model.variants.values()))

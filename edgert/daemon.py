@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from . import backends, kernels, models, wire
-from .batcher import Batcher
+from .batcher import Batcher, run_variant
 from .config import Config
 from .events import STAT_NAMES, EventPublisher
 from .scoring import ClassScorer, FixedThreshold, ReconstructionScorer, channel_shares
@@ -44,7 +44,8 @@ class Daemon:
                              f"model kind is {self.model.kind!r}")
         self.backend = backends.create(cfg.backend, self.model, max_batch=cfg.max_batch,
                                        num_threads=cfg.num_threads)
-        self.scorer = ReconstructionScorer(self.model, self.backend.max_batch)
+        self.scorer = ReconstructionScorer(self.model, self.backend.max_batch,
+                                           run_variant(self.backend, self.model))
         self.threshold = make_threshold(cfg, self.model.threshold)
         self.batcher = Batcher(self.backend, self.model, self._on_batch,
                                max_batch=cfg.max_batch, max_delay_us=cfg.max_delay_us)
@@ -84,7 +85,7 @@ class Daemon:
         chain = self.cfg.backend if self.cfg.backend.endswith("cpu") else f"{self.cfg.backend}|cpu"
         self.cls_backend = backends.create(chain, c, max_batch=self.batcher.max_batch,
                                            num_threads=self.cfg.num_threads)
-        self.cls_scorer = ClassScorer(c, self.batcher.max_batch)
+        self.cls_scorer = ClassScorer(c, self.batcher.max_batch, run_variant(self.cls_backend, c))
         self.batcher.add_input(self.cls_backend, c)
         self.class_counts = np.zeros((self.cfg.max_sensors, len(c.class_names)), dtype=np.int64)
 

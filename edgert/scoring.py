@@ -45,8 +45,8 @@ class ReconstructionScorer:
     score is computed from exactly what ran, int8 rounding included.
     """
 
-    def __init__(self, model, max_batch: int):
-        v = model.variants["dynamic"] if "dynamic" in model.variants else next(iter(model.variants.values()))
+    def __init__(self, model, max_batch: int, variant=None):
+        v = variant or (model.variants["dynamic"] if "dynamic" in model.variants else next(iter(model.variants.values())))
         self.in_scale, self.in_zp = float(v.input.scale), int(v.input.zero_point)
         self.out_scale, self.out_zp = float(v.output.scale), int(v.output.zero_point)
         self.ch_err = np.zeros((max_batch, model.n_channels), dtype=np.float32)
@@ -73,8 +73,8 @@ class ClassScorer:
     (or whose dequantized rows are not probabilities) gets a softmax.
     """
 
-    def __init__(self, model, max_batch: int):
-        v = model.variants["dynamic"] if "dynamic" in model.variants else next(iter(model.variants.values()))
+    def __init__(self, model, max_batch: int, variant=None):
+        v = variant or (model.variants["dynamic"] if "dynamic" in model.variants else next(iter(model.variants.values())))
         self.scale, self.zp = float(v.output.scale), int(v.output.zero_point)
         self.logits = model.manifest.get("output") == "logits"
         self.names = list(model.class_names)
