@@ -63,6 +63,9 @@ class Daemon:
         self._stop = False
         self.batch_errors = 0
         self.lost_windows = 0
+        self.model_swaps = 0
+        self.model_refusals = 0
+        self._model_sig = self._model_signature()
         self.started_ns = 0
         self.first_decision_ns = 0
         self.sock = None
@@ -88,6 +91,70 @@ class Daemon:
         self.cls_scorer = ClassScorer(c, self.batcher.max_batch, run_variant(self.cls_backend, c))
         self.batcher.add_input(self.cls_backend, c)
         self.class_counts = np.zeros((self.cfg.max_sensors, len(c.class_names)), dtype=np.int64)
+
+    # -- model hot-swap ---------------------------------------------------------
+    def _model_signature(self):
+        """(mtime_ns, size) of the manifest and every file it lists: changes when a model is published."""
+        d = self.model.dir
+        sig = []
+        for p in [d / "manifest.json", *sorted(d.glob("*.tflite"))]:
+            try:
+                st = p.stat()
+                sig.append((p.name, st.st_mtime_ns, st.st_size))
+            except OSError:
+                sig.append((p.name, None, None))
+        return tuple(sig)
+
+    def check_model(self) -> str | None:
+        """Swap in the model now in the model directory if it changed and validates.
+
+        Called between batches. The new model must load and verify (sha256, tensors), be the
+        same kind with the same window, hop and channels (so every sensor's windows go on
+        exactly where they were: none dropped, none scored twice), and build a backend that
+        passes its self-test. Otherwise it is refused and the running model keeps running.
+        Returns "swapped", "refused" or None (nothing changed).
+        """
+        sig = self._model_signature()
+        if sig == self._model_sig:
+            return None
+        self._model_sig = sig
+        old = self.model
+        try:
+            new = models.load(old.dir)
+            for field in ("kind", "window", "hop", "channels"):
+                if getattr(new, field) != getattr(old, field):
+                    raise ValueError(f"{new.dir}/manifest.json: field {field!r} changed from "
+                                     f"{getattr(old, field)!r} to {getattr(new, field)!r}; that needs a restart")
+            backend = backends.create(self.cfg.backend, new, max_batch=self.cfg.max_batch,
+                                      num_threads=self.cfg.num_threads)
+        except Exception as exc:
+            self.model_refusals += 1
+            log.warning("model update refused, %s keeps running: %s", old.name, exc)
+            self.events.publish("model", "daemon", {"state": "refused", "model": old.name,
+                                                    "reason": str(exc), "running": self._model_id(old)})
+            return "refused"
+        self.batcher.flush("swap")  # the pending windows are scored by the model they were quantized for
+        old_backend = self.backend
+        self.backend = backend
+        self.model = new
+        self.batcher.rebind(backend, new)
+        self.scorer = ReconstructionScorer(new, backend.max_batch, run_variant(backend, new))
+        if isinstance(self.threshold, FixedThreshold):
+            self.threshold = FixedThreshold(new.threshold)
+        old_backend.close()
+        self.model_swaps += 1
+        info = {"state": "swapped", "model": new.name, "previous": self._model_id(old),
+                "running": self._model_id(new), "backend": backend.name,
+                "windows_before": int(self.win_counts[:len(self.names)].sum())}
+        log.info("model swapped: %s", info)
+        self.events.publish("model", "daemon", info)
+        return "swapped"
+
+    @staticmethod
+    def _model_id(m) -> dict:
+        files = m.manifest.get("files", {})
+        return {"name": m.name, "threshold": m.threshold,
+                "sha256": {k: str(v)[:16] for k, v in sorted(files.items())}}
 
     # -- set-up -------------------------------------------------------------
     def bind(self) -> None:
@@ -235,6 +302,8 @@ class Daemon:
             "kernels": kernels.BACKEND,
             "batches": self.batcher.batches,
             "batch_errors": self.batch_errors,
+            "model_swaps": self.model_swaps,
+            "model_refusals": self.model_refusals,
             "lost_windows": self.lost_windows,
             "batch_reasons": dict(self.batcher.reasons),
             "p50_latency_us": self.latency.quantile(0.50),
@@ -266,6 +335,8 @@ class Daemon:
         poller.register(sock, zmq.POLLIN)
         self.started_ns = time.perf_counter_ns()
         next_stats = time.monotonic() + self.cfg.stats_interval_s
+        watch = self.cfg.watch_model_s
+        next_watch = time.monotonic() + watch if watch > 0 else float("inf")
         self.events.publish("lifecycle", "daemon", {"state": "started", "model": self.model.name,
                                                      "backend": self.backend.name, "pid": os.getpid()})
         log.info("serving %s on %s (%s), events on %s, backend %s, kernels %s",
@@ -294,6 +365,9 @@ class Daemon:
             batcher.poll()
             if tick is not None:
                 tick()
+            if time.monotonic() >= next_watch:
+                next_watch = time.monotonic() + watch
+                self.check_model()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 self.events.publish("stats", "daemon", self.stats())
