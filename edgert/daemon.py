@@ -20,6 +20,7 @@ import zmq
 from . import backends, kernels, models, wire
 from .batcher import Batcher, run_variant
 from .config import Config
+from .drift import PageHinkley
 from .events import STAT_NAMES, EventPublisher
 from .scoring import ClassScorer, FixedThreshold, ReconstructionScorer, channel_shares
 from .stats import LatencyHistogram, RateLimitedLog, SensorCounters
@@ -49,6 +50,13 @@ class Daemon:
         self.threshold = make_threshold(cfg, self.model.threshold)
         self.batcher = Batcher(self.backend, self.model, self._on_batch,
                                max_batch=cfg.max_batch, max_delay_us=cfg.max_delay_us)
+        # Drift: per-sensor sums of the score and of each channel's RMS, accumulated per batch
+        # (vectorized) and fed to Page-Hinkley once per drift interval as means.
+        C = self.model.n_channels
+        self._drift_acc = np.zeros((cfg.max_sensors, 1 + C))
+        self._drift_n = np.zeros(cfg.max_sensors, dtype=np.int64)
+        self.drift = PageHinkley(cfg.max_sensors * (1 + C), threshold=cfg.drift_threshold)
+        self.drifts = 0
         self.classifier = self.cls_backend = self.cls_scorer = None
         if cfg.classifier:
             self._add_classifier(cfg.classifier)
@@ -91,6 +99,36 @@ class Daemon:
         self.cls_scorer = ClassScorer(c, self.batcher.max_batch, run_variant(self.cls_backend, c))
         self.batcher.add_input(self.cls_backend, c)
         self.class_counts = np.zeros((self.cfg.max_sensors, len(c.class_names)), dtype=np.int64)
+
+    # -- drift ------------------------------------------------------------------
+    def check_drift(self) -> list:
+        """Feed each sensor's mean score and per-channel RMS since the last call to the drift
+        detectors; a drift is an ``event/drift/<sensor>`` and restarts that sensor's threshold
+        calibration (adaptive thresholds only; the calibrated one stays). Returns the events."""
+        active = np.flatnonzero(self._drift_n[:len(self.names)])
+        if active.size == 0:
+            return []
+        means = self._drift_acc[active] / self._drift_n[active, None]
+        width = means.shape[1]
+        streams = (active[:, None] * width + np.arange(width)).ravel()
+        hits = self.drift.update(streams, means.ravel())
+        self._drift_acc[active] = 0
+        self._drift_n[active] = 0
+        out = []
+        stat_names = ["score"] + [f"rms:{c}" for c in self.model.channels]
+        for stream in np.unique(streams[hits] // width):
+            sensor = self.names[int(stream)]
+            which = [stat_names[j] for j in range(width) if hits.reshape(-1, width)[list(active).index(stream), j]]
+            recal = hasattr(self.threshold, "recalibrate")
+            if recal:
+                self.threshold.recalibrate(int(stream))
+            self.drifts += 1
+            ev = {"sensor": sensor, "statistics": which, "recalibrating": recal,
+                  "threshold": float(self.threshold.values(np.array([stream]))[0]), "model": self.model.name}
+            self.events.publish("drift", sensor, ev)
+            log.info("drift on %s (%s)%s", sensor, ", ".join(which), "; threshold recalibrates" if recal else "")
+            out.append(ev)
+        return out
 
     # -- model hot-swap ---------------------------------------------------------
     def _model_signature(self):
@@ -245,6 +283,8 @@ class Daemon:
         lat_us = (t_dec - b.t_recv[:k]) * 1e-3
         self.latency.add(lat_us)
         np.add.at(self.win_counts, sidx, 1)
+        np.add.at(self._drift_acc, sidx, np.column_stack([scores, b.stats[:k, :, 2]]))
+        np.add.at(self._drift_n, sidx, 1)
         if flags.any():
             idx = np.flatnonzero(flags)
             np.add.at(self.anom_counts, sidx[idx], 1)
@@ -304,6 +344,7 @@ class Daemon:
             "batch_errors": self.batch_errors,
             "model_swaps": self.model_swaps,
             "model_refusals": self.model_refusals,
+            "drifts": self.drifts,
             "lost_windows": self.lost_windows,
             "batch_reasons": dict(self.batcher.reasons),
             "p50_latency_us": self.latency.quantile(0.50),
@@ -337,6 +378,8 @@ class Daemon:
         next_stats = time.monotonic() + self.cfg.stats_interval_s
         watch = self.cfg.watch_model_s
         next_watch = time.monotonic() + watch if watch > 0 else float("inf")
+        drift_every = self.cfg.drift_interval_s
+        next_drift = time.monotonic() + drift_every if drift_every > 0 else float("inf")
         self.events.publish("lifecycle", "daemon", {"state": "started", "model": self.model.name,
                                                      "backend": self.backend.name, "pid": os.getpid()})
         log.info("serving %s on %s (%s), events on %s, backend %s, kernels %s",
@@ -365,6 +408,9 @@ class Daemon:
             batcher.poll()
             if tick is not None:
                 tick()
+            if time.monotonic() >= next_drift:
+                next_drift = time.monotonic() + drift_every
+                self.check_drift()
             if time.monotonic() >= next_watch:
                 next_watch = time.monotonic() + watch
                 self.check_model()

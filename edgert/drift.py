@@ -23,17 +23,19 @@ class PageHinkley:
       threshold: detection threshold (lambda).
       min_n: values seen before a stream may signal.
       alpha: forgetting factor of the cumulative sums (1.0: none).
-      standardize: divide deviations by the stream's running standard deviation, so one
-        threshold fits streams of any scale.
+      standardize: divide deviations by the standard deviation of the stream's first `min_n`
+        values (its baseline; frozen after that so a shift cannot inflate its own yardstick),
+        so one threshold fits streams of any scale.
     """
 
-    def __init__(self, n_streams: int, delta: float = 0.005, threshold: float = 50.0, min_n: int = 30,
+    def __init__(self, n_streams: int, delta: float = 0.5, threshold: float = 50.0, min_n: int = 30,
                  alpha: float = 1.0, standardize: bool = True):
         self.delta, self.threshold, self.min_n, self.alpha = delta, threshold, min_n, alpha
         self.standardize = standardize
         self.n = np.zeros(n_streams, dtype=np.int64)
         self.mean = np.zeros(n_streams)
         self.m2 = np.zeros(n_streams)
+        self.scale = np.zeros(n_streams)  # baseline std, frozen at min_n values
         self.up = np.zeros(n_streams)  # cumulative sum for increases
         self.up_min = np.zeros(n_streams)
         self.down = np.zeros(n_streams)  # for decreases
@@ -41,7 +43,7 @@ class PageHinkley:
         self.detections = np.zeros(n_streams, dtype=np.int64)
 
     def reset(self, i) -> None:
-        for a in (self.n, self.mean, self.m2, self.up, self.up_min, self.down, self.down_max):
+        for a in (self.n, self.mean, self.m2, self.scale, self.up, self.up_min, self.down, self.down_max):
             a[i] = 0
 
     def update(self, stream_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -56,11 +58,15 @@ class PageHinkley:
             self.n[i] = n
             d = x - self.mean[i]
             self.mean[i] += d / n
-            self.m2[i] += d * (x - self.mean[i])
-            if n < 2:
+            if n <= self.min_n:  # baseline: learn the scale, no test yet
+                self.m2[i] += d * (x - self.mean[i])
+                if n == self.min_n:
+                    self.scale[i] = np.sqrt(self.m2[i] / (n - 1)) if n > 1 else 0.0
                 continue
-            scale = np.sqrt(self.m2[i] / (n - 1)) if self.standardize else 1.0
-            dev = (x - self.mean[i]) / scale if scale > 0 else 0.0
+            scale = self.scale[i] if self.standardize else 1.0
+            if not scale > 0:
+                scale = max(abs(self.mean[i]) * 1e-6, 1e-12)
+            dev = (x - self.mean[i]) / scale
             self.up[i] = self.alpha * self.up[i] + dev - self.delta
             self.up_min[i] = min(self.up_min[i], self.up[i])
             self.down[i] = self.alpha * self.down[i] + dev + self.delta

@@ -179,6 +179,12 @@ class SpotThreshold:
     def threshold(self, sensor: int) -> float:
         return float(self._z[sensor] + self._m[sensor])
 
+    def recalibrate(self, sensor: int) -> None:
+        """Forget a sensor's fitted tail (after a drift): warm start again from the calibrated value."""
+        self._s.pop(int(sensor), None)
+        self._z[sensor] = self.calibrated if self.calibrated is not None else math.inf
+        self._m[sensor] = 0.0
+
     # -- per sensor ----------------------------------------------------------
     def _learn_sensor(self, s: int, x: np.ndarray, flags: np.ndarray) -> None:
         st = self._s.get(s)
@@ -264,6 +270,12 @@ class QuantileThreshold:
 
     def values(self, sensor_idx):
         return self._z[sensor_idx].astype(np.float32)
+
+    def recalibrate(self, sensor: int) -> None:
+        """Forget a sensor's recent scores (after a drift): back to the calibrated value."""
+        self._buf.pop(int(sensor), None)
+        self._count[sensor] = self._since[sensor] = 0
+        self._z[sensor] = self.calibrated if self.calibrated is not None else math.inf
 
     def learn(self, sensor_idx, scores, flags):
         sensor_idx = np.asarray(sensor_idx)

@@ -28,7 +28,7 @@ def test_detects_level_shift_up_and_down_and_not_noise():
     up[3000:] += 2.0  # +2 sigma
     down = rng.normal(5, 0.1, n)
     down[4000:] -= 0.3  # -3 sigma, small absolute scale: standardized
-    hits = feed(PageHinkley(3, delta=0.05, threshold=50), [quiet, up, down])
+    hits = feed(PageHinkley(3, delta=0.5, threshold=50), [quiet, up, down])
     assert hits[0] == []
     assert hits[1] and 3000 <= hits[1][0] <= 3100
     assert hits[2] and 4000 <= hits[2][0] <= 4100
