@@ -9,6 +9,7 @@ the final stats (the CLI prints them as one JSON line).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -54,7 +55,8 @@ class Daemon:
         # (vectorized) and fed to Page-Hinkley once per drift interval as means.
         C = self.model.n_channels
         self._drift_acc = np.zeros((cfg.max_sensors, 1 + C))
-        self._drift_n = np.zeros(cfg.max_sensors, dtype=np.int64)
+        self._drift_rows = np.zeros((cfg.max_batch, 1 + C))
+        self._drift_seen = np.zeros(cfg.max_sensors, dtype=np.int64)  # win_counts at the last check
         self.drift = PageHinkley(cfg.max_sensors * (1 + C), threshold=cfg.drift_threshold)
         self.drifts = 0
         self.classifier = self.cls_backend = self.cls_scorer = None
@@ -105,15 +107,17 @@ class Daemon:
         """Feed each sensor's mean score and per-channel RMS since the last call to the drift
         detectors; a drift is an ``event/drift/<sensor>`` and restarts that sensor's threshold
         calibration (adaptive thresholds only; the calibrated one stays). Returns the events."""
-        active = np.flatnonzero(self._drift_n[:len(self.names)])
+        ns = len(self.names)
+        counts = self.win_counts[:ns] - self._drift_seen[:ns]
+        self._drift_seen[:ns] = self.win_counts[:ns]
+        active = np.flatnonzero(counts)
         if active.size == 0:
             return []
-        means = self._drift_acc[active] / self._drift_n[active, None]
+        means = self._drift_acc[active] / counts[active, None]
         width = means.shape[1]
         streams = (active[:, None] * width + np.arange(width)).ravel()
         hits = self.drift.update(streams, means.ravel())
         self._drift_acc[active] = 0
-        self._drift_n[active] = 0
         out = []
         stat_names = ["score"] + [f"rms:{c}" for c in self.model.channels]
         for stream in np.unique(streams[hits] // width):
@@ -227,6 +231,7 @@ class Daemon:
                 return None
             st = SensorStream(sensor, len(self.names), self.model.n_channels, self.model.window,
                               self.model.hop, self.cfg.ring_capacity, self.cfg.gap_samples)
+            st.note = functools.partial(self.counters.note, sensor)
             self.streams[sensor] = st
             self.names.append(sensor)
         return st
@@ -249,7 +254,7 @@ class Daemon:
             self._drop(sensor, "too_many_sensors", f"{sensor}: more than {self.cfg.max_sensors} sensors")
             return
         try:
-            st.check(blk.seq, blk.t0, blk.dt, n, lambda r: self.counters.note(sensor, r))
+            st.check(blk.seq, blk.t0, blk.dt, n, st.note)
         except wire.WireError as exc:
             self._drop(sensor, exc.reason, str(exc))
             return
@@ -283,8 +288,11 @@ class Daemon:
         lat_us = (t_dec - b.t_recv[:k]) * 1e-3
         self.latency.add(lat_us)
         np.add.at(self.win_counts, sidx, 1)
-        np.add.at(self._drift_acc, sidx, np.column_stack([scores, b.stats[:k, :, 2]]))
-        np.add.at(self._drift_n, sidx, 1)
+        if self.cfg.drift_interval_s > 0:
+            rows = self._drift_rows[:k]
+            rows[:, 0] = scores
+            rows[:, 1:] = b.stats[:k, :, 2]
+            np.add.at(self._drift_acc, sidx, rows)
         if flags.any():
             idx = np.flatnonzero(flags)
             np.add.at(self.anom_counts, sidx[idx], 1)

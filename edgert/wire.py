@@ -123,6 +123,9 @@ def _int(header: dict, key: str, sensor: str, minimum: int | None = None) -> int
 def decode(frames, check_finite=None) -> Block:
     """Validate the frames of one message and view its samples without copying.
 
+    The common case (a well-formed block) takes a short path of a few type checks; anything
+    unusual is re-validated step by step by `_decode_checked`, which names what is wrong.
+
     Args:
       frames: a list of zmq ``Frame`` objects (from ``recv_multipart(copy=False)``) or bytes.
       check_finite: optional ``callable(samples) -> int`` counting NaN/Inf (a kernel); when
@@ -132,6 +135,41 @@ def decode(frames, check_finite=None) -> Block:
     Raises:
       WireError naming the reason, the sensor (when known) and the field at fault.
     """
+    if len(frames) == 3:
+        f0, f1, f2 = frames
+        try:
+            raw_id, raw_header, payload = f0.bytes, f1.bytes, f2.buffer  # zmq Frames
+        except AttributeError:
+            raw_id, raw_header, payload = bytes(f0), bytes(f1), f2
+        try:
+            h = msgpack.unpackb(raw_header) if len(raw_header) <= MAX_HEADER_BYTES else None
+            v, seq, t0, dt, code, (n, c) = h["v"], h["seq"], h["t0"], h["dt"], h["dtype"], h["shape"]
+            dtype = DTYPES[code]
+            sensor = raw_id.decode("utf-8")
+        except Exception:  # any problem: the careful path says which
+            return _decode_checked(frames, check_finite)
+        if (v == VERSION and type(v) is int and type(seq) is int and seq >= 0 and type(t0) is int
+                and type(dt) is int and dt > 0 and type(n) is int and type(c) is int
+                and 1 <= n <= MAX_SAMPLES and 1 <= c <= MAX_CHANNELS
+                and 1 <= len(raw_id) <= MAX_SENSOR_ID
+                and memoryview(payload).nbytes == n * c * dtype.itemsize):
+            samples = np.frombuffer(payload, dtype=dtype).reshape(n, c)
+            if check_finite is not None and dtype.kind == "f":
+                _check_finite(samples, check_finite, code, seq, sensor)
+            return Block(sensor, seq, t0, dt, samples)
+    return _decode_checked(frames, check_finite)
+
+
+def _check_finite(samples, check_finite, code, seq, sensor) -> None:
+    bad = check_finite(samples)
+    if bad:
+        raise WireError("nonfinite", f"{bad} NaN/Inf values in the block (seq {seq})", sensor)
+    if code == "f8" and np.abs(samples).max() > F4_MAX:
+        raise WireError("nonfinite", f"f8 values beyond float32 range in the block (seq {seq})", sensor)
+
+
+def _decode_checked(frames, check_finite=None) -> Block:
+    """`decode`, one check at a time, for messages the short path did not accept."""
     if len(frames) != 3:
         sensor = None
         if frames:
@@ -182,11 +220,7 @@ def decode(frames, check_finite=None) -> Block:
                         f"{n * c * dtype.itemsize}", sensor)
     samples = np.frombuffer(payload, dtype=dtype).reshape(n, c)
     if check_finite is not None and dtype.kind == "f":
-        bad = check_finite(samples)
-        if bad:
-            raise WireError("nonfinite", f"{bad} NaN/Inf values in the block (seq {seq})", sensor)
-        if code == "f8" and np.abs(samples).max() > F4_MAX:
-            raise WireError("nonfinite", f"f8 values beyond float32 range in the block (seq {seq})", sensor)
+        _check_finite(samples, check_finite, code, seq, sensor)
     return Block(sensor, seq, t0, dt, samples)
 
 
