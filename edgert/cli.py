@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .edgetpu_check import add_parsers as add_check_parsers
     add_check_parsers(sub)
     add_compile_parsers(sub)
+    from .evaluate import add_parsers as add_eval_parsers
+    add_eval_parsers(sub)
     return p
 
 
