@@ -1,1 +1,29 @@
-""""""
+"""``edgert eval``: benchmarks scored through edgert's int8 runtime path.
+
+Each dataset module adds its sub-command to ``edgert eval`` with ``add_parser(subparsers)``:
+
+* ``itsc`` (`edgert.evaluate.itsc`): ITSC motor-current faults; the classifier
+  leave-one-repetition-out and the autoencoder leave-one-healthy-recording-out, from the fold
+  models shipped with ``motor-cnn`` and ``motor-ae`` (no TensorFlow needed).
+* ``skab`` (`edgert.evaluate.skab`): SKAB outlier detection (trains per file: needs TensorFlow).
+
+``add_parsers(subparsers)`` registers ``eval`` itself on the ``edgert`` sub-commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+DATASETS = ("itsc", "skab")
+
+
+def add_parsers(subparsers):
+    """Adds ``eval`` (with one sub-command per dataset module present) to ``subparsers``."""
+    p = subparsers.add_parser("eval", help="benchmarks through the int8 runtime (itsc, skab)")
+    sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in DATASETS:
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            continue
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return p
