@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_parsers(sub)
     from .evaluate import add_parsers as add_eval_parsers
     add_eval_parsers(sub)
+    from .train import add_parsers as add_train_parsers
+    add_train_parsers(sub)
     return p
 
 

@@ -196,10 +196,26 @@ def load(name_or_path, verify: bool = True) -> Model:
             raise ModelError(f"{vw}: field 'batch' must be 'dynamic' or a positive int, got {vd.get('batch')!r}")
         spec_in = _tensor_spec(vd.get("input"), vw + ".input")
         spec_out = _tensor_spec(vd.get("output"), vw + ".output")
-        want_in = (batch if batch is not None else -1, 1, window, len(channels))
-        if vd.get("layout", "NHWC") == "NHWC" and spec_in.shape != want_in:
-            raise ModelError(f"{vw}.input: field 'shape' is {list(spec_in.shape)}, window {window} and "
-                             f"{len(channels)} channels need {list(want_in)}")
+        # "NHWC" (default): [batch, 1, W, C]; "packed": [1, rows, W, C], B windows as rows of
+        # one static invoke. A compiled variant inherits layout and rows from its source_variant.
+        src = _req(m, "variants", where, dict).get(vd.get("source_variant"))
+        src = src if isinstance(src, dict) else {}
+        layout = vd.get("layout", src.get("layout", "NHWC"))
+        if layout == "packed":
+            rows = vd.get("rows", src.get("rows"))
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+                raise ModelError(f"{vw}: field 'rows' must be a positive int for layout 'packed', got {rows!r}")
+            if batch != 1:
+                raise ModelError(f"{vw}: field 'batch' must be 1 for layout 'packed', got {vd.get('batch')!r}")
+            want_in = (1, rows, window, len(channels))
+            if spec_in.shape != want_in:
+                raise ModelError(f"{vw}.input: field 'shape' is {list(spec_in.shape)}, layout 'packed' with "
+                                 f"rows {rows}, window {window} and {len(channels)} channels needs {list(want_in)}")
+        elif layout == "NHWC":
+            want_in = (batch if batch is not None else -1, 1, window, len(channels))
+            if spec_in.shape != want_in:
+                raise ModelError(f"{vw}.input: field 'shape' is {list(spec_in.shape)}, window {window} and "
+                                 f"{len(channels)} channels need {list(want_in)}")
         variants[vname] = Variant(vname, d / fname, batch, spec_in, spec_out)
         if fname not in files:
             raise ModelError(f"{where}: field 'files' has no sha256 for {fname}")

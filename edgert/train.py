@@ -1,41 +1,104 @@
-"""Train, quantize and export an int8 convolutional autoencoder (``motor-ae``).
+"""Train, quantize and export edgert's int8 models (``edgert train``).
 
-Usage (later also ``edgert train``)::
+Two kinds, both full-integer int8 TFLite with Edge-TPU-friendly graphs (``(1, k)`` kernels on
+``[rows, 1, W, C]`` tensors, no reshapes, no UpSampling/TILE, static shapes in the fixed
+variants):
 
-    python -m edgert.train --data PATH --out compiled_models/motor-ae --seed 0
+* ``--kind autoencoder`` (shipped: ``motor-ae``): a conv autoencoder trained on normal
+  windows only; a window whose reconstruction error exceeds the calibrated threshold is
+  anomalous.
+* ``--kind classifier`` (shipped: ``motor-cnn``): a small CNN (strided ``(1, k)`` convs,
+  AVERAGE_POOL_2D over the remaining width, a 1x1 conv to the class logits) that names the
+  class of every window; the manifest says ``"kind": "classifier"``, ``"output": "logits"``.
 
-``--data`` is either the ITSC directory of CSV files (``<CLASS>/<CLASS>_00N.csv``, headerless,
-1000 × 3) or an ``.npz`` with one [n, C] array per recording; without it the copy shipped in
-``edgert.data`` is used.
+Usage::
+
+    edgert train [--data PATH] --kind autoencoder|classifier [--window W] [--hop H]
+                 [--channels a,b,c] [--labels COLUMN] [--normal LABEL] --out DIR
+                 [--seed N] [--epochs N] [--cv N] [--rows B] [--sample-rate HZ]
+
+(``python -m edgert.train`` takes the same arguments.) ``--data``:
+
+* a CSV file: a header row with the channel names (delimiter ``,`` ``;`` or tab), an optional
+  label column named by ``--labels`` (per-sample labels); non-numeric columns and time columns
+  (``time``, ``timestamp``, ``t``, …) are skipped unless ``--channels`` names them. Headerless CSV: ``--channels`` names the columns, ``--labels`` is a column index.
+* an ``.npz``: ``samples`` ``[n, C]`` and optional ``labels`` ``[n]`` (and ``channels``); or
+  one ``[n, C]`` array per recording, labelled by its name without the ``_NNN`` suffix (the
+  shipped ``edgert/data/itsc.npz``).
+* a directory of class folders of headerless CSV files (the ITSC layout,
+  ``<CLASS>/<CLASS>_00N.csv``): each file is a recording labelled by its folder.
+* omitted: the ITSC copy shipped in ``edgert.data`` (channels ia, ib, ic, 1 kHz).
+
+The model directory written to ``--out`` loads in the runtime as it is (docs/design.md,
+"Model directory"): normalization, every variant with its tensor specs, int8 fidelity, the
+exact command and seed, TensorFlow/LiteRT versions, sha256 of every file. Variants:
+
+* ``dynamic`` (``*_dyn.tflite``, ``[-1, 1, W, C]``): the CPU path (LiteRT/XNNPACK). In the
+  autoencoder each Conv2DTranspose is rewritten as its exact sub-pixel equivalent (Conv2D +
+  constant-shape Reshape, same weights, float outputs checked equal): a TRANSPOSE_CONV with a
+  dynamic batch needs a run-time output shape, which in LiteRT makes every later tensor
+  dynamic (unallocated until the first invoke, not taken by XNNPACK, ~5x slower here).
+* ``b1`` (``*_b1.tflite``, ``[1, 1, W, C]``): for the Edge TPU (CONV_2D, TRANSPOSE_CONV v2,
+  RELU, AVERAGE_POOL_2D only).
+* ``packed`` (``*_packed.tflite``, ``[1, B, W, C]``, ``"layout": "packed"``, ``"rows": B``):
+  B windows in one invoke (the Edge TPU cannot batch); ``(1, k)`` kernels keep the B rows
+  independent, so row j of the output is what ``b1`` gives for window j. It is made from the
+  converted b1 flatbuffer itself (``packed_from_b1``: activation shapes ``[1, 1, w, c]`` ->
+  ``[1, B, w, c]``; weights, biases and quantization parameters are b1's bytes), so its int8
+  outputs equal B b1 invokes exactly (checked at export: ``packed_equals_b1``).
+
+The bias-free Conv2DTranspose layers of the autoencoder are on purpose: with a bias, the
+TFLite converter fuses BiasAdd + the following ReLU into TRANSPOSE_CONV (fused activation ->
+op version 4, newer than the last edgetpu_compiler accepts). Without one they convert to
+TRANSPOSE_CONV v2 followed by a separate RELU op.
+
+Autoencoder procedure (data with >= 3 normal recordings, e.g. ITSC): the last normal recording
+(``--holdout``) is never used for training or calibration; the threshold is factor x quantile of
+int8 scores that leave-one-recording-out models (same config and seed, trained on the other
+training recordings) give the recording they never saw; the shipped model is trained on all
+training recordings. ``--cv N`` (N > 0) also writes ``folds/<recording>/``: one model per
+normal recording held out (same procedure, own threshold), used by ``edgert eval itsc``.
+With fewer normal recordings (one stream), each stream's normal samples are split in time: the
+first 80 % train, the threshold is calibrated on the held-back last 20 %.
+
+Classifier procedure: ``--cv N`` (default 5) cross-validation folds first (recordings named
+``…_NNN`` are grouped by repetition NNN: leave-one-repetition-out; otherwise every recording is
+cut into N consecutive blocks and block i of every recording is held out in fold i); each
+fold's int8 dynamic model is written to ``folds/<fold>/`` and scored through LiteRT on its
+held-out windows (accuracy, confusion, float-vs-int8 argmax agreement). The shipped model is
+then trained on all the data. Training windows are cut with a hop of 2 (phase augmentation)
+and every window gets a random gain per channel (+-5 %: healthy recordings differ by a few
+per cent per phase, e.g. SC_HLT_001's phase B is 7 % low), with label smoothing 0.1.
+Before each training, ``label_audit`` looks at the training recordings only: a recording whose
+per-channel RMS and channel correlations (for these currents: the phase amplitudes and phase
+angles) sit nearer another class's median than its own is not trained on (it stays in every
+evaluation). On ITSC it drops SC_A0_B2_C0_002 and SC_A1_B0_C0_002 (healthy signals),
+SC_A0_B1_C0_005 and SC_A1_B0_C0_005 (other fault patterns) whenever they are in the training
+set, so no fold is taught that healthy-looking windows are faults.
+
+Shipped models, reproduced exactly (bit-identical .tflite files, same metrics) on this
+machine (x86-64, TensorFlow 2.21 CPU, oneDNN off, op determinism on) by::
+
+    edgert train --kind autoencoder --window 64 --hop 16 --channels ia,ib,ic \\
+        --sample-rate 1000 --out compiled_models/motor-ae --seed 0 --epochs 150 --cv 5
+    edgert train --kind classifier --window 64 --hop 16 --channels ia,ib,ic \\
+        --sample-rate 1000 --out compiled_models/motor-cnn --seed 0 --epochs 20 --cv 5
+
+(``--data /path/to/ITSC`` gives the same arrays as the shipped copy.) Another CPU or
+TensorFlow version may sum floats in another order; the recorded metrics are then expected to
+move by a few windows, not to be bit-identical.
 
 The runtime never imports this module. TensorFlow (the ``train`` extra) is imported lazily,
-inside the functions that need it; the int8 checks run the converted model through LiteRT
+inside the functions that need it; without it ``edgert train`` exits 2 and says
+``pip install 'edgert[train]'``. The int8 checks run the converted models through LiteRT
 (``ai_edge_litert``, a runtime dependency), exactly as the runtime will.
-
-What it does:
-
-1. cuts the healthy training recordings into windows ``[n, W, C]`` (hop ``train_hop``),
-   fits per-channel mean/std on them;
-2. trains a conv autoencoder on ``[batch, 1, W, C]`` tensors with ``(1, k)`` kernels only
-   (strided Conv2D down to a ``[1, 1, latent]`` code, Conv2DTranspose back up, ReLU as separate
-   layers, a linear Conv2D with C filters at the end), which converts to bare CONV_2D /
-   TRANSPOSE_CONV (Edge TPU friendly, no reshapes, no UpSampling);
-3. converts it twice with full-integer int8 post-training quantization: ``*_dyn.tflite``
-   (batch -1, for the CPU path) and ``*_b1.tflite`` (fixed ``[1, 1, W, C]``, for the Edge TPU:
-   CONV_2D, TRANSPOSE_CONV v2, RELU only). In the dynamic variant each Conv2DTranspose is
-   rewritten as its exact sub-pixel equivalent (Conv2D + constant-shape Reshape, same weights,
-   float outputs checked equal): a TRANSPOSE_CONV with a dynamic batch needs a run-time output
-   shape, which in LiteRT makes every later tensor dynamic (unallocated until the first
-   invoke, not taken by XNNPACK, ~5x slower here);
-4. calibrates the threshold on int8 scores computed with LiteRT and measures false alarms,
-   per-class detection and float-vs-int8 agreement;
-5. writes ``manifest.json`` (the contract in docs/design.md, "Model directory").
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -43,9 +106,10 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -53,22 +117,42 @@ import numpy as np
 
 __all__ = [
     "AEConfig",
+    "CNNConfig",
+    "Recording",
+    "Dataset",
+    "load_dataset",
     "load_recordings",
     "make_windows",
     "fit_normalization",
     "build_autoencoder",
     "build_subpixel_autoencoder",
+    "build_classifier",
     "to_subpixel",
     "train_autoencoder",
+    "train_classifier_model",
     "convert_int8",
     "export_dynamic",
     "export_b1",
+    "export_packed",
+    "packed_from_b1",
     "calibrate_threshold",
     "Int8Model",
     "tflite_ops",
     "train_motor_ae",
+    "train_ae_split",
+    "train_classifier",
+    "cv_folds",
+    "label_audit",
+    "add_parsers",
+    "cmd_train",
     "main",
 ]
+
+TRAIN_EXTRA_HINT = "pip install 'edgert[train]'"
+#: header names never taken as channels unless --channels names them
+TIME_COLUMNS = ("t", "time", "timestamp", "datetime", "date", "time_s", "time_ms", "ts", "index")
+ITSC_ATTRIBUTION = ("ITSC (MIT licence; University of Guanajuato, Cardenas-Cornejo et al., "
+                    "Measurement 222:113680, 2023)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +161,7 @@ __all__ = [
 
 @dataclass
 class AEConfig:
-    """Everything that defines a training run (recorded in the manifest)."""
+    """Everything that defines an autoencoder training run (recorded in the manifest)."""
 
     name: str = "motor-ae"
     window: int = 64                 # W, samples
@@ -87,7 +171,7 @@ class AEConfig:
     # threshold and metrics all use ``hop``
     train_hop: int = 2
     channels: tuple[str, ...] = ("ia", "ib", "ic")
-    sample_rate_hz: int = 1000
+    sample_rate_hz: int | None = 1000
     # architecture
     kernel: int = 5                  # (1, k) kernels of the strided layers
     filters: tuple[int, ...] = (16, 16, 16)  # one strided (stride 2) conv per entry
@@ -113,39 +197,257 @@ class AEConfig:
     train_recordings: tuple[str, ...] = ("SC_HLT_001", "SC_HLT_002", "SC_HLT_003", "SC_HLT_004")
     holdout_recordings: tuple[str, ...] = ("SC_HLT_005",)
     healthy_class: str = "SC_HLT"
+    # rows B of the packed [1, B, W, C] variant
+    packed_rows: int = 16
+    # single-stream data (fewer than 3 normal recordings): fraction of each normal stream, at
+    # its end, held back from training to calibrate the threshold
+    holdout_fraction: float = 0.2
+
+
+@dataclass
+class CNNConfig:
+    """Everything that defines a classifier training run (recorded in the manifest)."""
+
+    name: str = "motor-cnn"
+    window: int = 64
+    hop: int = 16                    # runtime hop and the hop of every scored window
+    train_hop: int = 2               # hop of the fitted windows (phase augmentation)
+    channels: tuple[str, ...] = ("ia", "ib", "ic")
+    sample_rate_hz: int | None = 1000
+    class_names: tuple[str, ...] = ()
+    # architecture: one Conv2D (1, kernel) stride (1, 2) + ReLU per entry of filters, then
+    # AveragePooling2D over the remaining width and a 1x1 Conv2D to the class logits
+    kernel: int = 5
+    filters: tuple[int, ...] = (16, 32, 32)
+    # training
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 3e-3      # Adam, cosine decay to 2 % over all steps
+    label_smoothing: float = 0.1
+    channel_gain: float = 0.05       # every fitted window x (1 + U(-g, g)) per channel
+    # quantization: representative set = this many training windows (no headroom: the
+    # normalization is fitted on every class, faults included)
+    rep_windows: int = 800
+    packed_rows: int = 16
+    cv: int = 5                      # folds (0: none)
+    # leave training recordings whose label disagrees with the data out of training (see
+    # ``label_audit``); they are still in every evaluation
+    audit_labels: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class Recording:
+    """One continuous recording: samples and either one label or one label per sample."""
+
+    name: str
+    x: np.ndarray                       # float32 [n, C]
+    label: str | None = None            # the recording's label (class folder, name prefix)
+    labels: np.ndarray | None = None    # per-sample labels (str) from a label column
+
+
+@dataclass
+class Dataset:
+    recordings: list
+    channels: list
+    source: str                         # what --data was ("shipped ITSC" or the path)
+    sha256: str                         # over the data files read
+    default_itsc: bool = False
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.recordings]
+
+    def by_name(self) -> dict[str, Recording]:
+        return {r.name: r for r in self.recordings}
+
+    @property
+    def is_itsc(self) -> bool:
+        return bool(self.recordings) and all(
+            re.fullmatch(r"SC_(HLT|A\d_B\d_C\d)_\d{3}", r.name) for r in self.recordings)
+
+
+def recording_class(name: str) -> str:
+    """``"SC_HLT_003"`` -> ``"SC_HLT"`` (a name without a ``_`` is its own class)."""
+    return name.rsplit("_", 1)[0]
+
+
 def load_recordings(data: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """Recordings by name, float32 [n, C].
+    """Recordings by name, float32 [n, C] (any labels dropped).
 
     ``data``: None (the copy shipped in ``edgert.data``), an ``.npz`` file, or a directory
     holding ``<CLASS>/<name>.csv`` (or ``<name>.csv``) headerless CSV files.
     """
+    return {r.name: r.x for r in load_dataset(data).recordings}
+
+
+def _file_sha(h, path: Path, rel: str) -> None:
+    h.update(rel.encode() + b"\0")
+    with open(path, "rb") as fh:
+        for blk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(blk)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _label_str(v) -> str:
+    """Labels as strings; 1.0 and 1 both become "1"."""
+    s = str(v).strip()
+    try:
+        f = float(s)
+        if f.is_integer():
+            return str(int(f))
+    except ValueError:
+        pass
+    return s
+
+
+def _read_csv(path: Path, channels: Sequence[str] | None, label_col: str | None):
+    """-> (x float32 [n, C], channel names, per-sample labels or None)."""
+    text = path.read_text()
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    delim = max((",", ";", "\t"), key=first.count) if any(d in first for d in ",;\t") else ","
+    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delim) if any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"{path}: empty CSV file")
+    header = None
+    if not all(_is_number(c) for c in rows[0]):
+        header = [c.strip() for c in rows[0]]
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    ncol = len(rows[0])
+    if any(len(r) != ncol for r in rows):
+        raise ValueError(f"{path}: rows have different numbers of fields")
+    names = header or [str(i) for i in range(ncol)]
+
+    def col_index(key: str, what: str) -> int:
+        if key in names:
+            return names.index(key)
+        if key.isdigit() and int(key) < ncol:
+            return int(key)
+        raise ValueError(f"{path}: no {what} column {key!r} (columns: {', '.join(names)})")
+
+    li = None if label_col is None else col_index(label_col, "label")
+    labels = None if li is None else np.array([_label_str(r[li]) for r in rows])
+    numeric = [i for i in range(ncol) if i != li and _is_number(rows[0][i])
+               and names[i].strip().lower() not in TIME_COLUMNS]
+    if header is not None and channels:
+        use = [col_index(c, "channel") for c in channels]
+        ch_names = [names[i] for i in use]
+    else:
+        use = numeric
+        if channels:  # headerless: --channels names the columns
+            if len(channels) != len(use):
+                raise ValueError(f"{path}: {len(use)} data columns but --channels names "
+                                 f"{len(channels)}")
+            ch_names = list(channels)
+        else:
+            ch_names = [names[i] for i in use] if header else [f"ch{i}" for i in range(len(use))]
+    if not use:
+        raise ValueError(f"{path}: no numeric channel columns")
+    try:
+        x = np.array([[float(r[i]) for i in use] for r in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path}: non-numeric value in a channel column ({exc})") from None
+    return x.astype(np.float32), ch_names, labels
+
+
+def load_dataset(data: str | os.PathLike | None = None, channels: Sequence[str] | None = None,
+                 labels: str | None = None) -> Dataset:
+    """Read ``--data`` into recordings (see the module docstring for the formats)."""
     if data is None:
-        from edgert.data import itsc_names, itsc_recording
+        from importlib import resources
 
-        return {n: np.array(itsc_recording(n), dtype=np.float32) for n in itsc_names()}
+        from edgert.data import ITSC_CHANNELS, itsc_class, itsc_names, itsc_recording
+
+        h = hashlib.sha256()
+        ref = resources.files("edgert.data").joinpath("itsc.npz")
+        with resources.as_file(ref) as p:
+            _file_sha(h, Path(p), "itsc.npz")
+        recs = [Recording(n, np.array(itsc_recording(n), dtype=np.float32), itsc_class(n))
+                for n in itsc_names()]
+        chans = list(channels) if channels else list(ITSC_CHANNELS)
+        if len(chans) != 3:
+            raise ValueError("the shipped ITSC data has 3 channels")
+        return Dataset(recs, chans, "edgert/data/itsc.npz (shipped)", h.hexdigest(),
+                       default_itsc=True)
     p = Path(data)
+    h = hashlib.sha256()
     if p.is_file() and p.suffix == ".npz":
+        _file_sha(h, p, p.name)
         with np.load(p, allow_pickle=False) as z:
-            return {k: np.asarray(z[k], dtype=np.float32) for k in sorted(z.files)}
+            if "samples" in z.files:
+                x = np.asarray(z["samples"], dtype=np.float32)
+                if x.ndim == 1:
+                    x = x[:, None]
+                lab = (np.array([_label_str(v) for v in z["labels"]]) if "labels" in z.files
+                       else None)
+                if labels is not None and lab is None:
+                    raise ValueError(f"{p}: --labels given but the npz has no 'labels' array")
+                if lab is not None and len(lab) != len(x):
+                    raise ValueError(f"{p}: 'labels' has {len(lab)} entries, 'samples' {len(x)}")
+                names = ([str(c) for c in z["channels"]] if "channels" in z.files
+                         else [f"ch{i}" for i in range(x.shape[1])])
+                if channels:
+                    if len(channels) != x.shape[1]:
+                        raise ValueError(f"{p}: {x.shape[1]} channels but --channels names "
+                                         f"{len(channels)}")
+                    names = list(channels)
+                recs = [Recording(p.stem, x, None, lab)]
+            else:
+                recs = []
+                for k in sorted(z.files):
+                    x = np.asarray(z[k], dtype=np.float32)
+                    recs.append(Recording(k, x[:, None] if x.ndim == 1 else x, recording_class(k)))
+                C = recs[0].x.shape[1] if recs else 0
+                names = list(channels) if channels else [f"ch{i}" for i in range(C)]
+        return _checked(Dataset(recs, names, str(data), h.hexdigest()))
+    if p.is_file():
+        _file_sha(h, p, p.name)
+        x, names, lab = _read_csv(p, channels, labels)
+        if labels is None:
+            lab = None
+        return _checked(Dataset([Recording(p.stem, x, None, lab)], names, str(data), h.hexdigest()))
     if p.is_dir():
-        out = {}
-        for f in sorted(p.rglob("*.csv")):
-            a = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
-            out[f.stem] = a.astype(np.float32)
-        if not out:
+        files = sorted(p.rglob("*.csv"))
+        if not files:
             raise FileNotFoundError(f"{p}: no *.csv recordings found")
-        return out
-    raise FileNotFoundError(f"{p}: expected a directory of CSV recordings or an .npz file")
+        recs, names = [], None
+        for f in files:
+            rel = f.relative_to(p)
+            _file_sha(h, f, rel.as_posix())
+            x, ch, lab = _read_csv(f, channels, labels)
+            label = rel.parts[0] if len(rel.parts) > 1 else recording_class(f.stem)
+            if names is None:
+                names = ch
+            elif ch != names:
+                raise ValueError(f"{f}: channels {ch} differ from the other files' {names}")
+            recs.append(Recording(f.stem, x, label, lab if labels is not None else None))
+        return _checked(Dataset(recs, names, str(data), h.hexdigest()))
+    raise FileNotFoundError(f"{p}: expected a CSV file, an .npz file or a directory of CSV files")
 
 
-def recording_class(name: str) -> str:
-    return name.rsplit("_", 1)[0]
+def _checked(ds: Dataset) -> Dataset:
+    C = len(ds.channels)
+    seen = set()
+    for r in ds.recordings:
+        if r.x.ndim != 2 or r.x.shape[1] != C:
+            raise ValueError(f"recording {r.name}: shape {r.x.shape}, expected [n, {C}]")
+        if not np.all(np.isfinite(r.x)):
+            raise ValueError(f"recording {r.name}: NaN or Inf samples")
+        if r.name in seen:
+            raise ValueError(f"two recordings are named {r.name!r}")
+        seen.add(r.name)
+    return ds
 
 
 def make_windows(x: np.ndarray, window: int, hop: int) -> np.ndarray:
@@ -156,6 +458,30 @@ def make_windows(x: np.ndarray, window: int, hop: int) -> np.ndarray:
         return np.zeros((0, window, x.shape[1]), np.float32)
     idx = np.arange(n)[:, None] * hop + np.arange(window)[None, :]
     return np.ascontiguousarray(x[idx])
+
+
+def window_starts(lo: int, hi: int, window: int, hop: int) -> np.ndarray:
+    """Starts of the complete windows inside samples [lo, hi): lo, lo+hop, …"""
+    n = (hi - lo - window) // hop + 1
+    return lo + np.arange(max(n, 0), dtype=np.int64) * hop
+
+
+def cut(x: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
+    idx = np.asarray(starts, np.int64)[:, None] + np.arange(window)[None, :]
+    return np.ascontiguousarray(np.asarray(x, np.float32)[idx]) if len(starts) else \
+        np.zeros((0, window, x.shape[1]), np.float32)
+
+
+def window_labels(rec: Recording, starts: np.ndarray, window: int) -> list:
+    """Label of each window: the recording's, or the samples' label when all samples of the
+    window share it (None for a window that straddles a label change)."""
+    if rec.labels is None:
+        return [rec.label] * len(starts)
+    out = []
+    for s in starts:
+        seg = rec.labels[s:s + window]
+        out.append(seg[0] if np.all(seg == seg[0]) else None)
+    return out
 
 
 def fit_normalization(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +498,38 @@ def normalize(windows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
     inv_std = 1.0 / np.asarray(std, np.float64)
     z = (np.asarray(windows, np.float64) - np.asarray(mean, np.float64)) * inv_std
     return z.astype(np.float32)[:, None, :, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+# ---------------------------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar per training, on stderr: ``label [#####-----] 12/150 loss …``."""
+
+    def __init__(self, label: str, total: int, stream=None, width: int = 30):
+        self.label, self.total, self.width = label, max(int(total), 1), width
+        self.stream = stream if stream is not None else sys.stderr
+        self.t0 = time.time()
+
+    def update(self, done: int, loss: float | None = None) -> None:
+        k = int(self.width * done / self.total)
+        bar = "#" * k + "-" * (self.width - k)
+        extra = "" if loss is None else f" loss {loss:.5g}"
+        end = "\n" if done >= self.total else ""
+        self.stream.write(f"\r  {self.label} [{bar}] epoch {done}/{self.total}{extra} "
+                          f"{time.time() - self.t0:.0f}s{end}")
+        self.stream.flush()
+
+    def keras_callback(self):
+        tf = _tf()
+        prog = self
+
+        class _CB(tf.keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                prog.update(epoch + 1, (logs or {}).get("loss"))
+
+        return _CB()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,13 +556,15 @@ def set_seed(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_autoencoder(cfg: AEConfig, batch: int | None = None):
-    """Keras model ``[batch, 1, W, C] -> [batch, 1, W, C]`` (``batch=None``: dynamic).
+def build_autoencoder(cfg: AEConfig, batch: int | None = None, rows: int = 1):
+    """Keras model ``[batch, rows, W, C] -> [batch, rows, W, C]`` (``batch=None``: dynamic).
 
     Encoder: one Conv2D ``(1, k)`` stride ``(1, 2)`` + ReLU per entry of ``cfg.filters``, then
     a ``(1, W / 2**len(filters))`` valid Conv2D with ``cfg.latent`` filters and no activation,
     which collapses the window to a ``[1, 1, latent]`` code. Decoder: the mirror image with
     Conv2DTranspose, each followed by its own ReLU layer, and a linear Conv2D with C filters.
+    ``rows > 1`` (with ``batch=1``) is the packed layout: every kernel is ``(1, k)``, so the
+    rows never mix.
 
     The Conv2DTranspose layers have no bias on purpose: with a bias, the TFLite converter fuses
     BiasAdd + the following ReLU layer into TRANSPOSE_CONV (fused activation -> op version 4,
@@ -216,9 +576,10 @@ def build_autoencoder(cfg: AEConfig, batch: int | None = None):
     W, C = cfg.window, len(cfg.channels)
     n_down = len(cfg.filters)
     if W % (2 ** n_down):
-        raise ValueError(f"window {W} is not divisible by 2**{n_down}")
+        raise ValueError(f"window {W} is not divisible by 2**{n_down} (the autoencoder halves "
+                         f"it {n_down} times)")
     w_code = W // 2 ** n_down
-    inp = tf.keras.Input(shape=(1, W, C), batch_size=batch, name="x")
+    inp = tf.keras.Input(shape=(rows, W, C), batch_size=batch, name="x")
     h = inp
     for i, f in enumerate(cfg.filters):
         h = L.Conv2D(f, (1, cfg.kernel), strides=(1, 2), padding="same", name=f"enc{i}")(h)
@@ -337,7 +698,8 @@ def to_subpixel(cfg: AEConfig, model, batch: int | None = None, check: np.ndarra
     return sp
 
 
-def train_autoencoder(cfg: AEConfig, x_train: np.ndarray, seed: int, verbose: int = 0):
+def train_autoencoder(cfg: AEConfig, x_train: np.ndarray, seed: int, verbose: int = 0,
+                      label: str = "autoencoder"):
     """Fits a fresh autoencoder on normalized windows ``[n, 1, W, C]``; returns (model, history)."""
     tf = _tf()
     set_seed(seed)
@@ -346,9 +708,72 @@ def train_autoencoder(cfg: AEConfig, x_train: np.ndarray, seed: int, verbose: in
     lr = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps,
                                                    alpha=0.02)
     model.compile(optimizer=tf.keras.optimizers.Adam(lr), loss="mse")
+    cb = Progress(label, cfg.epochs).keras_callback()
     hist = model.fit(x_train, x_train, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                     shuffle=True, verbose=verbose)
+                     shuffle=True, verbose=verbose, callbacks=[cb])
     return model, hist.history
+
+
+def build_classifier(cfg: CNNConfig, batch: int | None = None, rows: int = 1):
+    """Keras model ``[batch, rows, W, C] -> [batch, rows, 1, K]`` logits (K classes).
+
+    One Conv2D ``(1, k)`` stride ``(1, 2)`` 'same' + ReLU per entry of ``cfg.filters``, then
+    AveragePooling2D ``(1, w)`` over the remaining width ``w`` (AVERAGE_POOL_2D: a global
+    average per row, phase-invariant), then a 1x1 Conv2D with K filters (the classifier head as
+    a CONV_2D, so the rows of a packed ``[1, B, W, C]`` input stay independent; no SOFTMAX:
+    the Edge TPU maps it only for 1-D inputs, and the argmax of the logits is the class).
+    Converts to CONV_2D (ReLU fused), AVERAGE_POOL_2D and CONV_2D only.
+    """
+    tf = _tf()
+    L = tf.keras.layers
+    if not cfg.class_names:
+        raise ValueError("class_names is empty")
+    W, C = cfg.window, len(cfg.channels)
+    inp = tf.keras.Input(shape=(rows, W, C), batch_size=batch, name="x")
+    h = inp
+    for i, f in enumerate(cfg.filters):
+        h = L.Conv2D(f, (1, cfg.kernel), strides=(1, 2), padding="same", name=f"conv{i}")(h)
+        h = L.ReLU(name=f"conv{i}_relu")(h)
+    w = int(h.shape[2])
+    h = L.AveragePooling2D((1, w), name="pool")(h)
+    out = L.Conv2D(len(cfg.class_names), (1, 1), name="logits")(h)
+    return tf.keras.Model(inp, out, name=cfg.name.replace("-", "_"))
+
+
+def train_classifier_model(cfg: CNNConfig, x: np.ndarray, y: np.ndarray, seed: int,
+                           label: str = "classifier"):
+    """Fits a fresh classifier on normalized windows ``[n, 1, W, C]`` with class indices ``y``.
+
+    Every epoch the windows are shuffled and each gets a random gain per channel
+    (``1 + U(-g, g)``, g = ``cfg.channel_gain``), both from a numpy generator seeded with
+    ``seed``; one ``fit`` call per epoch (Adam, cosine-decayed learning rate over all steps,
+    categorical cross-entropy on the logits with label smoothing). Returns (model, history).
+    """
+    tf = _tf()
+    set_seed(seed)
+    model = build_classifier(cfg, batch=None)
+    n, K = len(x), len(cfg.class_names)
+    steps = cfg.epochs * int(np.ceil(n / cfg.batch_size))
+    lr = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps,
+                                                   alpha=0.02)
+    model.compile(optimizer=tf.keras.optimizers.Adam(lr),
+                  loss=tf.keras.losses.CategoricalCrossentropy(
+                      from_logits=True, label_smoothing=cfg.label_smoothing))
+    yy = np.eye(K, dtype=np.float32)[np.asarray(y, np.int64)][:, None, None, :]
+    rng = np.random.default_rng(seed)
+    prog = Progress(label, cfg.epochs)
+    losses = []
+    for e in range(cfg.epochs):
+        perm = rng.permutation(n)
+        xe = x[perm]
+        if cfg.channel_gain:
+            g = 1.0 + cfg.channel_gain * rng.uniform(-1.0, 1.0, (n, 1, 1, x.shape[-1]))
+            xe = xe * g.astype(np.float32)
+        h = model.fit(xe, yy[perm], batch_size=cfg.batch_size, epochs=e + 1, initial_epoch=e,
+                      shuffle=False, verbose=0)
+        losses.append(float(h.history["loss"][-1]))
+        prog.update(e + 1, losses[-1])
+    return model, {"loss": losses}
 
 
 def representative_set(cfg: AEConfig, x_train: np.ndarray, seed: int) -> np.ndarray:
@@ -358,13 +783,14 @@ def representative_set(cfg: AEConfig, x_train: np.ndarray, seed: int) -> np.ndar
     pick = np.sort(rng.choice(len(x_train), size=n, replace=False))
     base = x_train[pick]
     sets = [base]
-    if cfg.rep_headroom and cfg.rep_headroom != 1.0:
+    if getattr(cfg, "rep_headroom", 1.0) and getattr(cfg, "rep_headroom", 1.0) != 1.0:
         sets.append(base * np.float32(cfg.rep_headroom))
     return np.concatenate(sets).astype(np.float32)
 
 
 def convert_int8(model, rep: np.ndarray) -> bytes:
-    """Full-integer int8 TFLite (int8 input and output) calibrated on ``rep`` ``[n, 1, W, C]``."""
+    """Full-integer int8 TFLite (int8 input and output) calibrated on ``rep``
+    ``[n, rows, W, C]`` (one sample per row of ``rep``)."""
     tf = _tf()
 
     def gen():
@@ -381,10 +807,89 @@ def convert_int8(model, rep: np.ndarray) -> bytes:
         return conv.convert()
 
 
-def clone_with_batch(cfg: AEConfig, model, batch: int | None):
-    m = build_autoencoder(cfg, batch=batch)
+def clone_with_batch(cfg, model, batch: int | None, rows: int = 1):
+    build = build_classifier if isinstance(cfg, CNNConfig) else build_autoencoder
+    m = build(cfg, batch=batch, rows=rows)
     m.set_weights(model.get_weights())
     return m
+
+
+def export_dynamic(cfg, model, rep: np.ndarray) -> bytes:
+    """int8 dynamic-batch variant of the trained (batch None) ``model``."""
+    if isinstance(cfg, CNNConfig):
+        return convert_int8(model, rep)
+    if cfg.dyn_decoder == "subpixel":
+        return convert_int8(to_subpixel(cfg, model, batch=None, check=rep[:256]), rep)
+    if cfg.dyn_decoder == "transpose":
+        return convert_int8(model, rep)
+    raise ValueError(f"dyn_decoder must be 'subpixel' or 'transpose', not {cfg.dyn_decoder!r}")
+
+
+def export_b1(cfg, model, rep: np.ndarray) -> bytes:
+    """int8 fixed ``[1, 1, W, C]`` variant (Conv2DTranspose kept: TRANSPOSE_CONV for the TPU)."""
+    return convert_int8(clone_with_batch(cfg, model, 1), rep)
+
+
+def packed_from_b1(b1: bytes, rows: int) -> bytes:
+    """The packed ``[1, rows, W, C]`` variant made from the converted b1 model itself.
+
+    Rewrites the b1 flatbuffer (no TensorFlow): every activation tensor ``[1, 1, w, c]``
+    becomes ``[1, rows, w, c]`` (shape and shape signature), and each TRANSPOSE_CONV's constant
+    output shape ``[1, 1, w, c]`` becomes ``[1, rows, w, c]``. Weights, biases and every
+    quantization parameter stay b1's bytes, and all kernels are ``(1, k)``, so row j of the
+    packed output is exactly what b1 gives for window j. (Converting a rows-B Keras model
+    instead calibrates on float activations that TF sums in a shape-dependent order: the
+    activation scales then differ from b1's in the last float bits, and a few int8 outputs by
+    1 LSB.)
+    """
+    import flatbuffers
+
+    try:
+        from ai_edge_litert import schema_py_generated as S
+    except ImportError:  # pragma: no cover
+        import tflite as S  # type: ignore
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    m = S.ModelT.InitFromPackedBuf(b1, 0)
+    if len(m.subgraphs) != 1:
+        raise ValueError(f"expected one subgraph, found {len(m.subgraphs)}")
+    g = m.subgraphs[0]
+    names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+
+    def constant(t) -> bool:
+        data = m.buffers[t.buffer].data
+        return data is not None and len(data) > 0
+
+    for op in g.operators:
+        oc = m.operatorCodes[op.opcodeIndex]
+        if names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode)) == "TRANSPOSE_CONV":
+            t = g.tensors[op.inputs[0]]
+            shp = np.frombuffer(bytes(m.buffers[t.buffer].data), "<i4").copy()
+            if len(shp) != 4 or shp[0] != 1 or shp[1] != 1:
+                raise ValueError(f"TRANSPOSE_CONV output shape {shp.tolist()} is not [1, 1, w, c]")
+            shp[1] = rows
+            buf = S.BufferT()
+            buf.data = np.frombuffer(shp.astype("<i4").tobytes(), np.uint8)
+            m.buffers.append(buf)  # a buffer of its own (constant buffers may be shared)
+            t.buffer = len(m.buffers) - 1
+    for t in g.tensors:
+        if constant(t):
+            continue
+        shape = [int(v) for v in (t.shape if t.shape is not None else [])]
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != 1:
+            raise ValueError(f"activation tensor {t.name!r} has shape {shape}, not [1, 1, w, c]")
+        t.shape = np.array([1, rows] + shape[2:], np.int32)
+        if t.shapeSignature is not None and len(t.shapeSignature):
+            sig = [int(v) for v in t.shapeSignature]
+            t.shapeSignature = np.array([sig[0], rows] + sig[2:], np.int32)
+    b = flatbuffers.Builder(len(b1) + 4096)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def export_packed(cfg, model, rep: np.ndarray, rows: int, b1: bytes | None = None) -> bytes:
+    """int8 fixed ``[1, rows, W, C]`` variant: ``packed_from_b1`` of the b1 variant."""
+    return packed_from_b1(b1 if b1 is not None else export_b1(cfg, model, rep), rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +908,8 @@ class Int8Model:
     """A converted model run through LiteRT, scored the way the runtime scores.
 
     Quantization follows the ``normalize_quantize`` kernel contract and the error follows the
-    ``recon_error`` kernel contract (docs/design.md), in float64.
+    ``recon_error`` kernel contract (docs/design.md), in float64. A packed ``[1, B, W, C]``
+    model takes windows B at a time as rows (``rows``).
     """
 
     def __init__(self, content: bytes, num_threads: int = 1, xnnpack: bool = True):
@@ -425,6 +931,7 @@ class Int8Model:
         self.in_scale, self.in_zp = float(i["quantization"][0]), int(i["quantization"][1])
         self.out_scale, self.out_zp = float(o["quantization"][0]), int(o["quantization"][1])
         self.fixed_batch = self.in_shape[0] if self.in_shape[0] > 0 else None
+        self.rows = self.in_shape[1]
         self._by_batch[int(i["shape"][0])] = it
 
     def io(self) -> dict:
@@ -451,13 +958,17 @@ class Int8Model:
         return np.clip(q, -128, 127).astype(np.int8)
 
     def run_q(self, q: np.ndarray, batch: int | None = None) -> np.ndarray:
-        """int8 ``[n, 1, W, C]`` in -> int8 out, invoking ``batch`` windows at a time
-        (a partial last batch is zero-padded)."""
+        """int8 ``[n, 1, W, C]`` in -> int8 ``[n, …]`` out (one row per window), invoking
+        ``batch`` windows at a time (a partial last batch is zero-padded). A packed model takes
+        ``rows`` windows per invoke as ``[1, rows, W, C]``; its output row j is returned as
+        ``[1, …]`` like the other variants' rows."""
+        if self.rows > 1:
+            return self._run_packed(q)
         b = self.fixed_batch or batch or 32
         it = self._interp(b)
         iidx = it.get_input_details()[0]["index"]
         oidx = it.get_output_details()[0]["index"]
-        out = np.empty_like(q)
+        out = None
         for s in range(0, len(q), b):
             chunk = q[s : s + b]
             k = len(chunk)
@@ -465,7 +976,27 @@ class Int8Model:
                 chunk = np.concatenate([chunk, np.zeros((b - k,) + q.shape[1:], q.dtype)])
             it.set_tensor(iidx, chunk)
             it.invoke()
-            out[s : s + k] = it.get_tensor(oidx)[:k]
+            o = it.get_tensor(oidx)[:k]
+            if out is None:
+                out = np.empty((len(q),) + o.shape[1:], o.dtype)
+            out[s : s + k] = o
+        return out if out is not None else np.empty((0,) + tuple(self.out_shape[1:]), self.out_dtype)
+
+    def _run_packed(self, q: np.ndarray) -> np.ndarray:
+        B = self.rows
+        it = self._interp(1)
+        iidx = it.get_input_details()[0]["index"]
+        oidx = it.get_output_details()[0]["index"]
+        row_shape = (1, *self.out_shape[2:])
+        out = np.empty((len(q),) + row_shape, self.out_dtype)
+        buf = np.zeros((1, B) + q.shape[2:], q.dtype)
+        for s in range(0, len(q), B):
+            k = min(B, len(q) - s)
+            buf[:] = 0
+            buf[0, :k] = q[s : s + k, 0]
+            it.set_tensor(iidx, buf)
+            it.invoke()
+            out[s : s + k] = it.get_tensor(oidx)[0, :k].reshape((k,) + row_shape)
         return out
 
     def errors(self, xn: np.ndarray, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -477,11 +1008,20 @@ class Int8Model:
         ch = ((x - y) ** 2).mean(axis=(1, 2)).astype(np.float32)
         return ch.astype(np.float64).mean(axis=1).astype(np.float32), ch
 
+    def logits(self, xn: np.ndarray, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(dequantized logits [n, K], int8 outputs [n, K]) of normalized windows."""
+        oq = self.run_q(self.quantize(xn), batch).reshape(len(xn), -1)
+        return (oq.astype(np.float64) - self.out_zp) * self.out_scale, oq
+
 
 def float_errors(model, xn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = model.predict(xn, batch_size=256, verbose=0)
     ch = ((xn.astype(np.float64) - y) ** 2).mean(axis=(1, 2))
     return ch.mean(axis=1), ch
+
+
+def float_logits(model, xn: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(xn, batch_size=256, verbose=0)).reshape(len(xn), -1)
 
 
 def tflite_ops(content: bytes) -> list[str]:
@@ -501,8 +1041,22 @@ def tflite_ops(content: bytes) -> list[str]:
     return ops
 
 
+def _edgetpu_verdict(path: Path) -> dict | None:
+    """``edgert check-model``'s offline verdict (Coral's documented rules), if available."""
+    try:
+        from edgert.edgetpu_check import check
+    except Exception:  # pragma: no cover - the checker is optional here
+        return None
+    try:
+        r = check(path)
+    except Exception as exc:  # pragma: no cover
+        return {"error": str(exc)}
+    return {"mappable": bool(r.mappable), "tpu_ops": int(r.tpu_ops),
+            "cpu_ops": int(len(r.ops) - r.tpu_ops), "min_runtime": int(r.min_runtime)}
+
+
 # ---------------------------------------------------------------------------------------------
-# the full run
+# small helpers
 # ---------------------------------------------------------------------------------------------
 
 def _sha256(path: Path) -> str:
@@ -522,19 +1076,97 @@ def _quantile(scores: np.ndarray, q: float) -> float:
     return float(np.quantile(np.asarray(scores, np.float64), q, method="higher"))
 
 
-def export_dynamic(cfg: AEConfig, model, rep: np.ndarray) -> bytes:
-    """int8 dynamic-batch variant of the trained (batch None) ``model``."""
-    if cfg.dyn_decoder == "subpixel":
-        return convert_int8(to_subpixel(cfg, model, batch=None, check=rep[:256]), rep)
-    if cfg.dyn_decoder == "transpose":
-        return convert_int8(model, rep)
-    raise ValueError(f"dyn_decoder must be 'subpixel' or 'transpose', not {cfg.dyn_decoder!r}")
+def _io_json(m: Int8Model) -> dict:
+    io_ = m.io()
+    for k in io_:
+        io_[k]["scale"] = float(io_[k]["scale"])  # exact float32 value as read from the model
+    return io_
 
 
-def export_b1(cfg: AEConfig, model, rep: np.ndarray) -> bytes:
-    """int8 fixed ``[1, 1, W, C]`` variant (Conv2DTranspose kept: TRANSPOSE_CONV for the TPU)."""
-    return convert_int8(clone_with_batch(cfg, model, 1), rep)
+def _cfg_json(cfg) -> dict:
+    d = asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
+
+def _arch_summary(model) -> list[str]:
+    rows = []
+    for layer in model.layers[1:]:
+        c = layer.get_config()
+        desc = type(layer).__name__
+        if "filters" in c:
+            desc += (f"({c['filters']}, k={tuple(c['kernel_size'])}, s={tuple(c['strides'])}, "
+                     f"{c['padding']})")
+        elif "pool_size" in c:
+            desc += f"(pool={tuple(c['pool_size'])})"
+        shape = tuple(layer.output.shape)
+        rows.append(f"{layer.name}: {desc} -> {shape}")
+    return rows
+
+
+def _litert_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+    except Exception:
+        return None
+
+
+def _versions(tf) -> dict:
+    return {"tensorflow": tf.__version__,
+            "keras": tf.keras.__version__ if hasattr(tf.keras, "__version__") else None,
+            "litert": _litert_version(), "python": platform.python_version()}
+
+
+def _data_desc(ds: Dataset | None) -> str:
+    if ds is None or ds.default_itsc:
+        return f"{ITSC_ATTRIBUTION}, shipped as edgert/data/itsc.npz"
+    if ds.is_itsc:
+        return f"{ITSC_ATTRIBUTION}, read from {ds.source}"
+    return ds.source
+
+
+def _variant_entry(fname: str, m: Int8Model, batch, rows: int | None = None) -> dict:
+    v = {"file": fname, "batch": batch}
+    if rows is not None:
+        v.update({"layout": "packed", "rows": rows})
+    v.update(_io_json(m))
+    return v
+
+
+def _speed(models: dict, reps: int = 300) -> dict:
+    """Rough LiteRT invoke cost per window in µs (one thread, this machine, shared;
+    indicative). ``models``: name -> (Int8Model, batch)."""
+    out = {}
+    for name, (m, b) in models.items():
+        it = m._interp(b if m.fixed_batch is None else m.fixed_batch)
+        d = it.get_input_details()[0]
+        it.set_tensor(d["index"], np.zeros(d["shape"], np.int8))
+        it.invoke()
+        t = time.perf_counter()
+        for _ in range(reps):
+            it.invoke()
+        per_invoke = (time.perf_counter() - t) / reps
+        windows = int(d["shape"][0]) * (m.rows if m.rows > 1 else 1)
+        out[name] = round(per_invoke / windows * 1e6, 2)
+    return out
+
+
+def _write_fold_dir(d: Path, manifest: dict, files: dict[str, bytes]) -> dict:
+    """A minimal model directory (one or more variants + manifest) for a CV fold."""
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    for fname, content in files.items():
+        (d / fname).write_bytes(content)
+    manifest["files"] = {fname: _sha256(d / fname) for fname in files}
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# autoencoder: recordings (leave-one-recording-out calibration)
+# ---------------------------------------------------------------------------------------------
 
 def calibrate_threshold(cfg: AEConfig, recs: dict[str, np.ndarray], seed: int,
                         log=print) -> dict:
@@ -542,9 +1174,10 @@ def calibrate_threshold(cfg: AEConfig, recs: dict[str, np.ndarray], seed: int,
 
     For each training recording r, a model with the same config and seed is trained on the
     other training recordings (normalization fitted on them too), converted to int8, and scores
-    the windows of r through LiteRT (dynamic variant, as shipped): these scores come from recordings the scoring model never
-    saw, which is the situation the threshold must hold in (healthy recordings differ from
-    each other by a few per cent). threshold = factor × quantile of the pooled held-out scores.
+    the windows of r through LiteRT (dynamic variant, as shipped): these scores come from
+    recordings the scoring model never saw, which is the situation the threshold must hold in
+    (healthy recordings differ from each other by a few per cent).
+    threshold = factor × quantile of the pooled held-out scores.
     """
     pooled, per_rec = [], {}
     for r in cfg.train_recordings:
@@ -552,7 +1185,7 @@ def calibrate_threshold(cfg: AEConfig, recs: dict[str, np.ndarray], seed: int,
         tr = np.concatenate([make_windows(recs[n], cfg.window, cfg.train_hop) for n in others])
         mean, std = fit_normalization(
             np.concatenate([make_windows(recs[n], cfg.window, cfg.hop) for n in others]))
-        model, _ = train_autoencoder(cfg, normalize(tr, mean, std), seed)
+        model, _ = train_autoencoder(cfg, normalize(tr, mean, std), seed, label=f"LORO {r}")
         rep = representative_set(cfg, normalize(tr, mean, std), seed)
         m8 = Int8Model(export_dynamic(cfg, model, rep))
         s, _ = m8.errors(normalize(make_windows(recs[r], cfg.window, cfg.hop), mean, std))
@@ -565,14 +1198,37 @@ def calibrate_threshold(cfg: AEConfig, recs: dict[str, np.ndarray], seed: int,
             "per_recording": per_rec}
 
 
+def _ae_description(cfg: AEConfig, itsc: bool) -> str:
+    W = cfg.window
+    dur = (f" ({W / cfg.sample_rate_hz * 1000:g} ms at {cfg.sample_rate_hz} Hz)"
+           if cfg.sample_rate_hz else "")
+    if itsc:
+        return ("int8 convolutional autoencoder for three-phase induction-motor stator current "
+                f"(ITSC), trained on healthy recordings only; windows of {W} samples{dur}. A "
+                "window whose reconstruction error exceeds the threshold is anomalous "
+                "(unbalanced phase currents, e.g. an inter-turn short circuit).")
+    return (f"int8 convolutional autoencoder trained on normal windows only; windows of {W} "
+            f"samples{dur} of {len(cfg.channels)} channels. A window whose reconstruction "
+            "error exceeds the threshold is anomalous.")
+
+
 def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLike | None = None,
                    cfg: AEConfig | None = None, command: str | None = None,
-                   log=print) -> dict:
-    """Trains, converts, calibrates, evaluates and writes the model directory ``out``."""
+                   log=print, ds: Dataset | None = None, cv: int = 0) -> dict:
+    """Trains, converts, calibrates, evaluates and writes the model directory ``out``.
+
+    ``ds`` (or ``data``): recordings, each with one label; ``cfg.train_recordings`` and
+    ``cfg.holdout_recordings`` must be recordings labelled ``cfg.healthy_class``. ``cv > 0``
+    also writes ``out/folds/<recording>/``: for every normal recording, the model the same
+    procedure gives with that recording held out (own threshold), dynamic variant only.
+    """
     cfg = cfg or AEConfig()
     t0 = time.time()
     tf = _tf()
-    recs = load_recordings(data)
+    ds = ds or load_dataset(data)
+    recs = {r.name: r.x for r in ds.recordings}
+    label_of = {r.name: (r.label if r.label is not None else recording_class(r.name))
+                for r in ds.recordings}
     missing = [n for n in cfg.train_recordings + cfg.holdout_recordings if n not in recs]
     if missing:
         raise KeyError(f"recordings not found in the data: {missing}")
@@ -596,11 +1252,12 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
 
     # --- final model -------------------------------------------------------------------
     log("training the final model ...")
-    model, hist = train_autoencoder(cfg, x_fit, seed)
+    model, hist = train_autoencoder(cfg, x_fit, seed, label="final")
     rep = representative_set(cfg, x_fit, seed)
     dyn_bytes = export_dynamic(cfg, model, rep)
     b1_bytes = export_b1(cfg, model, rep)
-    dyn, b1 = Int8Model(dyn_bytes), Int8Model(b1_bytes)
+    packed_bytes = packed_from_b1(b1_bytes, cfg.packed_rows)
+    dyn, b1, packed = Int8Model(dyn_bytes), Int8Model(b1_bytes), Int8Model(packed_bytes)
 
     # --- checks ------------------------------------------------------------------------
     xn = {n: normalize(win_h[n], mean, std) for n in recs}
@@ -623,6 +1280,7 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
         _, ch_b1_ref = Int8Model(b1_bytes, xnnpack=False).errors(all_x)
         if not np.array_equal(ch_dyn_ref, ch_b1_ref):
             raise RuntimeError("b1 and dyn variants differ even with the builtin kernels")
+    packed_cmp = _packed_vs_b1(packed, b1, all_x)
 
     # --- metrics -----------------------------------------------------------------------
     offs = np.cumsum([0] + [len(xn[n]) for n in recs])
@@ -630,27 +1288,29 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
     score_of = split(s32)
     fl_all, _ = float_errors(model, all_x)
     corr_all = float(np.corrcoef(fl_all, s32)[0, 1])
-    healthy = [n for n in recs if recording_class(n) == cfg.healthy_class]
+    healthy = [n for n in recs if label_of[n] == cfg.healthy_class]
     h_idx = np.concatenate([np.arange(offs[i], offs[i + 1]) for i, n in enumerate(recs)
                             if n in healthy])
     corr_h = float(np.corrcoef(fl_all[h_idx], s32[h_idx])[0, 1])
-    classes = sorted({recording_class(n) for n in recs})
-    rates = _rates(score_of, threshold, cfg, classes)
-    rates_b1 = _rates(split(sb1), threshold, cfg, classes)
+    classes = sorted({label_of[n] for n in recs})
+    rates = _rates(score_of, threshold, cfg, classes, label_of)
+    rates_b1 = _rates(split(sb1), threshold, cfg, classes, label_of)
+    decision_agree = float(((fl_all > threshold) == (s32 > threshold)).mean())
 
     metrics = {
         "scored_with": "LiteRT int8 (dynamic variant, batch 32); score from dequantized int8 "
                        "input and output tensors",
         **rates,
         "score_median": {c: _r(np.median(np.concatenate(
-            [score_of[n] for n in recs if recording_class(n) == c]))) for c in classes},
+            [score_of[n] for n in recs if label_of[n] == c]))) for c in classes},
         "score_p05": {c: _r(np.quantile(np.concatenate(
-            [score_of[n] for n in recs if recording_class(n) == c]), 0.05)) for c in classes},
+            [score_of[n] for n in recs if label_of[n] == c]), 0.05)) for c in classes},
         "score_max_holdout": _r(max(score_of[n].max() for n in cfg.holdout_recordings)),
         "float_int8_score_corr": _r(corr_all, 5),
         "float_int8_score_corr_healthy_only": _r(corr_h, 5),
         "float_int8_score_corr_windows": int(len(s32)),
         "float_int8_score_corr_b1": _r(np.corrcoef(fl_all, sb1)[0, 1], 5),
+        "float_int8_decision_agreement": _r(decision_agree, 5),
         "dyn_output_allocated_before_first_invoke": _static_after_resize(dyn_bytes, cfg, 8),
         "dyn_batch_1_8_32_identical": bool(all(per_batch_equal.values())),
         "b1_equals_dyn": b1_equal,
@@ -660,28 +1320,24 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
         "b1_variant": {k: rates_b1[k] for k in (
             "false_alarm_rate_holdout", "false_alarm_rate_train_recordings", "detection_rate",
             "detection_rate_by_severity")},
+        **packed_cmp,
         "final_train_loss": _r(hist["loss"][-1]),
     }
 
     # --- write the model directory -----------------------------------------------------
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    f_dyn, f_b1 = f"{cfg.name}_dyn.tflite", f"{cfg.name}_b1.tflite"
-    (out / f_dyn).write_bytes(dyn_bytes)
-    (out / f_b1).write_bytes(b1_bytes)
-    var_dyn = {"file": f_dyn, "batch": "dynamic", **_io_json(dyn)}
-    var_b1 = {"file": f_b1, "batch": 1, **_io_json(b1)}
+    f_dyn, f_b1, f_packed = (f"{cfg.name}_dyn.tflite", f"{cfg.name}_b1.tflite",
+                             f"{cfg.name}_packed.tflite")
+    for fname, content in ((f_dyn, dyn_bytes), (f_b1, b1_bytes), (f_packed, packed_bytes)):
+        (out / fname).write_bytes(content)
     n_cal = int(len(cal["scores"]))
+    itsc = ds.is_itsc
     manifest = {
         "schema": 1,
         "name": cfg.name,
         "kind": "autoencoder",
-        "description": (
-            "int8 convolutional autoencoder for three-phase induction-motor stator current "
-            f"(ITSC), trained on healthy recordings only; windows of {W} samples "
-            f"({W / cfg.sample_rate_hz * 1000:g} ms at {cfg.sample_rate_hz} Hz). A window "
-            "whose reconstruction error exceeds the threshold is anomalous (unbalanced phase "
-            "currents, e.g. an inter-turn short circuit)."),
+        "description": _ae_description(cfg, itsc),
         "window": W, "hop": H,
         "sample_rate_hz": cfg.sample_rate_hz,
         "channels": list(cfg.channels),
@@ -703,37 +1359,131 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
             "per_recording_max": {r: _r(v.max(), 6) for r, v in cal["per_recording"].items()},
         },
         "class_names": None,
-        "variants": {"dynamic": var_dyn, "b1": var_b1},
+        "variants": {
+            "dynamic": _variant_entry(f_dyn, dyn, "dynamic"),
+            "b1": _variant_entry(f_b1, b1, 1),
+            "packed": _variant_entry(f_packed, packed, 1, rows=cfg.packed_rows),
+        },
+        "fidelity": {
+            "float_int8_score_corr": _r(corr_all, 5),
+            "float_int8_decision_agreement": _r(decision_agree, 5),
+            "windows": int(len(s32)),
+            "variant": "dynamic",
+            "packed_equals_b1": packed_cmp["packed_equals_b1"],
+        },
         "training": {
-            "command": command or _default_command(out, seed, data),
+            "command": command or _default_command(out, seed, None, "autoencoder", cfg),
             "seed": seed,
-            "data": ("ITSC (MIT licence; University of Guanajuato, Cardenas-Cornejo et al., "
-                     "Measurement 222:113680, 2023), shipped as edgert/data/itsc.npz"),
+            "data": _data_desc(ds),
+            "data_sha256": ds.sha256,
             "train_recordings": list(cfg.train_recordings),
             "holdout_recordings": list(cfg.holdout_recordings),
-            "tensorflow": tf.__version__,
-            "keras": tf.keras.__version__ if hasattr(tf.keras, "__version__") else None,
-            "litert": _litert_version(),
-            "python": platform.python_version(),
+            **_versions(tf),
             "config": _cfg_json(cfg),
             "architecture": _arch_summary(model),
             "params": int(model.count_params()),
-            "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes)},
-            "litert_us_per_window": _speed(dyn, b1, cfg),
-            "seconds": round(time.time() - t0, 1),
+            "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes),
+                    "packed": tflite_ops(packed_bytes)},
+            "edgetpu_check": {v: _edgetpu_verdict(out / f) for v, f in
+                              (("b1", f_b1), ("packed", f_packed))},
+            "litert_us_per_window": _speed({"dyn_b1": (dyn, 1), "dyn_b32": (dyn, 32),
+                                            "b1": (b1, 1), "packed": (packed, 1)}),
             "metrics": metrics,
         },
-        "files": {f_dyn: _sha256(out / f_dyn), f_b1: _sha256(out / f_b1)},
+        "files": {f: _sha256(out / f) for f in (f_dyn, f_b1, f_packed)},
     }
+
+    # --- leave-one-normal-recording-out folds (for edgert eval) ---------------------------
+    folds_dir = out / "folds"
+    if folds_dir.exists():
+        shutil.rmtree(folds_dir)
+    if cv:
+        normal = sorted(set(cfg.train_recordings) | set(cfg.holdout_recordings))
+        summary = []
+        for h in normal:
+            others = tuple(n for n in normal if n != h)
+            cfg_h = replace(cfg, train_recordings=others, holdout_recordings=(h,))
+            if (h,) == tuple(cfg.holdout_recordings) and set(others) == set(cfg.train_recordings):
+                log(f"fold {h}: the shipped model (same recordings held out)")
+                f_bytes, f_thr, f_mean, f_std, f_cal = dyn_bytes, threshold, mean, std, cal
+            else:
+                log(f"fold {h}: calibrating and training on {', '.join(others)} ...")
+                f_cal = calibrate_threshold(cfg_h, recs, seed, log=log)
+                f_thr = _r(f_cal["threshold"], 6)
+                f_mean, f_std = fit_normalization(np.concatenate([win_h[n] for n in others]))
+                xf = normalize(np.concatenate([make_windows(recs[n], W, cfg.train_hop)
+                                               for n in others]), f_mean, f_std)
+                m_h, _ = train_autoencoder(cfg_h, xf, seed, label=f"fold {h}")
+                f_bytes = export_dynamic(cfg_h, m_h, representative_set(cfg_h, xf, seed))
+            m8 = Int8Model(f_bytes)
+            f_scores = {n: m8.errors(normalize(win_h[n], f_mean, f_std), batch=32)[0]
+                        for n in recs}
+            f_rates = _rates(f_scores, f_thr, cfg_h, classes, label_of)
+            fname = f"{cfg.name}_dyn.tflite"
+            fm = {
+                "schema": 1, "name": f"{cfg.name}-fold-{h}", "kind": "autoencoder",
+                "description": f"cross-validation fold of {cfg.name}: {h} held out",
+                "window": W, "hop": H, "sample_rate_hz": cfg.sample_rate_hz,
+                "channels": list(cfg.channels), "input_layout": "NHWC",
+                "normalization": {"mean": [_r(v, 9) for v in f_mean],
+                                  "std": [_r(v, 9) for v in f_std]},
+                "score": "mean_sq", "threshold": f_thr,
+                "calibration": {"method": manifest["calibration"]["method"],
+                                "recordings": list(others), "quantile": cfg.quantile,
+                                "factor": cfg.factor,
+                                "quantile_value": _r(f_cal["quantile_value"], 6)},
+                "class_names": None,
+                "variants": {"dynamic": _variant_entry(fname, m8, "dynamic")},
+                "fold": {"held_out": [h], "train": list(others), "seed": seed,
+                         "parent": cfg.name},
+                "metrics": {k: f_rates[k] for k in (
+                    "false_alarm_rate_holdout", "detection_rate", "detection_rate_by_severity")},
+            }
+            _write_fold_dir(folds_dir / h, fm, {fname: f_bytes})
+            summary.append({"held_out": h, "threshold": f_thr,
+                            "false_alarm_rate": f_rates["false_alarm_rate_holdout"][h],
+                            "detection_rate": f_rates["detection_rate"]})
+        det = {c: _r(np.mean([s["detection_rate"][c] for s in summary]), 4)
+               for c in summary[0]["detection_rate"]}
+        manifest["training"]["metrics"]["cv"] = {
+            "method": "leave-one-normal-recording-out: each normal recording held out in turn, "
+                      "threshold calibrated (leave-one-recording-out) on the others, int8 "
+                      "dynamic model scored through LiteRT; models in folds/",
+            "folds": summary,
+            "false_alarm_rate_held_out_mean": _r(np.mean([s["false_alarm_rate"]
+                                                          for s in summary]), 4),
+            "detection_rate_mean": det,
+        }
+    manifest["training"]["seconds"] = round(time.time() - t0, 1)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"wrote {out} in {time.time() - t0:.0f} s; threshold {threshold:.6g}")
     return manifest
 
 
+def _packed_vs_b1(packed: Int8Model, b1: Int8Model, xn: np.ndarray) -> dict:
+    """Runs every window through b1 (one invoke each) and packed (rows per invoke) on the same
+    int8 inputs and compares the int8 outputs row by row."""
+    if (packed.in_scale, packed.in_zp) != (b1.in_scale, b1.in_zp):
+        return {"packed_equals_b1": False, "packed_vs_b1_max_lsb": None,
+                "packed_quantization_equals_b1": False}
+    q = b1.quantize(xn)
+    a = b1.run_q(q).astype(np.int32)
+    p = packed.run_q(q).astype(np.int32).reshape(a.shape)
+    same_q = (packed.out_scale, packed.out_zp) == (b1.out_scale, b1.out_zp)
+    return {"packed_equals_b1": bool(same_q and np.array_equal(a, p)),
+            "packed_vs_b1_max_lsb": int(np.abs(a - p).max()) if len(a) else 0,
+            "packed_quantization_equals_b1": bool(same_q),
+            "packed_rows": int(packed.rows)}
+
+
 def _rates(score_of: dict[str, np.ndarray], threshold: float, cfg: AEConfig,
-           classes: list[str]) -> dict:
+           classes: list[str], label_of: dict[str, str] | None = None) -> dict:
     """False-alarm and detection rates (fraction of windows with score > threshold)."""
+    label_of = label_of or {n: recording_class(n) for n in score_of}
+
     def rate(names):
+        if not names:
+            return 0.0, 0
         s = np.concatenate([score_of[n] for n in names])
         return float((s > threshold).mean()), int(len(s))
 
@@ -741,7 +1491,7 @@ def _rates(score_of: dict[str, np.ndarray], threshold: float, cfg: AEConfig,
     for c in classes:
         if c == cfg.healthy_class:
             continue
-        names = sorted(n for n in score_of if recording_class(n) == c)
+        names = sorted(n for n in score_of if label_of[n] == c)
         r, nwin = rate(names)
         detection[c] = {
             "rate": _r(r, 4), "windows": nwin,
@@ -768,100 +1518,740 @@ def _rates(score_of: dict[str, np.ndarray], threshold: float, cfg: AEConfig,
     }
 
 
-def _static_after_resize(content: bytes, cfg: AEConfig, batch: int) -> bool:
+def _static_after_resize(content: bytes, cfg, batch: int) -> bool:
     """True when, after resize_tensor_input + allocate_tensors, the output tensor already has
     its memory (no dynamic tensors), so a zero-copy view can be taken before the first invoke."""
     it = _interpreter_cls()(model_content=content, num_threads=1)
-    it.resize_tensor_input(it.get_input_details()[0]["index"],
-                           [batch, 1, cfg.window, len(cfg.channels)], strict=True)
+    shape = [int(v) for v in it.get_input_details()[0]["shape"]]
+    it.resize_tensor_input(it.get_input_details()[0]["index"], [batch] + shape[1:], strict=True)
     it.allocate_tensors()
     try:
         view = it.tensor(it.get_output_details()[0]["index"])()
     except ValueError:
         return False
-    return tuple(view.shape) == (batch, 1, cfg.window, len(cfg.channels))
+    return view.shape[0] == batch
 
 
-def _speed(dyn: Int8Model, b1: Int8Model, cfg: AEConfig, reps: int = 300) -> dict:
-    """Rough LiteRT invoke cost per window (one thread, this machine, shared; indicative)."""
-    out = {}
-    shape = [1, len(cfg.channels)]
-    for name, m, b in (("dyn_b1", dyn, 1), ("dyn_b32", dyn, 32), ("b1", b1, 1)):
-        it = m._interp(b)
-        it.set_tensor(it.get_input_details()[0]["index"],
-                      np.zeros([b, 1, cfg.window, shape[1]], np.int8))
-        it.invoke()
-        t = time.perf_counter()
-        for _ in range(reps):
-            it.invoke()
-        out[name] = round((time.perf_counter() - t) / reps / b * 1e6, 2)
+# ---------------------------------------------------------------------------------------------
+# autoencoder: one stream (chronological hold-back)
+# ---------------------------------------------------------------------------------------------
+
+def _all_normal(mask: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
+    cs = np.concatenate([[0], np.cumsum(mask.astype(np.int64))])
+    return (cs[starts + window] - cs[starts]) == window
+
+
+def train_ae_split(out: str | os.PathLike, ds: Dataset, cfg: AEConfig, seed: int = 0,
+                   normal: str | None = None, command: str | None = None, log=print) -> dict:
+    """Autoencoder for data without >= 3 normal recordings (e.g. one CSV stream).
+
+    Every recording's normal samples (all of them when the data has no labels; else those
+    labelled ``normal``) are split in time where the last ``cfg.holdout_fraction`` of them
+    begins: normal windows before the cut train, normal windows after it are held back; threshold = factor x quantile ('higher') of the held-back windows' int8 scores
+    (LiteRT, dynamic variant) of the shipped model, which never saw them.
+    """
+    t0 = time.time()
+    tf = _tf()
+    W, H = cfg.window, cfg.hop
+    parts = []
+    for r in ds.recordings:
+        if r.labels is not None:
+            mask = r.labels == normal if normal is not None else np.ones(len(r.x), bool)
+        elif normal is None or r.label is None or r.label == normal:
+            mask = np.ones(len(r.x), bool)
+        else:
+            continue
+        if mask.any():  # cut where the last holdout_fraction of the normal samples begins
+            idx = np.flatnonzero(mask)
+            parts.append((r, int(idx[min(int(len(idx) * (1 - cfg.holdout_fraction)),
+                                         len(idx) - 1)]), mask))
+    if not parts:
+        raise ValueError(f"no normal samples (label {normal!r}) in the data")
+
+    def normal_windows(held: bool, hop: int) -> np.ndarray:
+        xs = []
+        for r, cut_at, mask in parts:
+            lo, hi = (cut_at, len(r.x)) if held else (0, cut_at)
+            st = window_starts(lo, hi, W, hop)
+            st = st[_all_normal(mask, st, W)] if len(st) else st
+            xs.append(cut(r.x, st, W))
+        return np.concatenate(xs)
+
+    tr_h = normal_windows(False, H)
+    held_w = normal_windows(True, H)
+    if len(tr_h) < 8 or len(held_w) < 4:
+        raise ValueError(f"too little normal data: {len(tr_h)} training and {len(held_w)} "
+                         f"held-back windows of {W} samples (hop {H})")
+    mean, std = fit_normalization(tr_h)
+    x_fit = normalize(normal_windows(False, cfg.train_hop), mean, std)
+    held = normalize(held_w, mean, std)
+    log(f"training windows: {len(x_fit)} (hop {cfg.train_hop}); held back: {len(held)} "
+        f"(hop {H})")
+    model, hist = train_autoencoder(cfg, x_fit, seed, label="train")
+    rep = representative_set(cfg, x_fit, seed)
+    dyn_bytes = export_dynamic(cfg, model, rep)
+    b1_bytes = export_b1(cfg, model, rep)
+    packed_bytes = packed_from_b1(b1_bytes, cfg.packed_rows)
+    dyn, b1, packed = Int8Model(dyn_bytes), Int8Model(b1_bytes), Int8Model(packed_bytes)
+    s_held, _ = dyn.errors(held, batch=32)
+    q = _quantile(s_held, cfg.quantile)
+    threshold = _r(cfg.factor * q, 6)
+
+    # abnormal windows: every window whose samples all carry one label other than `normal`
+    abnormal: dict[str, list] = {}
+    for r in ds.recordings:
+        st = window_starts(0, len(r.x), W, H)
+        for s, lab in zip(st, window_labels(r, st, W)):
+            if lab is not None and normal is not None and lab != normal:
+                abnormal.setdefault(lab, []).append(r.x[s:s + W])
+    detection = {}
+    fl_parts, q_parts = [float_errors(model, held)[0]], [s_held]
+    for lab in sorted(abnormal):
+        xa = normalize(np.stack(abnormal[lab]), mean, std)
+        sa, _ = dyn.errors(xa, batch=32)
+        detection[lab] = {"rate": _r((sa > threshold).mean(), 4), "windows": int(len(sa))}
+        fl_parts.append(float_errors(model, xa)[0])
+        q_parts.append(sa)
+    fl_all, s_all = np.concatenate(fl_parts), np.concatenate(q_parts)
+    corr = float(np.corrcoef(fl_all, s_all)[0, 1]) if len(s_all) > 1 else 1.0
+    agree = float(((fl_all > threshold) == (s_all > threshold)).mean())
+    packed_cmp = _packed_vs_b1(packed, b1, held)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "folds").exists():
+        shutil.rmtree(out / "folds")
+    f_dyn, f_b1, f_packed = (f"{cfg.name}_dyn.tflite", f"{cfg.name}_b1.tflite",
+                             f"{cfg.name}_packed.tflite")
+    for fname, content in ((f_dyn, dyn_bytes), (f_b1, b1_bytes), (f_packed, packed_bytes)):
+        (out / fname).write_bytes(content)
+    manifest = {
+        "schema": 1, "name": cfg.name, "kind": "autoencoder",
+        "description": _ae_description(cfg, False),
+        "window": W, "hop": H, "sample_rate_hz": cfg.sample_rate_hz,
+        "channels": list(cfg.channels), "input_layout": "NHWC",
+        "normalization": {"mean": [_r(v, 9) for v in mean], "std": [_r(v, 9) for v in std]},
+        "score": "mean_sq",
+        "threshold": threshold,
+        "calibration": {
+            "method": (f"chronological hold-back: the last {cfg.holdout_fraction:g} of every "
+                       "normal stream is never trained on; threshold = factor x quantile "
+                       f"('higher') of the int8 scores (LiteRT) of its windows (hop {H})"),
+            "windows": int(len(s_held)), "recordings": [r.name for r, _, _ in parts],
+            "quantile": cfg.quantile, "factor": cfg.factor, "quantile_value": _r(q, 6),
+            "normal_label": normal,
+        },
+        "class_names": None,
+        "variants": {
+            "dynamic": _variant_entry(f_dyn, dyn, "dynamic"),
+            "b1": _variant_entry(f_b1, b1, 1),
+            "packed": _variant_entry(f_packed, packed, 1, rows=cfg.packed_rows),
+        },
+        "fidelity": {"float_int8_score_corr": _r(corr, 5),
+                     "float_int8_decision_agreement": _r(agree, 5),
+                     "windows": int(len(s_all)), "variant": "dynamic",
+                     "packed_equals_b1": packed_cmp["packed_equals_b1"]},
+        "training": {
+            "command": command or _default_command(out, seed, None, "autoencoder", cfg),
+            "seed": seed, "data": _data_desc(ds), "data_sha256": ds.sha256,
+            **_versions(tf),
+            "config": _cfg_json(cfg),
+            "architecture": _arch_summary(model),
+            "params": int(model.count_params()),
+            "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes),
+                    "packed": tflite_ops(packed_bytes)},
+            "edgetpu_check": {v: _edgetpu_verdict(out / f) for v, f in
+                              (("b1", f_b1), ("packed", f_packed))},
+            "litert_us_per_window": _speed({"dyn_b1": (dyn, 1), "dyn_b32": (dyn, 32),
+                                            "b1": (b1, 1), "packed": (packed, 1)}),
+            "metrics": {
+                "scored_with": "LiteRT int8 (dynamic variant, batch 32)",
+                "false_alarm_rate_held_back": _r((s_held > threshold).mean(), 4),
+                "held_back_windows": int(len(s_held)),
+                "detection_rate": {k: v["rate"] for k, v in detection.items()},
+                "detection_windows": {k: v["windows"] for k, v in detection.items()},
+                **packed_cmp,
+                "final_train_loss": _r(hist["loss"][-1]),
+            },
+            "seconds": round(time.time() - t0, 1),
+        },
+        "files": {f: _sha256(out / f) for f in (f_dyn, f_b1, f_packed)},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"wrote {out} in {time.time() - t0:.0f} s; threshold {threshold:.6g}")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier
+# ---------------------------------------------------------------------------------------------
+
+def _recording_stats(x: np.ndarray) -> np.ndarray:
+    """Per-channel RMS (about the mean) and the channel correlations: for near-sinusoidal
+    signals, each phase's amplitude and the cosine of every phase difference."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=0)
+    rms = np.sqrt((x ** 2).mean(axis=0))
+    if x.shape[1] < 2:
+        return rms
+    c = np.corrcoef(x.T)
+    iu = np.triu_indices(x.shape[1], 1)
+    return np.concatenate([rms, np.nan_to_num(c[iu])])
+
+
+def label_audit(parts: dict[str, tuple[np.ndarray, str]], min_per_class: int = 3) -> list[dict]:
+    """Recordings whose label disagrees with the other recordings of the data.
+
+    ``parts``: name -> (samples [n, C], label). Each recording is summarized by
+    ``_recording_stats``; features are scaled by the pooled within-class spread (1.4826 x
+    median absolute deviation from the class medians). A recording is flagged when the median
+    of another class's other recordings is nearer than its own class's (classes with at least
+    ``min_per_class`` recordings). Uses only what it is given, so a fold's audit never sees
+    its held-out data.
+    """
+    by_cls: dict[str, list[str]] = {}
+    for n, (_, lab) in parts.items():
+        by_cls.setdefault(lab, []).append(n)
+    by_cls = {c: v for c, v in by_cls.items() if len(v) >= min_per_class}
+    if len(by_cls) < 2:
+        return []
+    F = {n: _recording_stats(parts[n][0]) for v in by_cls.values() for n in v}
+    dev = np.concatenate([np.array([F[n] for n in v]) - np.median([F[n] for n in v], axis=0)
+                          for v in by_cls.values()])
+    scale = 1.4826 * np.median(np.abs(dev), axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    flagged = []
+    for c, v in by_cls.items():
+        for n in v:
+            d = {k: float(np.linalg.norm((F[n] - np.median([F[m] for m in w if m != n], axis=0))
+                                         / scale))
+                 for k, w in by_cls.items()}
+            best = min(d, key=d.get)
+            if best != c:
+                flagged.append({"recording": n, "label": c, "nearest_class": best,
+                                "distance_own": _r(d[c], 3), "distance_nearest": _r(d[best], 3)})
+    return flagged
+
+
+def cv_folds(ds: Dataset, k: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Cross-validation folds: ``[(fold name, {recording: (lo, hi) held out})]``.
+
+    Recordings named ``…_NNN`` (several of them, at least two distinct NNN) are grouped by
+    repetition NNN: fold ``rep_NNN`` holds out repetition NNN of every class (``k`` only
+    switches CV on). Otherwise every recording is cut into ``k`` consecutive blocks and fold
+    ``block_i`` holds out block i of every recording.
+    """
+    if k <= 0:
+        return []
+    m = [re.search(r"_(\d+)$", r.name) for r in ds.recordings]
+    if len(ds.recordings) > 1 and all(m):
+        groups = sorted({g.group(1) for g in m})
+        if len(groups) >= 2:
+            return [(f"rep_{g}", {r.name: (0, len(r.x)) for r, mm in zip(ds.recordings, m)
+                                  if mm.group(1) == g}) for g in groups]
+    if k < 2:
+        raise ValueError("cross-validation needs at least 2 folds (--cv 0 switches it off)")
+    return [(f"block_{i + 1}", {r.name: (i * len(r.x) // k, (i + 1) * len(r.x) // k)
+                                for r in ds.recordings}) for i in range(k)]
+
+
+def recording_suspects(per_recording: dict, class_names: Sequence[str], min_run: int = 8,
+                       hop: int = 16, window: int = 64) -> list[dict]:
+    """Recordings whose windows do not agree with their label.
+
+    ``per_recording``: name -> (label index, predicted class per window in time order, window
+    starts). A recording is reported when the majority of its windows is another class
+    ("looks like X": mislabelled, or a class the model cannot tell), or when it starts or ends
+    with a run of at least ``min_run`` consecutive windows of one other class ("changes class
+    part-way": its label holds for part of the recording only).
+    """
+    out = []
+    for name, (y, pred, starts) in per_recording.items():
+        pred = np.asarray(pred)
+        if not len(pred):
+            continue
+        votes = np.bincount(pred, minlength=len(class_names))
+        maj = int(votes.argmax())
+        entry = {"recording": name, "label": class_names[y],
+                 "window_accuracy": _r((pred == y).mean(), 4)}
+        if maj != y:
+            out.append({**entry, "kind": "majority is another class",
+                        "looks_like": class_names[maj], "share": _r(votes[maj] / len(pred), 4)})
+            continue
+        for side in ("end", "start"):
+            seq = pred[::-1] if side == "end" else pred
+            c = seq[0]
+            run = int(np.argmax(seq != c)) if np.any(seq != c) else len(seq)
+            if c != y and run >= min_run:
+                at = int(starts[len(pred) - run]) if side == "end" else int(starts[run - 1] + window)
+                out.append({**entry, "kind": f"changes class part-way ({side})",
+                            "looks_like": class_names[int(c)], "windows": run,
+                            "from_sample" if side == "end" else "until_sample": at})
+                break
     return out
 
 
-def _io_json(m: Int8Model) -> dict:
-    io = m.io()
-    for k in io:
-        io[k]["scale"] = float(io[k]["scale"])  # exact float32 value as read from the model
-    return io
+def _segments_windows(segs, W: int, hop: int, cidx: dict):
+    """Windows of ``[(recording, lo, hi)]`` with known labels -> (x, y, names, starts)."""
+    xs, ys, names, starts = [], [], [], []
+    for r, lo, hi in segs:
+        st = window_starts(lo, hi, W, hop)
+        lab = window_labels(r, st, W)
+        keep = np.array([i for i, l in enumerate(lab) if l is not None], np.int64)
+        st = st[keep] if len(keep) else st[:0]
+        xs.append(cut(r.x, st, W))
+        ys.append(np.array([cidx[lab[i]] for i in keep], np.int64))
+        names += [r.name] * len(st)
+        starts.append(st)
+    if not xs:
+        return (np.zeros((0, W, 1), np.float32), np.zeros(0, np.int64), [], np.zeros(0, np.int64))
+    return np.concatenate(xs), np.concatenate(ys), names, np.concatenate(starts)
 
 
-def _cfg_json(cfg: AEConfig) -> dict:
-    d = asdict(cfg)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+def classification_summary(y: np.ndarray, pred: np.ndarray, names: Sequence[str],
+                           starts: np.ndarray, class_names: Sequence[str],
+                           hop: int = 16, window: int = 64) -> dict:
+    """Window and recording (majority vote) accuracy, confusion matrix, per-recording detail
+    and suspects, for windows in time order within each recording."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    K = len(class_names)
+    conf = np.zeros((K, K), np.int64)
+    np.add.at(conf, (y, pred), 1)
+    per = {}
+    for n in dict.fromkeys(names):
+        idx = np.array([i for i, m in enumerate(names) if m == n])
+        order = idx[np.argsort(np.asarray(starts)[idx], kind="stable")]
+        per[n] = (int(y[order[0]]), pred[order], np.asarray(starts)[order])
+    rec_ok = {n: int(np.bincount(p, minlength=K).argmax()) == yy for n, (yy, p, _) in per.items()}
+    return {
+        "window_accuracy": _r((y == pred).mean(), 4) if len(y) else None,
+        "windows": int(len(y)),
+        "recording_accuracy": _r(np.mean(list(rec_ok.values())), 4) if rec_ok else None,
+        "recordings": len(rec_ok),
+        "confusion": conf.tolist(),
+        "per_recording": {n: {"label": class_names[yy], "accuracy": _r((p == yy).mean(), 4),
+                              "majority": class_names[int(np.bincount(p, minlength=K).argmax())]}
+                          for n, (yy, p, _) in per.items()},
+        "suspects": recording_suspects(per, class_names, hop=hop, window=window),
+    }
 
 
-def _arch_summary(model) -> list[str]:
-    rows = []
-    for layer in model.layers[1:]:
-        c = layer.get_config()
-        desc = type(layer).__name__
-        if "filters" in c:
-            desc += (f"({c['filters']}, k={tuple(c['kernel_size'])}, s={tuple(c['strides'])}, "
-                     f"{c['padding']})")
-        shape = tuple(layer.output.shape)
-        rows.append(f"{layer.name}: {desc} -> {shape}")
-    return rows
+def _cls_description(cfg: CNNConfig, itsc: bool) -> str:
+    W = cfg.window
+    dur = (f" ({W / cfg.sample_rate_hz * 1000:g} ms at {cfg.sample_rate_hz} Hz)"
+           if cfg.sample_rate_hz else "")
+    if itsc:
+        return (f"int8 CNN naming the state of a three-phase induction motor from {W}-sample "
+                f"windows{dur} of its stator currents (ITSC): healthy (SC_HLT) or a 10/20/30/40 % "
+                "inter-turn short circuit in phase A, B or C (13 classes). Output: int8 logits "
+                "[rows, 1, 13]; the class is their argmax (softmax for probabilities).")
+    return (f"int8 CNN classifying {W}-sample windows{dur} of {len(cfg.channels)} channels into "
+            f"{len(cfg.class_names)} classes. Output: int8 logits; the class is their argmax.")
 
 
-def _litert_version() -> str | None:
-    try:
-        from importlib.metadata import version
+def train_classifier(out: str | os.PathLike, ds: Dataset, cfg: CNNConfig | None = None,
+                     seed: int = 0, command: str | None = None, log=print) -> dict:
+    """Cross-validates (``cfg.cv``), trains on everything, converts, checks and writes ``out``
+    (with ``out/folds/<fold>/``: each fold's int8 dynamic model, for ``edgert eval``)."""
+    cfg = cfg or CNNConfig()
+    t0 = time.time()
+    tf = _tf()
+    W, H = cfg.window, cfg.hop
+    labels = set()
+    for r in ds.recordings:
+        labels |= {lab for lab in window_labels(r, window_starts(0, len(r.x), W, H), W)
+                   if lab is not None}
+    class_names = sorted(labels)
+    if len(class_names) < 2:
+        raise ValueError(f"a classifier needs at least 2 labelled classes, found {class_names} "
+                         "(labels come from class folders, recording names or --labels)")
+    cfg = replace(cfg, class_names=tuple(class_names), channels=tuple(ds.channels))
+    cidx = {c: i for i, c in enumerate(class_names)}
+    by_name = ds.by_name()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folds_dir = out / "folds"
+    if folds_dir.exists():
+        shutil.rmtree(folds_dir)
+    fname_dyn = f"{cfg.name}_dyn.tflite"
 
-        return version("ai-edge-litert")
-    except Exception:
+    def fit(segs, label):
+        dropped = []
+        if cfg.audit_labels:
+            parts: dict[str, list] = {}
+            for r, lo, hi in segs:
+                if r.labels is None and r.label is not None and hi > lo:
+                    parts.setdefault(r.name, [[], r.label])[0].append(r.x[lo:hi])
+            dropped = label_audit({n: (np.concatenate(v[0]), v[1]) for n, v in parts.items()})
+            gone = {d["recording"] for d in dropped}
+            segs = [(r, lo, hi) for r, lo, hi in segs if r.name not in gone]
+            for d in dropped:
+                log(f"{label}: not training on {d['recording']} (labelled {d['label']}, its "
+                    f"statistics are nearer {d['nearest_class']})")
+        xh, _, _, _ = _segments_windows(segs, W, H, cidx)
+        mean, std = fit_normalization(xh)
+        xf, yf, _, _ = _segments_windows(segs, W, cfg.train_hop, cidx)
+        xfn = normalize(xf, mean, std)
+        log(f"{label}: {len(xfn)} training windows (hop {cfg.train_hop})")
+        model, hist = train_classifier_model(cfg, xfn, yf, seed, label=label)
+        return model, hist, mean, std, representative_set(cfg, xfn, seed), dropped
+
+    # --- cross-validation ----------------------------------------------------------------
+    folds = cv_folds(ds, cfg.cv)
+    cv_y, cv_p8, cv_pf, cv_names, cv_starts, fold_rows = [], [], [], [], [], []
+    for fold, held in folds:
+        train_segs, test_segs = [], []
+        for r in ds.recordings:
+            if r.name in held:
+                lo, hi = held[r.name]
+                train_segs += [(r, 0, lo), (r, hi, len(r.x))]
+                test_segs.append((r, lo, hi))
+            else:
+                train_segs.append((r, 0, len(r.x)))
+        model, _, mean, std, rep, dropped = fit(train_segs, f"fold {fold}")
+        fbytes = export_dynamic(cfg, model, rep)
+        m8 = Int8Model(fbytes)
+        xt, yt, nt, st = _segments_windows(test_segs, W, H, cidx)
+        xtn = normalize(xt, mean, std)
+        p8 = m8.logits(xtn, batch=32)[0].argmax(1)
+        pf = float_logits(model, xtn).argmax(1)
+        acc, agr = float((p8 == yt).mean()), float((p8 == pf).mean())
+        log(f"  fold {fold}: int8 window accuracy {acc:.4f}, float {float((pf == yt).mean()):.4f}, "
+            f"int8/float agreement {agr:.4f} ({len(yt)} windows)")
+        fm = {
+            "schema": 1, "name": f"{cfg.name}-fold-{fold}", "kind": "classifier",
+            "description": f"cross-validation fold of {cfg.name}: {fold} held out",
+            "window": W, "hop": H, "sample_rate_hz": cfg.sample_rate_hz,
+            "channels": list(cfg.channels), "input_layout": "NHWC",
+            "normalization": {"mean": [_r(v, 9) for v in mean], "std": [_r(v, 9) for v in std]},
+            "score": "argmax", "output": "logits", "threshold": None,
+            "class_names": list(class_names),
+            "variants": {"dynamic": _variant_entry(fname_dyn, m8, "dynamic")},
+            "fold": {"name": fold, "held_out": sorted(held),
+                     "not_trained_on": [d["recording"] for d in dropped],
+                     "held_out_samples": {n: list(v) for n, v in sorted(held.items())},
+                     "seed": seed, "parent": cfg.name},
+            "metrics": {"window_accuracy": _r(acc, 4), "int8_float_argmax_agreement": _r(agr, 4),
+                        "windows": int(len(yt))},
+        }
+        fm = _write_fold_dir(folds_dir / fold, fm, {fname_dyn: fbytes})
+        fold_rows.append({"fold": fold, "held_out": sorted(held), "window_accuracy": _r(acc, 4),
+                          "float_window_accuracy": _r((pf == yt).mean(), 4),
+                          "int8_float_argmax_agreement": _r(agr, 4), "windows": int(len(yt)),
+                          "not_trained_on": [d["recording"] for d in dropped],
+                          "dir": f"folds/{fold}",
+                          "sha256": {fname_dyn: fm["files"][fname_dyn]}})
+        cv_y.append(yt), cv_p8.append(p8), cv_pf.append(pf)
+        cv_names += [f"{n}" if held[n] == (0, len(by_name[n].x)) else f"{n}@{fold}" for n in nt]
+        cv_starts.append(st)
+    cv = None
+    if folds:
+        y, p8, pf = np.concatenate(cv_y), np.concatenate(cv_p8), np.concatenate(cv_pf)
+        summ = classification_summary(y, p8, cv_names, np.concatenate(cv_starts), class_names,
+                                      hop=H, window=W)
+        cv = {
+            "method": ("leave-one-repetition-out (repetition NNN of every class held out)"
+                       if folds[0][0].startswith("rep_") else
+                       f"blocked {len(folds)}-fold (block i of every recording held out)"),
+            "scored_with": "LiteRT int8, each fold's dynamic variant (folds/<fold>/), batch 32",
+            "folds": fold_rows,
+            **summ,
+            "float_window_accuracy": _r((pf == y).mean(), 4),
+            "int8_float_argmax_agreement": _r((p8 == pf).mean(), 4),
+        }
+        log(f"cross-validation: int8 window accuracy {summ['window_accuracy']}, recording "
+            f"accuracy {summ['recording_accuracy']}, int8/float agreement "
+            f"{cv['int8_float_argmax_agreement']}")
+        for s in summ["suspects"]:
+            log(f"  suspect {s['recording']} ({s['label']}): {s['kind']}, looks like "
+                f"{s['looks_like']}")
+
+    # --- final model on everything ---------------------------------------------------------
+    all_segs = [(r, 0, len(r.x)) for r in ds.recordings]
+    model, hist, mean, std, rep, dropped_final = fit(all_segs, "final")
+    dyn_bytes = export_dynamic(cfg, model, rep)
+    b1_bytes = export_b1(cfg, model, rep)
+    packed_bytes = packed_from_b1(b1_bytes, cfg.packed_rows)
+    dyn, b1, packed = Int8Model(dyn_bytes), Int8Model(b1_bytes), Int8Model(packed_bytes)
+    xa, ya, na, sa = _segments_windows(all_segs, W, H, cidx)
+    xan = normalize(xa, mean, std)
+    lg32, q32 = dyn.logits(xan, batch=32)
+    same_batches = all(np.array_equal(dyn.logits(xan, batch=b)[1], q32) for b in (1, 8))
+    if not same_batches:
+        raise RuntimeError("dynamic model gives different results per batch size")
+    p_dyn = lg32.argmax(1)
+    p_b1 = b1.logits(xan)[0].argmax(1)
+    p_fl = float_logits(model, xan).argmax(1)
+    packed_cmp = _packed_vs_b1(packed, b1, xan)
+    agree = float((p_dyn == p_fl).mean())
+    final = {
+        "scored_with": "LiteRT int8 (dynamic variant, batch 32) on every window (hop "
+                       f"{H}) of the training data",
+        "train_window_accuracy_int8": _r((p_dyn == ya).mean(), 4),
+        "train_window_accuracy_float": _r((p_fl == ya).mean(), 4),
+        "int8_float_argmax_agreement": _r(agree, 5),
+        "b1_float_argmax_agreement": _r((p_b1 == p_fl).mean(), 5),
+        "b1_dyn_argmax_agreement": _r((p_b1 == p_dyn).mean(), 5),
+        "windows": int(len(ya)),
+        "dyn_batch_1_8_32_identical": bool(same_batches),
+        "dyn_output_allocated_before_first_invoke": _static_after_resize(dyn_bytes, cfg, 8),
+        **packed_cmp,
+        "final_train_loss": _r(hist["loss"][-1]),
+    }
+    log(f"final model: int8/float argmax agreement {agree:.4f} on {len(ya)} windows; "
+        f"packed == b1: {packed_cmp['packed_equals_b1']}")
+
+    f_dyn, f_b1, f_packed = fname_dyn, f"{cfg.name}_b1.tflite", f"{cfg.name}_packed.tflite"
+    for fname, content in ((f_dyn, dyn_bytes), (f_b1, b1_bytes), (f_packed, packed_bytes)):
+        (out / fname).write_bytes(content)
+    itsc = ds.is_itsc
+    manifest = {
+        "schema": 1,
+        "name": cfg.name,
+        "kind": "classifier",
+        "description": _cls_description(cfg, itsc),
+        "window": W, "hop": H,
+        "sample_rate_hz": cfg.sample_rate_hz,
+        "channels": list(cfg.channels),
+        "input_layout": "NHWC",
+        "normalization": {"mean": [_r(v, 9) for v in mean], "std": [_r(v, 9) for v in std]},
+        "score": "argmax",
+        "output": "logits",
+        "threshold": None,
+        "class_names": list(class_names),
+        "variants": {
+            "dynamic": _variant_entry(f_dyn, dyn, "dynamic"),
+            "b1": _variant_entry(f_b1, b1, 1),
+            "packed": _variant_entry(f_packed, packed, 1, rows=cfg.packed_rows),
+        },
+        "fidelity": {
+            "int8_float_argmax_agreement": _r(agree, 5),
+            "windows": int(len(ya)),
+            "variant": "dynamic",
+            "b1_float_argmax_agreement": final["b1_float_argmax_agreement"],
+            "packed_equals_b1": packed_cmp["packed_equals_b1"],
+            "cv_held_out_int8_float_argmax_agreement": (cv or {}).get(
+                "int8_float_argmax_agreement"),
+        },
+        "training": {
+            "command": command or _default_command(out, seed, None, "classifier", cfg),
+            "seed": seed,
+            "data": _data_desc(ds),
+            "data_sha256": ds.sha256,
+            "train_recordings": [n for n in ds.names()
+                                 if n not in {d["recording"] for d in dropped_final}],
+            "label_audit": {
+                "method": "label_audit: per-channel RMS and channel correlations of each "
+                          "recording, nearest class median (leave-one-out, robust scaling); "
+                          "flagged recordings are not trained on (every evaluation keeps them)",
+                "not_trained_on": dropped_final},
+            **_versions(tf),
+            "config": _cfg_json(cfg),
+            "architecture": _arch_summary(model),
+            "params": int(model.count_params()),
+            "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes),
+                    "packed": tflite_ops(packed_bytes)},
+            "edgetpu_check": {v: _edgetpu_verdict(out / f) for v, f in
+                              (("b1", f_b1), ("packed", f_packed))},
+            "litert_us_per_window": _speed({"dyn_b1": (dyn, 1), "dyn_b32": (dyn, 32),
+                                            "b1": (b1, 1), "packed": (packed, 1)}),
+            "metrics": {"cv": cv, "final": final},
+            "seconds": round(time.time() - t0, 1),
+        },
+        "files": {f: _sha256(out / f) for f in (f_dyn, f_b1, f_packed)},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"wrote {out} in {time.time() - t0:.0f} s")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+NORMAL_CANDIDATES = ("SC_HLT", "normal", "Normal", "healthy", "Healthy", "0", "false", "False",
+                     "ok", "OK")
+
+
+def _normal_label(ds: Dataset, wanted: str | None) -> str | None:
+    """The label of normal data: ``wanted``, else the first known name present; None when the
+    data carries no labels at all (everything is normal)."""
+    present = set()
+    for r in ds.recordings:
+        if r.labels is not None:
+            present |= set(np.unique(r.labels).tolist())
+        elif r.label is not None:
+            present.add(r.label)
+    if wanted is not None:
+        if wanted not in present:
+            raise ValueError(f"--normal {wanted!r}: no such label (labels: "
+                             f"{', '.join(sorted(present)) or 'none'})")
+        return wanted
+    if not present or (len(present) == 1 and all(r.labels is None for r in ds.recordings)):
         return None
+    for c in NORMAL_CANDIDATES:
+        if c in present:
+            return c
+    raise ValueError("cannot tell which label is normal; say it with --normal LABEL (labels: "
+                     f"{', '.join(sorted(present)[:20])})")
 
 
-def _default_command(out, seed, data) -> str:
-    parts = ["python", "-m", "edgert.train"]
+def _default_command(out, seed, data, kind, cfg) -> str:
+    parts = ["edgert", "train"]
     if data is not None:
         parts += ["--data", str(data)]
-    parts += ["--out", str(out), "--seed", str(seed)]
+    parts += ["--kind", kind, "--window", str(cfg.window), "--hop", str(cfg.hop),
+              "--channels", ",".join(cfg.channels), "--out", str(out), "--name", cfg.name,
+              "--seed", str(seed), "--epochs", str(cfg.epochs)]
     return shlex.join(parts)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgert.train", description=__doc__.split("\n")[0])
+def canonical_command(args, epochs: int, cv: int) -> str:
+    """The full ``edgert train`` command of a run, every option explicit (recorded in the
+    manifest: run it again to reproduce the model)."""
+    parts = ["edgert", "train"]
+    if args.data is not None:
+        parts += ["--data", str(args.data)]
+    parts += ["--kind", args.kind, "--window", str(args.window), "--hop", str(args.hop)]
+    for opt, val in (("--channels", args.channels), ("--labels", args.labels),
+                     ("--normal", args.normal), ("--holdout", args.holdout),
+                     ("--sample-rate", args.sample_rate)):
+        if val is not None:
+            parts += [opt, str(val)]
+    parts += ["--out", str(args.out), "--name", _model_name(args), "--seed", str(args.seed),
+              "--epochs", str(epochs), "--cv", str(cv), "--rows", str(args.rows)]
+    return shlex.join(parts)
+
+
+def _model_name(args) -> str:
+    return args.name or Path(args.out).resolve().name
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None,
-                   help="ITSC directory of CSV files or an .npz (default: the shipped copy)")
-    p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="override the epoch count")
+                   help="CSV file (header row; optional label column), .npz (samples [n, C], "
+                        "optional labels [n]; or one array per recording), or a directory of "
+                        "class folders of headerless CSV files (ITSC layout). Default: the "
+                        "ITSC copy shipped in edgert.data")
+    p.add_argument("--kind", choices=["autoencoder", "classifier"], default="autoencoder")
+    p.add_argument("--window", type=int, default=64, help="W, samples (default 64)")
+    p.add_argument("--hop", type=int, default=16, help="H, samples (default 16)")
+    p.add_argument("--channels", default=None,
+                   help="comma-separated channel columns (CSV with a header) or names (headerless)")
+    p.add_argument("--labels", default=None,
+                   help="label column of a CSV (name, or index when headerless)")
+    p.add_argument("--normal", default=None,
+                   help="autoencoder: the label of normal data (default: SC_HLT, normal, "
+                        "healthy or 0, whichever is present; all data when there are no labels)")
     p.add_argument("--holdout", default=None,
-                   help="held-out healthy recording (default SC_HLT_005); the other four train")
-    args = p.parse_args(argv)
-    cfg = AEConfig()
+                   help="autoencoder: the normal recording never trained or calibrated on "
+                        "(default: the last one)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--name", default=None, help="model name (default: the --out directory's name)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default 150 autoencoder, 20 classifier)")
+    p.add_argument("--cv", type=int, default=None,
+                   help="cross-validation folds written to OUT/folds/ (default 5 for a "
+                        "classifier, 0 for an autoencoder: there, any N > 0 means one fold per "
+                        "normal recording); 0: none")
+    p.add_argument("--rows", type=int, default=16, help="B of the packed [1, B, W, C] variant")
+    p.add_argument("--sample-rate", type=int, default=None, dest="sample_rate",
+                   help="sample rate in Hz, recorded in the manifest (default: 1000 for the "
+                        "shipped ITSC data, else unset)")
+
+
+def add_parsers(subparsers) -> argparse.ArgumentParser:
+    """Adds ``train`` to the ``edgert`` sub-commands."""
+    p = subparsers.add_parser(
+        "train", help="train, int8-quantize and export a model directory (needs TensorFlow: "
+                      f"{TRAIN_EXTRA_HINT})",
+        description=(__doc__ or "").split("\n")[0])
+    add_arguments(p)
+    p.set_defaults(fn=cmd_train)
+    return p
+
+
+def _require_tensorflow() -> None:
+    try:
+        _tf()  # sets the environment (oneDNN off, quiet C++ logs) before the first import
+    except ImportError as exc:
+        raise ImportError(f"TensorFlow is not installed ({exc}); {TRAIN_EXTRA_HINT}") from None
+
+
+def run_training(args, log=None) -> dict:
+    """Runs ``edgert train`` with parsed ``args``; returns the manifest written."""
+    log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
+    for name in ("window", "hop", "rows"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1")
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    ds = load_dataset(args.data, channels, args.labels)
+    name = _model_name(args)
+    sr = args.sample_rate if args.sample_rate is not None else (1000 if ds.default_itsc else None)
+    for r in ds.recordings:
+        if len(r.x) < args.window:
+            log(f"note: recording {r.name} is shorter than one window ({len(r.x)} samples)")
+    if args.kind == "autoencoder":
+        cv = 0 if args.cv is None else args.cv
+        cfg = AEConfig(name=name, window=args.window, hop=args.hop, channels=tuple(ds.channels),
+                       sample_rate_hz=sr, packed_rows=args.rows)
+        if args.epochs is not None:
+            cfg.epochs = args.epochs
+        normal = _normal_label(ds, args.normal)
+        whole = sorted(r.name for r in ds.recordings
+                       if r.labels is None and (normal is None or r.label == normal))
+        command = canonical_command(args, cfg.epochs, cv)
+        if len(whole) >= 3 and all(r.labels is None for r in ds.recordings):
+            hold = args.holdout or whole[-1]
+            if hold not in whole:
+                raise ValueError(f"--holdout {hold!r} is not a normal recording "
+                                 f"({', '.join(whole)})")
+            cfg.train_recordings = tuple(n for n in whole if n != hold)
+            cfg.holdout_recordings = (hold,)
+            if normal is not None:
+                cfg.healthy_class = normal
+            log(f"autoencoder: normal label {normal!r}; training recordings "
+                f"{', '.join(cfg.train_recordings)}; held out {hold}")
+            return train_motor_ae(args.out, args.seed, cfg=cfg, command=command, log=log, ds=ds,
+                                  cv=cv)
+        if cv:
+            log("note: --cv needs at least 3 normal recordings; no folds written")
+        if args.holdout is not None:
+            raise ValueError("--holdout needs at least 3 normal recordings")
+        cfg.train_recordings, cfg.holdout_recordings = (), ()
+        if normal is not None:
+            cfg.healthy_class = normal
+        command = canonical_command(args, cfg.epochs, 0)
+        return train_ae_split(args.out, ds, cfg, args.seed, normal=normal, command=command,
+                              log=log)
+    cv = 5 if args.cv is None else args.cv
+    cfg = CNNConfig(name=name, window=args.window, hop=args.hop, channels=tuple(ds.channels),
+                    sample_rate_hz=sr, packed_rows=args.rows, cv=cv)
     if args.epochs is not None:
         cfg.epochs = args.epochs
-    if args.holdout is not None:
-        healthy = ("SC_HLT_001", "SC_HLT_002", "SC_HLT_003", "SC_HLT_004", "SC_HLT_005")
-        if args.holdout not in healthy:
-            p.error(f"--holdout must be one of {healthy}")
-        cfg.holdout_recordings = (args.holdout,)
-        cfg.train_recordings = tuple(n for n in healthy if n != args.holdout)
-    cmd = "python -m edgert.train " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
-    train_motor_ae(args.out, seed=args.seed, data=args.data, cfg=cfg, command=cmd)
+    return train_classifier(args.out, ds, cfg, args.seed,
+                            command=canonical_command(args, cfg.epochs, cv), log=log)
+
+
+def cmd_train(args) -> int:
+    try:
+        _require_tensorflow()
+    except ImportError as exc:
+        print(f"edgert train: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_training(args)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"edgert train: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="edgert train", description=(__doc__ or "").split("\n")[0])
+    add_arguments(p)
+    return cmd_train(p.parse_args(argv))
 
 
 if __name__ == "__main__":

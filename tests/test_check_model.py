@@ -430,6 +430,12 @@ def two_dirs(tmp_path):
     root.mkdir()
     ae = root / "motor-ae"
     shutil.copytree(models.resolve("motor-ae"), ae, ignore=shutil.ignore_patterns("__pycache__"))
+    # the fake compiler's log reports one fixed-batch model per directory: keep b1 only
+    m = json.loads((ae / "manifest.json").read_text())
+    v = m["variants"].pop("packed", None)
+    if v:
+        m["files"].pop(v["file"])
+        (ae / "manifest.json").write_text(json.dumps(m))
     clf = make_model_dir(root, "tiny-clf", FIX / "mappable.tflite", "tiny-clf_b1.tflite")
     return ae, clf
 
@@ -505,8 +511,10 @@ def test_compile_refuses_a_directory_without_fixed_batch_variant(tmp_path, fake_
     d = tmp_path / "dyn-only"
     shutil.copytree(models.resolve("motor-ae"), d, ignore=shutil.ignore_patterns("__pycache__"))
     m = json.loads((d / "manifest.json").read_text())
-    b1 = m["variants"].pop("b1")
-    m["files"].pop(b1["file"])
+    for name in ("b1", "packed"):
+        v = m["variants"].pop(name, None)
+        if v:
+            m["files"].pop(v["file"])
     (d / "manifest.json").write_text(json.dumps(m))
     fake_compiler("full.log")
     rc, _, err = run_cli(capsys, "compile", d)

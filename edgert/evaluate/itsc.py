@@ -1,0 +1,449 @@
+"""ITSC evaluation through edgert's int8 runtime path (``edgert eval itsc``).
+
+Usage::
+
+    edgert eval itsc [--data DIR|FILE.npz] [--cnn MODEL_DIR] [--ae MODEL_DIR] [--json]
+
+Data: the ITSC copy shipped in ``edgert.data`` (default), an ITSC-layout directory (class
+folders of headerless CSV files, e.g. ``../shared/data/ITSC``) or an ``.npz`` with one array per
+recording. Recordings are named ``<CLASS>_<NNN>`` (``NNN`` = repetition 001…005).
+
+Nothing here trains or imports TensorFlow: it scores the cross-validation fold models that
+``edgert train --cv 5`` writes into a model directory's ``folds/`` (the shipped ``motor-cnn``
+and ``motor-ae`` carry theirs, ~190 KB in all). To evaluate freshly trained folds, train into a
+directory and pass it: ``edgert train --kind classifier … --cv 5 --out /tmp/cnn`` then
+``edgert eval itsc --cnn /tmp/cnn``.
+
+Every window goes the way a live window goes: the recording is appended to a mirrored ring
+(``kernels.ring_append``), windows (hop H) are normalized and quantized into the backend's
+int8 input buffer (``kernels.normalize_quantize``), run by ``edgert.backends``' CPU backend
+(LiteRT, the model's dynamic-batch variant, batches of up to 32), and scored by
+``edgert.scoring`` (``ClassScorer`` for the class, ``ReconstructionScorer`` for the
+autoencoder's error; a window is an alarm when its score exceeds the fold's threshold).
+
+(a) Classifier, leave-one-repetition-out (5 folds: repetition r of every class held out, the
+fold model trained on the other four): window accuracy, recording accuracy (majority vote of
+a recording's windows), the 13x13 confusion matrix, and the recordings that disagree with
+their label, by two independent checks: the fold models' predictions (majority another class:
+mislabelled, or a class the model cannot tell; or a run of >= 8 windows of another class at the
+start or end: the recording changes class part-way), and ``edgert.train.label_audit`` (no
+model: per-channel RMS and channel correlations nearer another class's median). Every
+recording counts in the headline figures, suspects included.
+
+(b) Autoencoder, leave-one-healthy-recording-out (5 folds: each healthy recording held out,
+the fold model and its threshold, calibrated leave-one-recording-out, made from the other
+four): the false-alarm rate on the healthy recording the fold never saw, and the detection
+rate of every fault class (fraction of its windows above the threshold).
+
+(c) Timing: windows/s through the runtime (quantize + invoke + score, after a warm-up) for
+each evaluation and fold, on this machine, one interpreter thread.
+
+``--json``: the last stdout line is ``{"accuracy", "recording_accuracy", "folds", "ae": {...},
+"windows_per_s", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["RuntimeScorer", "load_itsc", "eval_classifier", "eval_autoencoder", "evaluate",
+           "report", "add_parser", "cmd_itsc", "main"]
+
+MAX_BATCH = 32
+_REC = re.compile(r"^(?P<cls>.+)_(?P<rep>\d{3})$")
+
+
+def load_itsc(data=None) -> dict[str, tuple[np.ndarray, str]]:
+    """Recordings by name: (float32 [n, 3], class). ``data``: None (shipped), an ITSC-layout
+    directory or an .npz."""
+    from edgert.train import load_dataset
+
+    ds = load_dataset(data)
+    out = {}
+    for r in ds.recordings:
+        if r.label is None:
+            raise ValueError(f"recording {r.name}: no class (expected <CLASS>/<name>.csv)")
+        out[r.name] = (r.x, r.label)
+    if not out:
+        raise ValueError("no recordings")
+    return out
+
+
+def _models_dir(name_or_path) -> Path:
+    from edgert import models
+
+    return models.resolve(name_or_path)
+
+
+def fold_dirs(model_dir: Path) -> list[Path]:
+    d = Path(model_dir) / "folds"
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if (p / "manifest.json").is_file())
+
+
+class RuntimeScorer:
+    """One model directory on the runtime path: ring -> normalize_quantize -> CPU backend
+    (dynamic variant) -> scoring."""
+
+    def __init__(self, model_dir, max_batch: int = MAX_BATCH):
+        from edgert import kernels, models, scoring
+        from edgert.backends import create
+
+        self.kernels = kernels
+        self.model = models.load(model_dir)
+        self.backend = create("cpu", self.model, max_batch=max_batch)
+        self.buf = self.backend.input_buffer()
+        self.max_batch = int(self.buf.shape[0])
+        v = self.model.variants["dynamic"]
+        self.scale, self.zp = float(v.input.scale), int(v.input.zero_point)
+        self.mean = np.ascontiguousarray(self.model.mean, np.float64)
+        self.inv_std = np.ascontiguousarray(self.model.inv_std, np.float64)
+        if self.model.kind == "classifier":
+            self.scorer = scoring.ClassScorer(self.model, self.max_batch)
+        else:
+            self.scorer = scoring.ReconstructionScorer(self.model, self.max_batch)
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Score every window (hop H) of recording ``x`` ``[n, C]``.
+
+        Returns (per-window result: class index int64 for a classifier, score float32 for an
+        autoencoder; window starts; seconds spent quantizing + invoking + scoring)."""
+        m, K = self.model, self.kernels
+        W, H = m.window, m.hop
+        x = np.ascontiguousarray(x, np.float32)
+        n = len(x)
+        if x.ndim != 2 or x.shape[1] != m.n_channels:
+            raise ValueError(f"recording shape {x.shape}: the model needs [n, {m.n_channels}]")
+        cap = n
+        ring = np.zeros((2 * cap, x.shape[1]), np.float32)
+        K.ring_append(ring, cap, 0, x)
+        starts = np.arange(0, max(n - W + 1, 0), H, dtype=np.int64)
+        res = np.empty(len(starts), np.int64 if m.kind == "classifier" else np.float32)
+        t0 = time.perf_counter()
+        for i in range(0, len(starts), self.max_batch):
+            st = starts[i:i + self.max_batch]
+            k = len(st)
+            K.normalize_quantize(ring, cap, st, W, self.mean, self.inv_std, self.scale, self.zp,
+                                 self.buf, 0)
+            out = self.backend.run(k)
+            if m.kind == "classifier":
+                idx, _ = self.scorer.classify(out, k)
+                res[i:i + k] = idx
+            else:
+                scores, _ = self.scorer.score(self.buf, out, k)
+                res[i:i + k] = scores
+        return res, starts, time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def eval_classifier(recs: dict, model_dir, log=None) -> dict:
+    """(a): every fold model of ``model_dir/folds`` scores the recordings it held out."""
+    from edgert.train import classification_summary, label_audit
+
+    dirs = fold_dirs(model_dir)
+    if not dirs:
+        raise FileNotFoundError(f"{model_dir}/folds: no fold models (train with "
+                                "`edgert train --kind classifier --cv 5 --out DIR`)")
+    class_names, ys, preds, names, starts, folds, missing = None, [], [], [], [], [], []
+    t_all, n_all = 0.0, 0
+    for d in dirs:
+        sc = RuntimeScorer(d)
+        try:
+            fm = sc.model.manifest.get("fold", {})
+            if class_names is None:
+                class_names = list(sc.model.class_names)
+            elif list(sc.model.class_names) != class_names:
+                raise ValueError(f"{d}: class names differ from the other folds'")
+            cidx = {c: i for i, c in enumerate(class_names)}
+            held = [n for n in fm.get("held_out", []) if n in recs]
+            missing += [n for n in fm.get("held_out", []) if n not in recs]
+            sc.run(recs[held[0]][0] if held else next(iter(recs.values()))[0])  # warm-up
+            f_y, f_p, f_t, f_n = [], [], 0.0, 0
+            for n in held:
+                x, cls = recs[n]
+                if cls not in cidx:
+                    raise ValueError(f"recording {n}: class {cls!r} is not one of the model's")
+                p, st, secs = sc.run(x)
+                f_y.append(np.full(len(p), cidx[cls])), f_p.append(p)
+                names.extend([n] * len(p)), starts.append(st)
+                f_t, f_n = f_t + secs, f_n + len(p)
+            if not held:
+                continue
+            fy, fp = np.concatenate(f_y), np.concatenate(f_p)
+            ys.append(fy), preds.append(fp)
+            rec_ok = [int(np.bincount(p, minlength=len(class_names)).argmax()) == int(y[0])
+                      for y, p in zip(f_y, f_p)]
+            row = {"fold": fm.get("name", d.name), "held_out": len(held),
+                   "windows": int(len(fy)), "accuracy": round(float((fy == fp).mean()), 4),
+                   "recording_accuracy": round(float(np.mean(rec_ok)), 4),
+                   "windows_per_s": round(f_n / f_t) if f_t > 0 else None}
+            folds.append(row)
+            t_all, n_all = t_all + f_t, n_all + f_n
+            if log:
+                log(f"  classifier fold {row['fold']}: accuracy {row['accuracy']:.4f} "
+                    f"({row['windows']} windows, {row['windows_per_s']} windows/s)")
+        finally:
+            sc.close()
+    if not ys:
+        raise ValueError("none of the folds' held-out recordings is in the data")
+    y, p = np.concatenate(ys), np.concatenate(preds)
+    model = json.loads((Path(model_dir) / "manifest.json").read_text()) \
+        if (Path(model_dir) / "manifest.json").is_file() else {}
+    W, H = model.get("window", 64), model.get("hop", 16)
+    summ = classification_summary(y, p, names, np.concatenate(starts), class_names, hop=H,
+                                  window=W)
+    recorded = ((model.get("training") or {}).get("metrics") or {}).get("cv") or {}
+    audit = label_audit({n: recs[n] for n in dict.fromkeys(names)})
+    return {"class_names": class_names, "folds": folds, "missing": missing,
+            "windows_per_s": round(n_all / t_all) if t_all > 0 else None,
+            "recorded_window_accuracy": recorded.get("window_accuracy"),
+            "model_dir": str(model_dir), **summ, "label_audit": audit,
+            "suspected": merge_suspects(summ["suspects"], audit)}
+
+
+def merge_suspects(model_suspects: list, audit: list) -> list[dict]:
+    """One entry per recording named by the LORO predictions (``classification_summary``) or by
+    the model-free ``label_audit`` of all recordings, with both pieces of evidence."""
+    out: dict[str, dict] = {}
+    for s in model_suspects:
+        where = ""
+        if "from_sample" in s:
+            where = f" from sample ~{s['from_sample']}"
+        elif "until_sample" in s:
+            where = f" until sample ~{s['until_sample']}"
+        out[s["recording"]] = {"recording": s["recording"], "label": s["label"],
+                               "window_accuracy": s["window_accuracy"],
+                               "model": f"{s['kind']}: {s['looks_like']}{where}", "statistics": None}
+    for a in audit:
+        e = out.setdefault(a["recording"], {"recording": a["recording"], "label": a["label"],
+                                            "window_accuracy": None, "model": None})
+        e["statistics"] = (f"nearer {a['nearest_class']} than its own class "
+                           f"({a['distance_nearest']:g} vs {a['distance_own']:g})")
+    return list(out.values())
+
+
+def eval_autoencoder(recs: dict, model_dir, healthy: str = "SC_HLT", log=None) -> dict:
+    """(b): every fold model of ``model_dir/folds`` (one per healthy recording held out) scores
+    its held-out healthy recording (false alarms) and every fault recording (detection)."""
+    dirs = fold_dirs(model_dir)
+    if not dirs:
+        raise FileNotFoundError(f"{model_dir}/folds: no fold models (train with "
+                                "`edgert train --kind autoencoder --cv 5 --out DIR`)")
+    faults = sorted(n for n, (_, c) in recs.items() if c != healthy)
+    classes = sorted({recs[n][1] for n in faults})
+    folds, per_class, t_all, n_all = [], {c: [] for c in classes}, 0.0, 0
+    for d in dirs:
+        sc = RuntimeScorer(d)
+        try:
+            fm = sc.model.manifest.get("fold", {})
+            held = [n for n in fm.get("held_out", []) if n in recs]
+            if not held:
+                continue
+            thr = float(sc.model.threshold)
+            sc.run(recs[held[0]][0])  # warm-up
+            f_t, f_n = 0.0, 0
+            fa_alarms, fa_windows = 0, 0
+            for n in held:
+                s, _, secs = sc.run(recs[n][0])
+                fa_alarms += int((s > thr).sum())
+                fa_windows += len(s)
+                f_t, f_n = f_t + secs, f_n + len(s)
+            det = {}
+            for c in classes:
+                hits = wins = 0
+                for n in (m for m in faults if recs[m][1] == c):
+                    s, _, secs = sc.run(recs[n][0])
+                    hits, wins = hits + int((s > thr).sum()), wins + len(s)
+                    f_t, f_n = f_t + secs, f_n + len(s)
+                det[c] = round(hits / wins, 4) if wins else None
+                per_class[c].append(det[c])
+            row = {"fold": fm.get("held_out", [d.name])[0], "held_out": held,
+                   "threshold": thr, "false_alarm_rate": round(fa_alarms / fa_windows, 4),
+                   "false_alarms": fa_alarms, "healthy_windows": fa_windows,
+                   "detection_rate": det,
+                   "detection_rate_all_faults": round(float(np.mean(
+                       [v for v in det.values() if v is not None])), 4) if det else None,
+                   "windows_per_s": round(f_n / f_t) if f_t > 0 else None}
+            folds.append(row)
+            t_all, n_all = t_all + f_t, n_all + f_n
+            if log:
+                log(f"  autoencoder fold {row['fold']}: false alarms {fa_alarms}/{fa_windows}, "
+                    f"mean detection {row['detection_rate_all_faults']}")
+        finally:
+            sc.close()
+    if not folds:
+        raise ValueError("none of the folds' held-out healthy recordings is in the data")
+    fa = sum(f["false_alarms"] for f in folds) / max(sum(f["healthy_windows"] for f in folds), 1)
+    return {
+        "false_alarm_rate": round(fa, 4),
+        "false_alarm_rate_per_fold": {f["fold"]: f["false_alarm_rate"] for f in folds},
+        "detection_rate": {c: round(float(np.mean([v for v in vs if v is not None])), 4)
+                           for c, vs in per_class.items() if vs},
+        "detection_rate_min_over_folds": {c: min(v for v in vs if v is not None)
+                                          for c, vs in per_class.items() if vs},
+        "folds": folds,
+        "windows_per_s": round(n_all / t_all) if t_all > 0 else None,
+        "model_dir": str(model_dir),
+    }
+
+
+def evaluate(data=None, cnn="motor-cnn", ae="motor-ae", log=None) -> dict:
+    recs = load_itsc(data)
+    t0 = time.time()
+    res = {"data": "edgert/data/itsc.npz (shipped)" if data is None else str(data),
+           "recordings": len(recs)}
+    res["classifier"] = eval_classifier(recs, _models_dir(cnn), log=log) if cnn else None
+    res["autoencoder"] = eval_autoencoder(recs, _models_dir(ae), log=log) if ae else None
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def _confusion_text(conf: list, class_names: Sequence[str]) -> list[str]:
+    short = [c.replace("SC_", "").replace("_B0_C0", "").replace("A0_", "").replace("_C0", "")
+             .replace("B0_", "") for c in class_names]
+    w = max(4, max(len(s) for s in short) + 1)
+    lines = [" " * (w + 1) + "".join(f"{s:>{w}}" for s in short) + "   <- predicted"]
+    for s, row in zip(short, conf):
+        lines.append(f"{s:>{w}} " + "".join(f"{v:>{w}}" for v in row))
+    return lines
+
+
+def report(res: dict) -> str:
+    lines = [f"ITSC ({res['data']}, {res['recordings']} recordings) through the int8 runtime: "
+             "kernels -> edgert.backends cpu (LiteRT, dynamic variant) -> edgert.scoring"]
+    c = res.get("classifier")
+    if c:
+        lines += ["", "(a) classifier, leave-one-repetition-out "
+                  f"({len(c['folds'])} folds, fold models in {c['model_dir']}/folds)",
+                  f"{'fold':10s} {'windows':>8s} {'window acc':>11s} {'recording acc':>14s} "
+                  f"{'windows/s':>10s}"]
+        for f in c["folds"]:
+            lines.append(f"{f['fold']:10s} {f['windows']:8d} {f['accuracy']:11.4f} "
+                         f"{f['recording_accuracy']:14.4f} {f['windows_per_s'] or 0:10d}")
+        lines.append(f"{'all':10s} {c['windows']:8d} {c['window_accuracy']:11.4f} "
+                     f"{c['recording_accuracy']:14.4f} {c['windows_per_s'] or 0:10d}")
+        if c.get("recorded_window_accuracy") is not None:
+            same = "same as" if abs(c["recorded_window_accuracy"] - c["window_accuracy"]) < 5e-5 \
+                else "differs from"
+            lines.append(f"(training recorded {c['recorded_window_accuracy']:.4f} for these folds "
+                         f"through LiteRT: {same} the runtime path)")
+        if c["missing"]:
+            lines.append(f"not in the data, skipped: {', '.join(c['missing'])}")
+        lines += ["", "confusion matrix (windows; rows: true class, columns: predicted):"]
+        lines += _confusion_text(c["confusion"], c["class_names"])
+        lines += ["", "recordings that disagree with their label (all counted in the figures above);",
+                  "  model: the LORO predictions (majority another class, or a run of >= 8 windows "
+                  "of another class at the start/end);",
+                  "  statistics: per-channel RMS + channel correlations nearer another class's median "
+                  "(model-free)"]
+        for s in c["suspected"]:
+            acc = "" if s["window_accuracy"] is None else f", window accuracy {s['window_accuracy']:.3f}"
+            lines.append(f"  {s['recording']} (labelled {s['label']}{acc})")
+            lines.append(f"      model: {s['model'] or 'agrees with the label'}")
+            lines.append(f"      statistics: {s['statistics'] or 'agree with the label'}")
+        if not c["suspected"]:
+            lines.append("  none")
+    a = res.get("autoencoder")
+    if a:
+        lines += ["", "(b) autoencoder, leave-one-healthy-recording-out "
+                  f"({len(a['folds'])} folds, fold models in {a['model_dir']}/folds)",
+                  f"{'held out':12s} {'threshold':>10s} {'false alarms':>14s} {'mean detection':>15s} "
+                  f"{'windows/s':>10s}"]
+        for f in a["folds"]:
+            lines.append(f"{f['fold']:12s} {f['threshold']:10.6f} "
+                         f"{f['false_alarms']:>5d}/{f['healthy_windows']:<4d} "
+                         f"{f['false_alarm_rate']:4.2f} {f['detection_rate_all_faults']:15.4f} "
+                         f"{f['windows_per_s'] or 0:10d}")
+        lines.append(f"false-alarm rate on the unseen healthy recording, all folds: "
+                     f"{a['false_alarm_rate']:.4f}; {a['windows_per_s']} windows/s")
+        lines += ["detection rate per fault class (mean over folds / min over folds):"]
+        for cl, v in a["detection_rate"].items():
+            lines.append(f"  {cl:14s} {v:.4f} / {a['detection_rate_min_over_folds'][cl]:.4f}")
+    lines.append(f"({res['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def _json_line(res: dict) -> dict:
+    c, a = res.get("classifier") or {}, res.get("autoencoder")
+    out = {
+        "accuracy": c.get("window_accuracy"),
+        "recording_accuracy": c.get("recording_accuracy"),
+        "folds": [{k: f[k] for k in ("fold", "accuracy", "recording_accuracy", "windows",
+                                     "windows_per_s")} for f in c.get("folds", [])],
+        "windows": c.get("windows"),
+        "confusion": c.get("confusion"),
+        "class_names": c.get("class_names"),
+        "suspects": [{k: s[k] for k in ("recording", "label", "model", "statistics")}
+                     for s in c.get("suspected") or []],
+        "ae": None if not a else {
+            "false_alarm_rate": a["false_alarm_rate"],
+            "false_alarm_rate_per_fold": a["false_alarm_rate_per_fold"],
+            "detection_rate": a["detection_rate"],
+            "detection_rate_min_over_folds": a["detection_rate_min_over_folds"],
+            "windows_per_s": a["windows_per_s"],
+        },
+        "windows_per_s": c.get("windows_per_s"),
+    }
+    return out
+
+
+def cmd_itsc(args) -> int:
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    try:
+        res = evaluate(args.data, cnn=None if args.no_cnn else args.cnn,
+                       ae=None if args.no_ae else args.ae, log=log)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"edgert eval itsc: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # model or backend errors: say which
+        print(f"edgert eval itsc: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(report(res), flush=True)
+    if args.json:
+        print(json.dumps(_json_line(res)), flush=True)
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds ``itsc`` to ``subparsers`` (those of ``edgert eval``)."""
+    p = subparsers.add_parser(
+        "itsc", help="ITSC: classifier leave-one-repetition-out and autoencoder "
+                     "leave-one-healthy-recording-out through the int8 runtime (no TensorFlow)",
+        description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--data", default=None,
+                   help="ITSC directory (class folders of CSV files) or .npz; default: the "
+                        "shipped copy")
+    p.add_argument("--cnn", default="motor-cnn",
+                   help="classifier model directory (or shipped name) holding folds/ "
+                        "(default motor-cnn)")
+    p.add_argument("--ae", default="motor-ae",
+                   help="autoencoder model directory (or shipped name) holding folds/ "
+                        "(default motor-ae)")
+    p.add_argument("--no-cnn", action="store_true", help="skip (a)")
+    p.add_argument("--no-ae", action="store_true", help="skip (b)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.set_defaults(fn=cmd_itsc)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgert.evaluate.itsc")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_parser(sub)
+    args = p.parse_args(["itsc", *(sys.argv[1:] if argv is None else argv)])
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
