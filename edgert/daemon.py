@@ -20,6 +20,7 @@ import zmq
 
 from . import backends, kernels, models, wire
 from .batcher import Batcher, run_variant
+from .bus import recv_frames
 from .config import Config
 from .drift import PageHinkley
 from .events import STAT_NAMES, EventPublisher
@@ -395,7 +396,7 @@ class Daemon:
                  self.backend.name, kernels.BACKEND)
         if ready is not None:
             ready()
-        recv = sock.recv_multipart
+        recv = functools.partial(recv_frames, sock)
         perf = time.perf_counter_ns
         while not self._stop:
             due = batcher.deadline_ns()
@@ -406,7 +407,7 @@ class Daemon:
             if poller.poll(timeout):
                 for _ in range(DRAIN):
                     try:
-                        frames = recv(zmq.NOBLOCK, copy=False)
+                        frames = recv()
                     except zmq.Again:
                         break
                     t = perf()

@@ -32,9 +32,9 @@ class LatencyHistogram:
         """Add an array of latencies (µs)."""
         if latencies_us.size == 0:
             return
-        lat = np.maximum(latencies_us, self._lo)
-        idx = np.minimum((np.log10(lat / self._lo) * self._k).astype(np.int64), self._n)
-        np.add.at(self.counts, idx, 1)
+        idx = np.searchsorted(self.edges, latencies_us, side="right") - 1
+        np.clip(idx, 0, self._n, out=idx)
+        self.counts += np.bincount(idx, minlength=self.counts.size)
         self.total += latencies_us.size
         self.max_us = max(self.max_us, float(latencies_us.max()))
 
