@@ -1,8 +1,20 @@
 """edgert: an edge inference runtime for real-time anomaly detection on sensor streams.
 
 Data flow: bus (`wire`, `bus`) → windows (`windows`) → kernels (`edgert.kernels`) → batcher
-(`batcher`) → backend (`backends`) → scoring (`scoring`) → events (`events`); `daemon` runs
-the loop, `cli` is the ``edgert`` command.
+(`batcher`) → backend (`backends`) → scoring (`scoring`, `thresholds`, `drift`) → events
+(`events`); `daemon` runs the loop, `cli` is the ``edgert`` command.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# In a source checkout, kernels/, compiled_models/ and bench/ sit beside edgert/ (the layout
+# shows the data flow); an install maps them to edgert.kernels etc. (pyproject package-dir).
+# Let the checkout work as the install does, e.g. `python -m edgert` run from the repository.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_root = _os.path.dirname(_here)
+if (not _os.path.isdir(_os.path.join(_here, "kernels"))
+        and _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py"))
+        and _os.path.isfile(_os.path.join(_root, "pyproject.toml"))):
+    __path__.append(_root)  # noqa: F821 - a package's __path__
