@@ -22,7 +22,8 @@ def cmd_serve(args) -> int:
         cfg = config.load(args.config, listen=args.listen, events=args.events, model=args.model,
                           backend=args.backend, socket=args.socket, max_batch=args.max_batch,
                           max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
-                          threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier)
+                          threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
+                          publish_scores=args.publish_scores or None)
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -58,12 +59,35 @@ def cmd_replay(args) -> int:
     if not pub.wait_subscribed(args.wait):
         print(f"edgert replay: no daemon subscribed on {args.to} within {args.wait} s", file=sys.stderr)
         return 1
+    rec = None
+    if args.events_out:
+        from .replay import EventRecorder
+        if not args.events:
+            print("edgert replay: --events-out needs --events ENDPOINT (the daemon's event socket)", file=sys.stderr)
+            return 2
+        rec = EventRecorder(args.events, args.sensor)
+        time.sleep(0.3)  # let the subscription reach the daemon before the first window is scored
     res = replay(segments, pub, args.rate, block=args.block, speed=args.speed,
-                 realtime=not args.fast, gap_s=args.gap, t0_ns=args.t0)
+                 realtime=not args.fast, gap_s=args.gap, t0_ns=args.t0,
+                 on_block=(lambda *_: rec.poll(0)) if rec else None)
     pub.close()
+    if rec is not None:
+        rec.drain()
+        n = rec.write_csv(args.events_out, res["spans"], res["dt"], [d.shape[0] for d in segments])
+        rec.close()
+        print(f"edgert replay: {n} scored windows ({len(rec.anomalies)} anomalies) written to "
+              f"{args.events_out}", file=sys.stderr)
+        if n == 0:
+            print("edgert replay: no scores arrived: start the daemon with --publish-scores", file=sys.stderr)
     print(json.dumps({"sensor": args.sensor, "blocks": res["blocks"], "samples": res["samples"],
                       "seconds": round(res["seconds"], 3)}), flush=True)
     return 0
+
+
+def cmd_report(args) -> int:
+    from .report import main as report_main
+
+    return report_main(args)
 
 
 def cmd_demo(args) -> int:
@@ -147,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed: the manifest's calibrated threshold (default); spot/dspot: streaming "
                         "peaks-over-threshold per sensor; quantile: rolling quantile per sensor")
     s.add_argument("--risk-q", type=float, dest="risk_q", help="SPOT risk q (default 1e-4)")
+    s.add_argument("--publish-scores", action="store_true", dest="publish_scores",
+                   help="also publish every window's score (event/scores/<sensor>), e.g. for replay --events-out")
     s.add_argument("--config", help="TOML file with the same keys")
     s.set_defaults(fn=cmd_serve)
 
@@ -164,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--columns", help="comma-separated column names or indices")
     r.add_argument("--socket", choices=["pub", "push"], default="pub")
     r.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the daemon")
+    r.add_argument("--events", help="the daemon's event endpoint (for --events-out)")
+    r.add_argument("--events-out", dest="events_out",
+                   help="write every window's score, threshold, flag and explanation here (CSV); "
+                        "the daemon must run with --publish-scores")
     r.set_defaults(fn=cmd_replay)
 
     d = sub.add_parser("demo", help="daemon + a replaying sensor on shipped data")
@@ -171,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=float, default=10.0, help="replay speed-up over the 1 kHz recordings")
     d.add_argument("--json", action="store_true")
     d.set_defaults(fn=cmd_demo)
+
+    rp = sub.add_parser("report", help="plot signal, score, threshold and flagged spans from replay --events-out")
+    rp.add_argument("events", metavar="EVENTS", help="CSV written by edgert replay --events-out")
+    rp.add_argument("--data", help="the replayed input (CSV/NPZ/itsc:NAME) to draw the signal")
+    rp.add_argument("--segment", type=int, default=0, help="which replayed file to draw (default 0)")
+    rp.add_argument("--png", help="write the figure here (default EVENTS.png)")
+    rp.set_defaults(fn=cmd_report)
 
     m = sub.add_parser("models", help="list shipped models")
     m.add_argument("--json", action="store_true")

@@ -27,6 +27,7 @@ class Config:
     threshold: str = "fixed"  # fixed (manifest) | spot | dspot | quantile
     risk_q: float = 1e-4  # SPOT/DSPOT risk: target false-alarm probability per window
     stats_interval_s: float = 1.0
+    publish_scores: bool = False  # also publish every window's score: event/scores/<sensor> per batch
     watch_model_s: float = 1.0
     drift_interval_s: float = 1.0  # feed per-sensor means to the drift detectors this often (0: off)
     drift_threshold: float = 50.0  # Page-Hinkley lambda, in standard deviations  # check the model directory for a new model this often (0: never)

@@ -294,11 +294,23 @@ class Daemon:
             rows[:, 0] = scores
             rows[:, 1:] = b.stats[:k, :, 2]
             np.add.at(self._drift_acc, sidx, rows)
+        if self.cfg.publish_scores:
+            self._publish_scores(b, sidx, scores, thr, flags, k)
         if flags.any():
             idx = np.flatnonzero(flags)
             np.add.at(self.anom_counts, sidx[idx], 1)
             shares = channel_shares(ch_err[idx])
             self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k, cls)
+
+    def _publish_scores(self, b, sidx, scores, thr, flags, k) -> None:
+        """One ``event/scores/<sensor>`` per sensor in the batch: every window's score (for plots)."""
+        for s in np.unique(sidx):
+            sel = sidx == s
+            sensor = self.names[int(s)]
+            self.events.publish("scores", sensor, {
+                "sensor": sensor, "t_start": b.t_start[:k][sel].tolist(),
+                "score": scores[sel].astype(float).tolist(), "threshold": thr[sel].astype(float).tolist(),
+                "anomaly": flags[sel].tolist(), "model": self.model.name})
 
     def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k, cls=None) -> None:
         m = self.model

@@ -123,3 +123,74 @@ def replay(segments, pub: SensorPublisher, rate_hz: float, block: int = 64, spee
         t += int(gap_s * 1e9)
     return {"blocks": blocks, "samples": sent_samples, "seconds": time.perf_counter() - start_wall,
             "spans": spans, "dt": dt}
+
+
+class EventRecorder:
+    """Collects one sensor's events from the daemon's event socket while it is replayed, and
+    writes them as one CSV row per scored window (the daemon must publish scores:
+    ``publish_scores = true`` / ``edgert serve --publish-scores``).
+
+    Args:
+      endpoint: the daemon's event endpoint.
+      sensor: the replayed sensor id.
+      channels: channel names for the per-channel contribution columns.
+    """
+
+    def __init__(self, endpoint: str, sensor: str, ctx=None):
+        import zmq
+
+        self.zmq = zmq
+        self.sock = (ctx or zmq.Context.instance()).socket(zmq.SUB)
+        for kind in ("scores", "anomaly"):
+            self.sock.setsockopt(zmq.SUBSCRIBE, f"event/{kind}/{sensor}".encode())
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.connect(endpoint)
+        self.scores: dict = {}  # t_start -> (score, threshold, anomaly)
+        self.anomalies: dict = {}  # t_start -> anomaly event
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        """Take every event waiting (waiting up to timeout_ms for the first). Returns how many."""
+        from .events import decode
+
+        n = 0
+        while self.sock.poll(timeout_ms if n == 0 else 0):
+            kind, _, p = decode(self.sock.recv_multipart())
+            if kind == "scores":
+                for t, s, th, a in zip(p["t_start"], p["score"], p["threshold"], p["anomaly"]):
+                    self.scores[t] = (s, th, a)
+            elif kind == "anomaly":
+                self.anomalies[p["t_start"]] = p
+            n += 1
+        return n
+
+    def drain(self, quiet_s: float = 0.5, max_s: float = 10.0) -> None:
+        """Poll until no event arrived for quiet_s (at most max_s)."""
+        end = time.monotonic() + max_s
+        while time.monotonic() < end and self.poll(int(quiet_s * 1000)):
+            pass
+
+    def write_csv(self, path: str, spans: list, dt: int, segment_lengths: list) -> int:
+        """One row per window: segment, sample index within it, times, score, threshold, flag,
+        top channels, each channel's share, class. Returns the number of rows."""
+        import csv
+
+        rows = []
+        for t, (s, th, a) in sorted(self.scores.items()):
+            seg = next((i for i, (lo, hi) in enumerate(spans) if lo <= t <= hi), -1)
+            idx = (t - spans[seg][0]) // dt if seg >= 0 else -1
+            ev = self.anomalies.get(t, {})
+            rows.append([seg, idx, t, s, th, int(bool(a)), " ".join(ev.get("top_channels", [])),
+                         *(ev.get("contributions") or []), ev.get("class", ""), ev.get("class_prob", "")])
+        chans = next((ev.get("channels") for ev in self.anomalies.values()), None) or []
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["segment", "sample", "t_start_ns", "score", "threshold", "anomaly", "top_channels",
+                        *[f"share_{c}" for c in chans], "class", "class_prob"])
+            for r in rows:
+                if len(r) < 9 + len(chans):  # a window without an anomaly event: empty shares
+                    r = r[:7] + [""] * len(chans) + r[7:]
+                w.writerow(r)
+        return len(rows)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
