@@ -489,6 +489,25 @@ def write_json(result: dict, out: str | None) -> Path:
     return path
 
 
+BASELINE = Path(__file__).with_name("baseline.json")
+# A ratio may fall to this fraction of its baseline before CI fails. Ratios measured in one
+# run (numba/numpy, pipeline/bare invoke) move ~20 % between runs on a quiet shared machine;
+# a real regression (a kernel falling back to numpy, a copy on the hot path) moves them 2-10x.
+TOLERANCE = 0.5
+
+
+def compare_baseline(result: dict, baseline: dict, tolerance: float = TOLERANCE) -> list:
+    """Ratios of `result` below tolerance × their value in `baseline`: a list of messages."""
+    problems = []
+    for name, base in sorted(baseline.get("ratios", {}).items()):
+        got = result.get("ratios", {}).get(name)
+        if got is None or not isinstance(base, (int, float)) or base <= 0:
+            continue
+        if got < tolerance * base:
+            problems.append(f"REGRESSION {name}: {got:.3f} < {tolerance:g} x baseline {base:.3f}")
+    return problems
+
+
 def main(args) -> int:
     sections = getattr(args, "sections", None)
     settings = Settings.for_mode(bool(getattr(args, "quick", False)), model=getattr(args, "model", None),
@@ -498,6 +517,22 @@ def main(args) -> int:
     result["output"] = str(path)
     print(render(result), flush=True)
     print(f"results: {path}", flush=True)
+    rc = 1 if result["errors"] else 0
+    if getattr(args, "update_baseline", False):
+        BASELINE.write_text(json.dumps({"from": result.get("timestamp"), "mode": result.get("mode"),
+                                        "machine": result.get("machine", {}).get("cpu_model"),
+                                        "tolerance": TOLERANCE, "ratios": result.get("ratios", {})},
+                                       indent=1) + "\n")
+        print(f"baseline: wrote {BASELINE}", flush=True)
+    elif BASELINE.is_file() and not getattr(args, "no_baseline", False):
+        problems = compare_baseline(result, json.loads(BASELINE.read_text()))
+        result["regressions"] = problems
+        for line in problems:
+            print(line, flush=True)
+        if problems:
+            rc = 1
+        else:
+            print(f"baseline: every ratio within {TOLERANCE:g} x of {BASELINE.name}", flush=True)
     if getattr(args, "json", False):
         print(json.dumps(_clean(result), separators=(",", ":")), flush=True)
-    return 1 if result["errors"] else 0
+    return rc

@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true")
     b.add_argument("--json", action="store_true")
     b.add_argument("--out", help="write the JSON result here")
+    b.add_argument("--update-baseline", action="store_true", dest="update_baseline",
+                   help="rewrite bench/baseline.json from this run's ratios")
+    b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
+                   help="do not compare with bench/baseline.json")
     b.set_defaults(fn=cmd_bench)
 
     bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")

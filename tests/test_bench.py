@@ -91,3 +91,20 @@ def test_pipeline_and_latency_one_second(tmp_path):
         assert 0 < sec["startup"]["bound_s"] <= sec["startup"]["first_decision_s"]
     assert lat["p50_latency_us"] > 0 and lat["p99_latency_us"] >= lat["p50_latency_us"]
     assert lat["rss_mb"] > 0
+
+
+def test_baseline_gate_names_the_regressed_figure():
+    from edgert.bench.run import compare_baseline
+    base = {"ratios": {"pipeline_over_bare_invoke": 0.42, "kernel_speedup.64x3.ingest": 22.0}}
+    assert compare_baseline({"ratios": {"pipeline_over_bare_invoke": 0.30,
+                                        "kernel_speedup.64x3.ingest": 12.0}}, base) == []
+    got = compare_baseline({"ratios": {"pipeline_over_bare_invoke": 0.40,
+                                       "kernel_speedup.64x3.ingest": 1.1}}, base)
+    assert len(got) == 1 and "kernel_speedup.64x3.ingest" in got[0] and "REGRESSION" in got[0]
+
+
+def test_shipped_baseline_has_ratios():
+    import json
+    from edgert.bench.run import BASELINE
+    ratios = json.loads(BASELINE.read_text())["ratios"]
+    assert "pipeline_over_bare_invoke" in ratios and any(k.startswith("kernel_speedup.") for k in ratios)
