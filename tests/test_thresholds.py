@@ -2,6 +2,7 @@
 cannot be dragged up by a slowly growing fault."""
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from edgert.thresholds import QuantileThreshold, SpotThreshold, gpd_fit, gpd_quantile
 
 # Stated tolerance: on these synthetic streams the measured false-alarm rate stays within a
-# factor of 2 of the risk q (measured 0.85-1.3x; see the README's adaptation section).
+# factor of 2 of the risk q (measured 0.94-1.40x over 6 seeds of each case; one other draw,
+# chi2 at q=1e-4, reached 2.9x: rare exceedances make the estimate noisy, hence fixed seeds).
 FACTOR = 2.0
 
 
@@ -46,7 +48,7 @@ def test_gpd_quantile_exponential_is_exact():
 @pytest.mark.parametrize("name", ["exponential", "lognormal", "pareto", "gaussian", "chi2"])
 @pytest.mark.parametrize("q", [1e-3, 1e-4])
 def test_spot_false_alarm_rate_near_q(name, q):
-    rng = np.random.default_rng(hash((name, q)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{q}".encode()))  # fixed: str hash() is salted per process
     n = 300_000 if q == 1e-3 else 600_000
     x = {"exponential": lambda: rng.exponential(1.0, n), "lognormal": lambda: rng.lognormal(0, 1, n),
          "pareto": lambda: rng.pareto(4.0, n), "gaussian": lambda: rng.normal(5, 1, n),
