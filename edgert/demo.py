@@ -79,27 +79,30 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
     _say(as_json, f"edgert demo: model {m.name}; sensor motor-1 replays {n_healthy} x {healthy} "
                   f"(healthy, unseen in training) then {n_fault} x {fault} (30 % short circuit, phase A) "
                   f"at {speed:g}x real time")
-    anomalies = healthy_alarms = fault_hits = 0
+    counts = {"anomalies": 0, "healthy_alarms": 0, "fault_hits": 0}
     fault_classes: dict = {}
+
+    def tally(payload: dict) -> None:
+        """Count an anomaly event against the healthy or the fault stretch (and its class)."""
+        counts["anomalies"] += 1
+        if payload["t_start"] < fault_from:
+            counts["healthy_alarms"] += 1
+            return
+        counts["fault_hits"] += 1
+        c = payload.get("class")
+        if c:
+            fault_classes[c] = fault_classes.get(c, 0) + 1
+
     backend = None
-    last = {}
     deadline = time.monotonic() + seconds * 3 + 90  # cold start can compile kernels
     try:
         while True:
             if sub.poll(200):
                 kind, sensor_id, payload = ev.decode(sub.recv_multipart())
                 if kind == "anomaly":
-                    anomalies += 1
                     backend = payload.get("backend", backend)
-                    if payload["t_start"] >= fault_from:
-                        fault_hits += 1
-                        c = payload.get("class")
-                        if c:
-                            fault_classes[c] = fault_classes.get(c, 0) + 1
-                    else:
-                        healthy_alarms += 1
+                    tally(payload)
                 elif kind == "stats":
-                    last = payload
                     backend = payload.get("backend", backend)
                     _say(as_json, f"  {payload['windows']:6d} windows  {payload['windows_per_s']:8.1f}/s  "
                                   f"p50 {payload['p50_latency_us']:7.0f} µs  p99 {payload['p99_latency_us']:7.0f} µs  "
@@ -111,14 +114,7 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
                     if sub.poll(100):
                         kind, _, payload = ev.decode(sub.recv_multipart())
                         if kind == "anomaly":
-                            anomalies += 1
-                            if payload["t_start"] >= fault_from:
-                                fault_hits += 1
-                                c = payload.get("class")
-                                if c:
-                                    fault_classes[c] = fault_classes.get(c, 0) + 1
-                            else:
-                                healthy_alarms += 1
+                            tally(payload)
                 break
             if daemon.poll() is not None or time.monotonic() > deadline:
                 break
@@ -147,6 +143,7 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
         _say(as_json, "daemon stderr:\n" + d_err[-3000:])
         _say(as_json, "sensor stderr:\n" + s_err[-3000:])
         return 1
+    healthy_alarms, fault_hits = counts["healthy_alarms"], counts["fault_hits"]
     healthy_windows = n_healthy * ((n_rec - m.window) // m.hop + 1)
     fault_windows = n_fault * ((n_rec - m.window) // m.hop + 1)
     result = {

@@ -1060,11 +1060,9 @@ def _edgetpu_verdict(path: Path) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for blk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(blk)
-    return h.hexdigest()
+    from .models import sha256
+
+    return sha256(path)
 
 
 def _r(x: float, nd: int = 6) -> float:

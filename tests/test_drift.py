@@ -8,7 +8,6 @@ from edgert.drift import PageHinkley
 def feed(ph, streams, batch=32):
     k = len(streams)
     n = streams[0].size
-    idx = np.repeat(np.arange(k), batch)
     hits = {i: [] for i in range(k)}
     for t in range(0, n, batch):
         vals = np.concatenate([s[t:t + batch] for s in streams])
