@@ -121,9 +121,11 @@ class Daemon:
         self._drift_acc[active] = 0
         out = []
         stat_names = ["score"] + [f"rms:{c}" for c in self.model.channels]
-        for stream in np.unique(streams[hits] // width):
-            sensor = self.names[int(stream)]
-            which = [stat_names[j] for j in range(width) if hits.reshape(-1, width)[list(active).index(stream), j]]
+        hit_rows = hits.reshape(-1, width)  # row r: sensor active[r]
+        for r in np.flatnonzero(hit_rows.any(axis=1)):
+            stream = int(active[r])
+            sensor = self.names[stream]
+            which = [stat_names[j] for j in np.flatnonzero(hit_rows[r])]
             recal = hasattr(self.threshold, "recalibrate")
             if recal:
                 self.threshold.recalibrate(int(stream))
