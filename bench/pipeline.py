@@ -84,14 +84,14 @@ class DaemonProc:
     """``python -m edgert serve`` on fresh ipc endpoints, pinned to `cpu`."""
 
     def __init__(self, model: str, stats_interval: float, cpu: int | None, tag: str,
-                 extra: tuple = ()):
+                 extra: tuple = (), socket: str = "pull", env: dict | None = None):
         self.tmp = Path(tempfile.mkdtemp(prefix=f"edgert-bench-{tag}-"))
         self.listen_path = self.tmp / "s"
         self.events_path = self.tmp / "e"
         self.listen = f"ipc://{self.listen_path}"
         self.events = f"ipc://{self.events_path}"
         self.cmd = [sys.executable, "-m", "edgert", "serve", "--listen", self.listen, "--events",
-                    self.events, "--socket", "pull", "--stats-interval", str(stats_interval),
+                    self.events, "--socket", socket, "--stats-interval", str(stats_interval),
                     "--model", str(model), *extra]
         self.stderr_path = self.tmp / "stderr.log"
         self._stderr = open(self.stderr_path, "w+b")
@@ -101,8 +101,10 @@ class DaemonProc:
                 os.sched_setaffinity(0, {cpu})
         self.cpu = cpu
         self.t_spawn = time.perf_counter()
+        self.socket = socket
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     preexec_fn=preexec, text=True)
+                                     preexec_fn=preexec, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.pid = self.proc.pid
         self.final = None
 
@@ -234,7 +236,7 @@ def startup(d: DaemonProc, ctx: zmq.Context, model, block: int, timeout: float) 
     """Spawn → first decision. Returns (Events, probe publisher, figures)."""
     bound_s = d.wait_bound(timeout)
     evs = Events(ctx, d.events)
-    probe = _publisher(ctx, d, PROBE, sndhwm=1000)
+    probe = _publisher(ctx, d, PROBE, sndhwm=1000, timeout=timeout)
     pb = probe_block(model, block)
     t0 = time.time_ns()
     deadline = time.perf_counter() + timeout
@@ -274,6 +276,7 @@ def startup(d: DaemonProc, ctx: zmq.Context, model, block: int, timeout: float) 
         # receipt -> decision of that first window inside the daemon (first kernel calls included)
         "first_window_latency_us": first.get("latency_us"),
         "first_window_seq": first.get("seq"),
+        "mem_at_first_decision": sysinfo.proc_mem_mb(d.pid),
     }
 
 
@@ -293,14 +296,14 @@ def _next_stats(evs: Events, d: DaemonProc, stats_interval: float) -> dict:
 SEND_TIMEOUT_MS = 3000  # a send blocked this long means the daemon stopped taking input
 
 
-def _publisher(ctx, d: DaemonProc, sensor: str, sndhwm: int) -> SensorPublisher:
-    pub = SensorPublisher(d.listen, sensor, kind="push", ctx=ctx, sndhwm=sndhwm)
+def _publisher(ctx, d: DaemonProc, sensor: str, sndhwm: int, timeout: float = 10.0) -> SensorPublisher:
+    """One sensor's socket: PUSH to a ``pull`` daemon, XPUB (waiting for the subscription) to ``sub``."""
+    kind = "pub" if d.socket == "sub" else "push"
+    pub = SensorPublisher(d.listen, sensor, kind=kind, ctx=ctx, sndhwm=sndhwm)
     pub.sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+    if not pub.wait_subscribed(timeout):
+        raise BenchError(f"the daemon's SUB socket did not subscribe on {d.listen} within {timeout:.0f} s")
     return pub
-
-
-def _publishers(ctx, d: DaemonProc, n_sensors: int, sndhwm: int) -> list:
-    return [_publisher(ctx, d, f"bench-{i}", sndhwm) for i in range(n_sensors)]
 
 
 def _send_blocked(d: DaemonProc, what: str) -> BenchError:
@@ -309,55 +312,184 @@ def _send_blocked(d: DaemonProc, what: str) -> BenchError:
                       f"{SEND_TIMEOUT_MS / 1000:g} s although the process is alive; stderr tail:\n{d.stderr_tail()}")
 
 
-def _close_all(pubs) -> None:
-    for p in pubs:
-        p.sock.close(linger=0)
-
-
 def _consumed(st: dict) -> int:
     return int(st.get("messages", 0)) + int(st.get("dropped", 0))
 
 
-def _count_check(final: dict, sent_blocks: list, block: int, W: int, H: int, probe: dict) -> dict:
-    """Compare what the daemon counted with what was sent (per load sensor)."""
+class SensorLoad:
+    """`n_sensors` sensors (ids ``bench-<i>``), each sending its own block stream of the wire format.
+
+    Sensor i uses socket i % n_sockets (one socket per sensor by default, like separate
+    devices). Per message: one msgpack header and a ``send_multipart`` of [id, header, samples],
+    what `edgert.bus.SensorPublisher.send` does. The samples cycle through a healthy recording,
+    each sensor starting at its own offset; t0 advances by block·dt per block, so every stream is
+    correctly sequenced and gap-free.
+    """
+
+    def __init__(self, ctx, d: DaemonProc, n_sensors: int, block: int, sndhwm: int,
+                 n_sockets: int | None = None, dt_ns: int = DT_NS):
+        self.n = n_sensors
+        self.block = block
+        self.dt = int(dt_ns)
+        self.blocks = sensor_blocks(block)
+        nblk = self.nblk = len(self.blocks)
+        ns = min(n_sensors, n_sockets or n_sensors)
+        self.pubs = []
+        try:
+            for j in range(ns):
+                self.pubs.append(_publisher(ctx, d, f"bench-{j}", sndhwm))
+        except BaseException:
+            self.close()
+            raise
+        self.socks = [self.pubs[i % ns].sock for i in range(n_sensors)]
+        self.ids = [f"bench-{i}".encode() for i in range(n_sensors)]
+        self.idx = [(i * nblk) // n_sensors for i in range(n_sensors)]
+        t0 = time.time_ns()
+        self.t0 = [t0] * n_sensors
+        self.sent = [0] * n_sensors
+        self.copy = self.blocks[0].nbytes < zmq.COPY_THRESHOLD
+        self.d = d
+
+    def send(self, i: int) -> None:
+        """Send sensor i's next block (raises BenchError when the daemon stopped taking input)."""
+        from edgert.wire import encode_header
+
+        j = self.idx[i]
+        blk = self.blocks[j]
+        seq = self.sent[i]
+        try:
+            self.socks[i].send_multipart([self.ids[i], encode_header(seq, self.t0[i], self.dt, blk), blk],
+                                         copy=self.copy)
+        except zmq.Again:
+            raise _send_blocked(self.d, "load") from None
+        self.idx[i] = j + 1 if j + 1 < self.nblk else 0
+        self.t0[i] += self.block * self.dt
+        self.sent[i] = seq + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent)
+
+    def close(self) -> None:
+        for p in self.pubs:
+            p.sock.close(linger=0)
+
+
+class Session:
+    """A fresh daemon with its start-up measured and the counters' baseline taken.
+
+    The sequence every end-to-end measurement shares: spawn ``edgert serve`` (pinned), wait
+    for its first decision (`startup`), connect the load, wait for one stats event so the
+    probe's blocks are counted, remember the count (`base`). Use as a context manager; `stop`
+    sends SIGTERM and returns the daemon's final stats. Leaving the block kills the daemon if
+    it still runs and removes its sockets and files.
+    """
+
+    def __init__(self, model, model_arg: str, *, tag: str, stats_interval: float = 0.2,
+                 cpu_daemon: int | None = 0, startup_timeout: float = 120.0, block: int = 64,
+                 socket: str = "pull", env: dict | None = None, extra: tuple = (), log=None):
+        self.model, self.model_arg, self.tag = model, model_arg, tag
+        self.stats_interval = stats_interval
+        self.cpu_daemon, self.startup_timeout, self.block = cpu_daemon, startup_timeout, block
+        self.socket, self.env, self.extra, self.log = socket, env, extra, log
+        self.ctx = self.d = self.evs = self.probe = None
+        self.loads: list = []
+        self.startup: dict = {}
+        self.base = 0
+
+    def __enter__(self) -> "Session":
+        self.ctx = zmq.Context()
+        try:
+            self.d = DaemonProc(self.model_arg, self.stats_interval, self.cpu_daemon, self.tag,
+                                extra=self.extra, socket=self.socket, env=self.env)
+            self.evs, self.probe, self.startup = startup(self.d, self.ctx, self.model, self.block,
+                                                         self.startup_timeout)
+            if self.log:
+                self.log(f"  daemon up: bound {self.startup['bound_s']:.2f} s, first decision "
+                         f"{self.startup['first_decision_s']:.2f} s")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def load(self, n_sensors: int, sndhwm: int, n_sockets: int | None = None, dt_ns: int = DT_NS) -> SensorLoad:
+        """Connect `n_sensors` sensors, then take the counters' baseline (after the probe's blocks)."""
+        ld = SensorLoad(self.ctx, self.d, n_sensors, self.block, sndhwm, n_sockets, dt_ns)
+        self.loads.append(ld)
+        self.next_stats()
+        self.base = _consumed(self.evs.last)
+        return ld
+
+    def next_stats(self) -> dict:
+        return _next_stats(self.evs, self.d, self.stats_interval)
+
+    def consumed(self) -> int:
+        """Messages the daemon took (accepted + dropped) since `load`, per its last stats event."""
+        return _consumed(self.evs.last) - self.base
+
+    def wait_consumed(self, total: int, timeout: float, what: str) -> float:
+        """Wait until the daemon has taken `total` messages; seconds waited."""
+        t_w = time.perf_counter()
+        while self.consumed() < total:
+            if time.perf_counter() - t_w > timeout:
+                raise BenchError(f"daemon did not consume the last {total - self.consumed()} of {total} "
+                                 f"{what} messages within {timeout:.0f} s after sending stopped")
+            self.next_stats()
+        return time.perf_counter() - t_w
+
+    def stop(self) -> dict:
+        return self.d.stop()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.d is not None:
+            self.d.kill()
+        for ld in self.loads:
+            ld.close()
+        if self.probe is not None:
+            self.probe.sock.close(linger=0)
+        if self.evs is not None:
+            self.evs.close()
+        if self.ctx is not None:
+            self.ctx.term()
+        if self.d is not None:
+            self.d.cleanup()
+
+
+def _count_check(final: dict, sent_blocks: list, block: int, W: int, H: int, probe: dict,
+                 show: int = 10) -> dict:
+    """Compare what the daemon counted with what was sent (per load sensor; at most `show`
+    mismatching sensors are listed, all are counted)."""
     per = final.get("per_sensor", {})
     missing = {}
-    expected_total = 0
+    n_mismatch = 0
+    expected_total = scored_total = 0
     for i, nb in enumerate(sent_blocks):
         exp = windows_for(nb * block, W, H)
         expected_total += exp
         got = per.get(f"bench-{i}", {}).get("windows", 0)
+        scored_total += got
         if got != exp:
-            missing[f"bench-{i}"] = {"expected": exp, "scored": got}
+            n_mismatch += 1
+            if len(missing) < show:
+                missing[f"bench-{i}"] = {"expected": exp, "scored": got}
     return {"windows_expected": expected_total,
-            "windows_scored": sum(per.get(f"bench-{i}", {}).get("windows", 0) for i in range(len(sent_blocks))),
+            "windows_scored": scored_total,
             "mismatch": missing,
+            "sensors_mismatched": n_mismatch,
             "probe_windows": per.get(PROBE, {}).get("windows", 0),
             "probe_windows_expected": windows_for(probe["probe_samples"], W, H)}
 
 
 def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: int = 8, block: int = 64,
              stats_interval: float = 0.2, backlog_msgs: int = 12000, cpu_daemon: int | None = 0,
-             startup_timeout: float = 120.0, log=None) -> dict:
+             startup_timeout: float = 120.0, log=None, socket: str = "pull") -> dict:
     """Max sustained windows/s of the daemon (see module doc)."""
     W, H = model.window, model.hop
-    blocks = sensor_blocks(block)
-    nblk = len(blocks)
-    ctx = zmq.Context()
-    d = DaemonProc(model_arg, stats_interval, cpu_daemon, "sat")
-    evs = probe = None
-    pubs = []
-    try:
-        evs, probe, st_fig = startup(d, ctx, model, block, startup_timeout)
-        if log:
-            log(f"  daemon up: bound {st_fig['bound_s']:.2f} s, first decision {st_fig['first_decision_s']:.2f} s")
-        pubs = _publishers(ctx, d, n_sensors, sndhwm=max(1000, backlog_msgs // n_sensors))
-        # let the probe's blocks be consumed and a stats event report them, so counts start clean
-        _next_stats(evs, d, stats_interval)
-        base = _consumed(evs.last)
-        t0_ns = [time.time_ns()] * n_sensors
-        idx = [(i * nblk) // n_sensors for i in range(n_sensors)]
-        sent = [0] * n_sensors
+    with Session(model, model_arg, tag="sat", stats_interval=stats_interval, cpu_daemon=cpu_daemon,
+                 startup_timeout=startup_timeout, block=block, socket=socket, log=log) as s:
+        d, evs = s.d, s.evs
+        ld = s.load(n_sensors, sndhwm=max(1000, backlog_msgs // n_sensors + 64))
+        send = ld.send
         total = 0
         consumed = 0
         blocked_s = 0.0
@@ -375,7 +507,7 @@ def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: i
             if total - consumed >= backlog_msgs:
                 evs.drain(int(stats_interval * 2000))
                 before = consumed
-                consumed = _consumed(evs.last) - base
+                consumed = s.consumed()
                 t1 = perf()
                 blocked_s += t1 - now
                 waits += 1
@@ -387,48 +519,27 @@ def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: i
                                      f"{total - consumed} messages outstanding (stats events: {len(evs.stats)})")
                 continue
             for i in range(n_sensors):
-                try:
-                    pubs[i].send(blocks[idx[i]], t0_ns[i], DT_NS)
-                except zmq.Again:
-                    raise _send_blocked(d, "saturating load") from None
-                idx[i] = idx[i] + 1 if idx[i] + 1 < nblk else 0
-                t0_ns[i] += block * DT_NS
-                sent[i] += 1
+                send(i)
             total += n_sensors
-            if total & 63 == 0 and evs.drain(0):
-                consumed = _consumed(evs.last) - base
+            if total & 63 < n_sensors and evs.drain(0):
+                consumed = s.consumed()
                 t_progress = perf()
         t_stop = perf()
         cpu1 = sysinfo.proc_threads_cpu(d.pid)
         ru1 = os.times()
         mem = sysinfo.proc_mem_mb(d.pid)
         # wait until the daemon has consumed every block sent, so the counts can be checked exactly
-        t_w = perf()
         drain_s = 10.0 + 4 * backlog_msgs / max(1.0, (consumed + 1) / max(1e-3, t_stop - t_start))
-        while consumed < total:
-            if perf() - t_w > drain_s:
-                raise BenchError(f"daemon did not consume the last {total - consumed} of {total} messages "
-                                 f"within {drain_s:.0f} s after sending stopped")
-            _next_stats(evs, d, stats_interval)
-            consumed = _consumed(evs.last) - base
-        drain_wait = perf() - t_w
-        final = d.stop()
+        drain_wait = s.wait_consumed(total, drain_s, "saturating")
+        final = s.stop()
         evs.drain(200)
-    except BaseException:
-        d.kill()
-        raise
-    finally:
-        _close_all(pubs)
-        if probe is not None:
-            probe.sock.close(linger=0)
-        if evs is not None:
-            evs.close()
-        ctx.term()
-        d.cleanup()
+        st_fig = s.startup
+        sent = list(ld.sent)
 
-    snaps = [(t, s) for t, s in evs.stats if t_start + settle <= t <= t_stop]
+    snaps = [(t, x) for t, x in evs.stats if t_start + settle <= t <= t_stop]
     res = {
-        "sensors": n_sensors, "block_samples": block, "seconds_loaded": round(t_stop - t_start, 3),
+        "sensors": n_sensors, "block_samples": block, "socket": socket,
+        "seconds_loaded": round(t_stop - t_start, 3),
         "startup": st_fig, "messages_sent": total,
         "sender_msgs_per_s": round(total / (t_stop - t_start), 1),
         "sender_blocked_share": round(blocked_s / (t_stop - t_start), 3),
@@ -475,27 +586,26 @@ def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: i
 
 def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensors: int = 8,
           block: int = 64, stats_interval: float = 0.2, cpu_daemon: int | None = 0,
-          startup_timeout: float = 120.0, log=None) -> dict:
-    """A fresh daemon at a fixed window rate: latency, RSS, start-up (see module doc)."""
+          startup_timeout: float = 120.0, log=None, socket: str = "pull", sndhwm: int = 100000,
+          n_sockets: int | None = None, expect_all: bool = True, drain_timeout: float = 10.0) -> dict:
+    """A fresh daemon at a fixed window rate: latency, RSS, start-up (see module doc).
+
+    The sensors take turns (round robin), so each sends ``windows_per_s / n_sensors`` windows/s;
+    their sample period ``dt`` is set to match, so sensor time runs like wall time.
+    With ``expect_all`` False (an overload step on a ``sub`` daemon) blocks lost on the way
+    are a figure (``lost_messages``), not a failure: the daemon is then waited for until it
+    has taken what reached it.
+    """
     W, H = model.window, model.hop
-    blocks = sensor_blocks(block)
-    nblk = len(blocks)
     msg_rate = windows_per_s * H / block  # 64-sample blocks with hop 16 complete 4 windows each
     period = 1.0 / msg_rate
-    ctx = zmq.Context()
-    d = DaemonProc(model_arg, stats_interval, cpu_daemon, "lat")
-    evs = probe = None
-    pubs = []
-    try:
-        evs, probe, st_fig = startup(d, ctx, model, block, startup_timeout)
-        if log:
-            log(f"  daemon up: bound {st_fig['bound_s']:.2f} s, first decision {st_fig['first_decision_s']:.2f} s")
-        pubs = _publishers(ctx, d, n_sensors, sndhwm=100000)
-        _next_stats(evs, d, stats_interval)
-        base = _consumed(evs.last)
-        t0_ns = [time.time_ns()] * n_sensors
-        idx = [(i * nblk) // n_sensors for i in range(n_sensors)]
-        sent = [0] * n_sensors
+    per_sensor_hz = msg_rate * block / n_sensors  # samples/s of each sensor
+    dt_ns = max(1, int(round(1e9 / per_sensor_hz)))
+    with Session(model, model_arg, tag="lat", stats_interval=stats_interval, cpu_daemon=cpu_daemon,
+                 startup_timeout=startup_timeout, block=block, socket=socket, log=log) as s:
+        d, evs = s.d, s.evs
+        ld = s.load(n_sensors, sndhwm=sndhwm, n_sockets=n_sockets, dt_ns=dt_ns)
+        send = ld.send
         perf = time.perf_counter
         cpu0 = sysinfo.proc_threads_cpu(d.pid)
         t_start = perf()
@@ -513,61 +623,72 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
                 late += 1
                 if lag > max_late:
                     max_late = lag
-            try:
-                pubs[i].send(blocks[idx[i]], t0_ns[i], DT_NS)
-            except zmq.Again:
-                raise _send_blocked(d, "paced load") from None
-            idx[i] = idx[i] + 1 if idx[i] + 1 < nblk else 0
-            t0_ns[i] += block * DT_NS
-            sent[i] += 1
+            send(i)
             i = i + 1 if i + 1 < n_sensors else 0
             due += period
             if m & 255 == 0:
                 evs.drain(0)
         t_stop = perf()
-        total = sum(sent)
+        total = ld.total
+        backlog = total - s.consumed() if evs.last else None  # per the last stats event (<= interval old)
         cpu1 = sysinfo.proc_threads_cpu(d.pid)
         mem = sysinfo.proc_mem_mb(d.pid)
-        t_w = perf()
-        while _consumed(evs.last) - base < total:
-            if perf() - t_w > 10.0:
-                raise BenchError(f"daemon did not consume the last {total - _consumed(evs.last) + base} of "
-                                 f"{total} paced messages within 10 s after sending stopped")
-            _next_stats(evs, d, stats_interval)
+        if expect_all:
+            drain_wait = s.wait_consumed(total, drain_timeout, "paced")
+        else:
+            drain_wait = _wait_settled(s, total, drain_timeout)
         time.sleep(0.005)  # the last partial batch waits max_delay_us (1 ms) for its deadline
-        final = d.stop()
-    except BaseException:
-        d.kill()
-        raise
-    finally:
-        _close_all(pubs)
-        if probe is not None:
-            probe.sock.close(linger=0)
-        if evs is not None:
-            evs.close()
-        ctx.term()
-        d.cleanup()
+        final = s.stop()
+        st_fig = s.startup
+        sent = list(ld.sent)
+        received = s.consumed()
     secs = t_stop - t_start
+    shares = sysinfo.threads_cpu_share(cpu0, cpu1, secs)
     res = {
-        "sensors": n_sensors, "block_samples": block,
+        "sensors": n_sensors, "block_samples": block, "socket": socket,
         "target_windows_per_s": round(windows_per_s, 1),
         "offered_windows_per_s": round(total * block / H / secs, 1),
+        "per_sensor_samples_per_s": round(per_sensor_hz, 2),
+        "per_sensor_windows_per_s": round(per_sensor_hz / H, 3),
         "seconds_loaded": round(secs, 3),
         "messages_sent": total,
+        "messages_received": received,
+        "lost_messages": total - received,
+        "backlog_at_send_end_msgs": backlog,
+        "drain_after_send_s": round(drain_wait, 3),
         "late_sends": late, "max_send_lag_us": round(max_late * 1e6, 1),
         "startup": st_fig,
         "p50_latency_us": final.get("p50_latency_us"),
         "p99_latency_us": final.get("p99_latency_us"),
+        "p999_latency_us": final.get("p999_latency_us"),
         "max_latency_us": final.get("max_latency_us"),
+        "latency_histogram": final.get("latency_histogram"),
         "rss_mb": final.get("rss_mb"),
         "daemon_mem": mem,
-        "daemon_threads_cpu_share": sysinfo.threads_cpu_share(cpu0, cpu1, secs),
-        "daemon_cpu_share": round(sum(sysinfo.threads_cpu_share(cpu0, cpu1, secs).values()), 3),
+        "daemon_threads_cpu_share": shares,
+        "daemon_cpu_share": round(sum(shares.values()), 3),
         "final": _final_summary(final),
         "counts": _count_check(final, sent, block, W, H, st_fig),
     }
     res["problems"] = _problems(res, final, loaded=False)
     return res
+
+
+def _wait_settled(s: Session, total: int, timeout: float) -> float:
+    """Wait until the daemon took all `total` messages or its count stopped moving for two stats
+    intervals (the rest was lost on the way); seconds waited."""
+    t_w = time.perf_counter()
+    last, still = -1, 0
+    while time.perf_counter() - t_w < timeout:
+        got = s.consumed()
+        if got >= total:
+            break
+        still = still + 1 if got == last else 0
+        if still >= 2:
+            break
+        last = got
+        s.next_stats()
+    return time.perf_counter() - t_w
 
 
 def _main_thread_share(shares: dict) -> float | None:

@@ -372,6 +372,7 @@ class Daemon:
             "batch_reasons": dict(self.batcher.reasons),
             "p50_latency_us": self.latency.quantile(0.50),
             "p99_latency_us": self.latency.quantile(0.99),
+            "p999_latency_us": self.latency.quantile(0.999),
             "max_latency_us": self.latency.max_us,
             "uptime_s": round(elapsed, 3),
             "kernel_warmup_s": round(self.warmup_s, 3),
@@ -444,6 +445,7 @@ class Daemon:
         sock.close(linger=0)
         batcher.flush("flush")
         final = self.stats()
+        final["latency_histogram"] = self.latency.sparse()  # final only: keeps stats events small
         self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
         self.events.close()
         self.backend.close()

@@ -65,7 +65,8 @@ def test_main_json_last_line_and_default_path(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(run.Settings, "for_mode", classmethod(
         lambda cls, quick, **kw: tiny(sections=kw.get("sections") or run.SECTIONS)))
-    rc = run.main(argparse.Namespace(quick=True, json=True, out=None, sections=["kernels"]))
+    rc = run.main(argparse.Namespace(quick=True, json=True, out=None, sections=["kernels"],
+                                   no_baseline=True))  # tiny timings: the gate is tested below
     out = capsys.readouterr().out.strip().splitlines()
     d = json.loads(out[-1])
     assert rc == 0 and d["mode"] == "quick" and "ratios" in d and "machine" in d and "settings" in d

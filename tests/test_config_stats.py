@@ -41,10 +41,16 @@ def test_latency_quantiles_close_to_numpy():
     h = LatencyHistogram()
     for part in np.array_split(x, 37):
         h.add(part)
-    for q in (0.5, 0.9, 0.99):
+    for q in (0.5, 0.9, 0.99, 0.999):
         exact = np.quantile(x, q)
         assert exact <= h.quantile(q) <= exact * 1.03
     assert np.isnan(LatencyHistogram().quantile(0.5))
+    # the sparse form keeps every count, in increasing bin order, and the same quantiles
+    sp = h.sparse()
+    assert sum(sp["counts"]) == x.size and sp["le_us"] == sorted(sp["le_us"])
+    cum = np.cumsum(sp["counts"])
+    i = int(np.searchsorted(cum, 0.999 * x.size))
+    assert sp["le_us"][i] == pytest.approx(h.quantile(0.999), rel=0.03)
 
 
 def test_rate_limited_log(caplog):
