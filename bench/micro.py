@@ -82,7 +82,7 @@ class KernelCase:
         from edgert.kernels import ref
 
         self.W, self.C, self.H, self.k = W, C, H, n_windows
-        cap = max(cap, 2 * W)
+        cap = max(cap, 2 * W, 1 << (W + (n_windows - 1) * H).bit_length())  # all k windows in the ring
         self.cap = cap
         x = signal_data(C, 4 * cap)
         self.ring = np.zeros((2 * cap, C), dtype=np.float32)
@@ -182,6 +182,18 @@ def bench_kernels(shapes: dict, repeats: int, target_s: float, log=None) -> dict
         res[label] = {"W": case.W, "C": case.C, "H": case.H, "windows": case.k,
                       "block_samples": int(case.block.shape[0]), "kernels": rows}
     return res
+
+
+def sweep_cases(windows, channels, in_q, out_q, n_windows: int = 32) -> dict:
+    """{"WxC": KernelCase} for every window size × channel count (hop W/4, like the models'),
+    normalized with the data's own per-channel mean and std."""
+    cases = {}
+    for C in channels:
+        data = signal_data(C, 4096).astype(np.float64)
+        for W in windows:
+            cases[f"{W}x{C}"] = KernelCase(W, C, max(1, W // 4), data.mean(0), data.std(0), in_q, out_q,
+                                           n_windows)
+    return cases
 
 
 def fill_input(backend, model) -> None:

@@ -587,7 +587,8 @@ def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: i
 def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensors: int = 8,
           block: int = 64, stats_interval: float = 0.2, cpu_daemon: int | None = 0,
           startup_timeout: float = 120.0, log=None, socket: str = "pull", sndhwm: int = 100000,
-          n_sockets: int | None = None, expect_all: bool = True, drain_timeout: float = 10.0) -> dict:
+          n_sockets: int | None = None, expect_all: bool = True, drain_timeout: float = 10.0,
+          settle: float = 0.5) -> dict:
     """A fresh daemon at a fixed window rate: latency, RSS, start-up (see module doc).
 
     The sensors take turns (round robin), so each sends ``windows_per_s / n_sensors`` windows/s;
@@ -644,10 +645,21 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
         received = s.consumed()
     secs = t_stop - t_start
     shares = sysinfo.threads_cpu_share(cpu0, cpu1, secs)
+    # windows/s the daemon achieved while the load ran: its counters between the first stats
+    # event after `settle` (or after the start) and the last one before sending stopped
+    snaps = [(t, x) for t, x in evs.stats if t_start <= t <= t_stop]
+    later = [(t, x) for t, x in snaps if t >= t_start + settle]
+    if len(later) >= 2:
+        snaps = later
+    achieved = None
+    if len(snaps) >= 2 and snaps[-1][1]["uptime_s"] > snaps[0][1]["uptime_s"]:
+        a, b = snaps[0][1], snaps[-1][1]
+        achieved = (b["windows"] - a["windows"]) / (b["uptime_s"] - a["uptime_s"])
     res = {
         "sensors": n_sensors, "block_samples": block, "socket": socket,
         "target_windows_per_s": round(windows_per_s, 1),
         "offered_windows_per_s": round(total * block / H / secs, 1),
+        "windows_per_s": round(achieved, 1) if achieved is not None else None,
         "per_sensor_samples_per_s": round(per_sensor_hz, 2),
         "per_sensor_windows_per_s": round(per_sensor_hz / H, 3),
         "seconds_loaded": round(secs, 3),

@@ -34,8 +34,9 @@ from pathlib import Path
 
 from . import sysinfo
 
-SCHEMA = 1
-SECTIONS = ("kernels", "invoke", "pipeline", "latency")
+SCHEMA = 2
+SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup")
+QUICK_SECTIONS = ("kernels", "invoke", "pipeline", "latency")  # what CI runs (--quick)
 EXTRA_SHAPE = (64, 8, 16)  # W, C, H: the prototype's shape (shared/NOTES.md)
 
 TARGETS = {  # name: (op, value)
@@ -68,13 +69,38 @@ class Settings:
     cpu_daemon: int | None = 0
     cpu_bench: int | None = 1
     sections: tuple = SECTIONS
+    # kernels: window sizes × channel counts swept (full mode; quick keeps the model's shape and 64x8)
+    kernel_sweep: bool = True
+    kernel_windows_sweep: tuple = (32, 64, 256)
+    kernel_channels_sweep: tuple = (1, 3, 8)
+    # inference: every shipped model (empty = all) × variant × backend × batch
+    inference_models: tuple = ()
+    inference_target_s: float = 0.5
+    inference_batches: tuple = (1, 8, 32)
+    # bus
+    bus_blocks: tuple = (1, 16, 64, 256, 1024, 4096)
+    bus_transports: tuple = ("ipc", "tcp")
+    bus_modes: tuple = ("copy", "zero_copy")
+    bus_s: float = 1.0
+    # end to end: sensor counts, load steps as fractions of each count's saturation rate
+    e2e_sensors: tuple = (1, 64, 1024)
+    e2e_fractions: tuple = (0.10, 0.25, 0.50, 0.75, 1.00, 1.50)
+    e2e_step_s: float = 4.0
+    e2e_saturation_s: float = 6.0
+    e2e_socket: str = "sub"
+    # start-up: one cold numba cache, then warm ones
+    startup_warm_runs: int = 2
+    startup_cold: bool = True  # False: warm runs only, numba's default cache (tests)
+    startup_cold_timeout_s: float = 300.0
+    plot_dir: str | None = None
     notes: list = field(default_factory=list)
 
     @classmethod
     def for_mode(cls, quick: bool, **kw) -> "Settings":
         if quick:
             base = dict(quick=True, kernel_repeats=7, kernel_target_s=0.004, invoke_repeats=7,
-                        invoke_target_s=0.05, pipeline_s=5.0, pipeline_settle_s=0.6, latency_s=5.0)
+                        invoke_target_s=0.05, pipeline_s=5.0, pipeline_settle_s=0.6, latency_s=5.0,
+                        kernel_sweep=False, sections=QUICK_SECTIONS)
         else:
             base = {}
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -211,6 +237,10 @@ def run_bench(settings: Settings, log=_log) -> dict:
                     data = micro.signal_data(eC, 4096).astype(np.float64)
                     cases[f"{eW}x{eC}"] = micro.KernelCase(eW, eC, eH, data.mean(0), data.std(0), inq, outq,
                                                           settings.kernel_windows)
+                if settings.kernel_sweep:
+                    sweep = micro.sweep_cases(settings.kernel_windows_sweep, settings.kernel_channels_sweep,
+                                              inq, outq, settings.kernel_windows)
+                    cases.update({k: v for k, v in sweep.items() if k not in cases})
                 from edgert import kernels as _kernels
                 extra = sorted(set(_kernels.__all__) - set(micro.KERNELS) - {"BACKEND", "warmup"})
                 if extra:
@@ -281,6 +311,8 @@ def run_bench(settings: Settings, log=_log) -> dict:
                     f"rss {_fmt(lres['rss_mb'])} MB")
             except Exception as exc:  # noqa: BLE001
                 result["errors"]["latency"] = _err(exc)
+
+        _more_sections(settings, result, model, model_arg if model is not None else None, log)
     finally:
         if snap is not None:
             shutil.rmtree(snap.parent, ignore_errors=True)
@@ -296,6 +328,79 @@ def run_bench(settings: Settings, log=_log) -> dict:
     result["elapsed_s"] = round(time.perf_counter() - t_all, 2)
     _summarize(result)
     return result
+
+
+def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> None:
+    """inference, bus, e2e, startup (see their modules); each failure is recorded, not raised."""
+    def need_model():
+        if model is None:
+            raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
+
+    if "inference" in settings.sections:
+        from . import inference
+        from edgert import models as _models
+
+        log("edgert bench: inference (every shipped model, variant, backend, batch)")
+        m = LoadMeter()
+        try:
+            names = settings.inference_models or tuple(_models.shipped())
+            res = inference.bench_inference(names, settings.inference_target_s,
+                                            tuple(settings.inference_batches), log=log)
+            res = {"models": res, "machine_load": m.stop()}
+            result["inference"] = res
+        except Exception as exc:  # noqa: BLE001
+            result["errors"]["inference"] = _err(exc)
+
+    if "bus" in settings.sections:
+        from . import bus
+
+        log("edgert bench: bus (ZeroMQ ipc vs tcp, block sizes, copy vs zero-copy receive)")
+        m = LoadMeter()
+        try:
+            C = model.n_channels if model is not None else 3
+            res = bus.bus_sweep(tuple(settings.bus_blocks), tuple(settings.bus_transports),
+                                tuple(settings.bus_modes), channels=C, seconds=settings.bus_s,
+                                cpu_sender=settings.cpu_daemon, log=log)
+            res["machine_load"] = m.stop()
+            result["bus"] = res
+        except Exception as exc:  # noqa: BLE001
+            result["errors"]["bus"] = _err(exc)
+
+    if "e2e" in settings.sections:
+        from . import e2e
+
+        log(f"edgert bench: end to end ({', '.join(map(str, settings.e2e_sensors))} sensors, load steps "
+            f"{', '.join(f'{f:.0%}' for f in settings.e2e_fractions)} of saturation)")
+        m = LoadMeter()
+        try:
+            need_model()
+            res = e2e.load_steps(model, model_arg, tuple(settings.e2e_sensors), tuple(settings.e2e_fractions),
+                                 step_s=settings.e2e_step_s, sat_s=settings.e2e_saturation_s,
+                                 settle=settings.pipeline_settle_s, block=settings.block_samples,
+                                 stats_interval=settings.stats_interval_s, backlog_msgs=settings.backlog_msgs,
+                                 cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s,
+                                 socket=settings.e2e_socket, log=log)
+            res["machine_load"] = m.stop()
+            result["e2e"] = res
+        except Exception as exc:  # noqa: BLE001
+            result["errors"]["e2e"] = _err(exc)
+
+    if "startup" in settings.sections:
+        from . import startup
+
+        log(f"edgert bench: start-up (edgert serve -> first decision; cold numba cache, then "
+            f"{settings.startup_warm_runs} warm)")
+        m = LoadMeter()
+        try:
+            need_model()
+            res = startup.cold_warm(model, model_arg, warm_runs=settings.startup_warm_runs,
+                                    block=settings.block_samples, stats_interval=settings.stats_interval_s,
+                                    cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_cold_timeout_s,
+                                    cold=settings.startup_cold, log=log)
+            res["machine_load"] = m.stop()
+            result["startup"] = res
+        except Exception as exc:  # noqa: BLE001
+            result["errors"]["startup"] = _err(exc)
 
 
 def _err(exc: BaseException) -> str:
@@ -342,6 +447,9 @@ def _summarize(r: dict) -> None:
         figures["startup_first_decision_s"] = lat["startup"]["first_decision_s"]
         figures["startup_bound_s"] = lat["startup"]["bound_s"]
         r["problems"] += [f"latency: {x}" for x in lat.get("problems", [])]
+    if lat:
+        figures["p999_latency_us"] = lat.get("p999_latency_us")
+    _summarize_more(r, figures)
     sp = [v for key, v in ratios.items() if key.startswith("kernel_speedup.")]
     values = {
         "kernel_speedup_min": min(sp) if sp else None,
@@ -362,6 +470,43 @@ def _summarize(r: dict) -> None:
     r["figures"] = figures
     r["ratios"] = ratios
     r["targets"] = targets
+
+
+def _summarize_more(r: dict, figures: dict) -> None:
+    """Figures of the inference, bus, e2e and startup sections (flat, dotted names)."""
+    inf = (r.get("inference") or {}).get("models") or {}
+    for mname, entry in inf.items():
+        for bk, be in entry.items():
+            if not isinstance(be, dict) or not be.get("available"):
+                continue
+            for vname, v in (be.get("variants") or {}).items():
+                for k, row in (v.get("batches") or {}).items():
+                    base = f"inference.{mname}.{bk}.{vname}.{k}"
+                    figures[f"{base}.windows_per_s"] = row["windows_per_s"]
+                    figures[f"{base}.p50_us"] = row["p50_us"]
+                    figures[f"{base}.p99_us"] = row["p99_us"]
+    for p in (r.get("bus") or {}).get("points", []):
+        base = f"bus.{p['transport']}.{p['block_samples']}.{p['mode']}"
+        figures[f"{base}.messages_per_s"] = p["messages_per_s"]
+        figures[f"{base}.samples_per_s"] = p["samples_per_s"]
+    for n, run in ((r.get("e2e") or {}).get("runs") or {}).items():
+        if "saturation_windows_per_s" in run:
+            figures[f"e2e.{n}.saturation_windows_per_s"] = run["saturation_windows_per_s"]
+        for st in run.get("steps", []):
+            if "error" in st:
+                continue
+            base = f"e2e.{n}.{round(st['load_fraction'] * 100)}pct"
+            for key in ("offered_windows_per_s", "windows_per_s", "p50_latency_us", "p99_latency_us",
+                        "p999_latency_us", "dropped_by_daemon", "lost_messages"):
+                figures[f"{base}.{key}"] = st.get(key)
+    su = r.get("startup")
+    if su:
+        for label in ("cold", "warm"):
+            if label in su:
+                figures[f"startup.{label}.first_decision_s"] = min(su[label]["first_decision_s"])
+                figures[f"startup.{label}.rss_mb"] = max(x for x in su[label]["rss_mb_at_first_decision"]
+                                                         if x is not None) if any(su[label]["rss_mb_at_first_decision"]) else None
+        r["problems"] += [f"startup: {x}" for x in su.get("problems", [])]
 
 
 # -- output ------------------------------------------------------------------------------
@@ -395,7 +540,7 @@ def render(r: dict) -> str:
     k = r.get("kernels")
     if k:
         lines.append("")
-        lines.append(f"{'kernels, 32 windows':<34}{'numba µs':>10}{'numpy µs':>10}{'speedup':>9}   target >= 5x")
+        lines.append(f"{'kernels (WxC), 32 windows':<34}{'numba µs':>10}{'numpy µs':>10}{'speedup':>9}   target >= 5x")
         for label, case in k.items():
             if not isinstance(case, dict) or "kernels" not in case:
                 continue
@@ -403,7 +548,7 @@ def render(r: dict) -> str:
                 flag = "ok" if row["speedup"] >= 5 else "MISS"
                 if not row["identical"]:
                     flag += " (results differ!)"
-                lines.append(f"  {label} {name:<28}{row['numba_us']:>10.2f}{row['numpy_us']:>10.2f}"
+                lines.append(f"  {label:<6}{name:<27}{row['numba_us']:>10.2f}{row['numpy_us']:>10.2f}"
                              f"{row['speedup']:>8.1f}x   {flag}")
     inv = r.get("invoke")
     if inv:
@@ -438,7 +583,8 @@ def render(r: dict) -> str:
         lines.append(f"latency at {lat['load_fraction']:.0%} load ({_fmt(lat['offered_windows_per_s'], 0)} windows/s "
                      f"for {lat['seconds_loaded']:.1f} s, fresh daemon)")
         p99 = t["p99_latency_us"]
-        lines.append(f"  p50 / p99 / max latency{'':<11}{_fmt(lat['p50_latency_us'], 0)} / {_fmt(lat['p99_latency_us'], 0)}"
+        lines.append(f"  p50 / p99 / p99.9 / max latency{'':<3}{_fmt(lat['p50_latency_us'], 0)} / "
+                     f"{_fmt(lat['p99_latency_us'], 0)} / {_fmt(lat.get('p999_latency_us'), 0)}"
                      f" / {_fmt(lat['max_latency_us'], 0)} µs   target p99 {p99['target']}  {_mark(p99['pass'])}")
         rss = t["rss_mb"]
         peak = (lat.get("daemon_mem") or {}).get("peak_rss_mb")
@@ -449,6 +595,7 @@ def render(r: dict) -> str:
                      f"{s['bound_s']:.2f} s; first window {_fmt(s.get('first_window_latency_us'), 0)} µs "
                      "receipt -> decision)")
         lines.append(f"  daemon CPU{'':<24}{lat.get('daemon_cpu_share', 0):.2f} cores")
+    lines += render_more(r)
     lines.append("")
     ratio_k = t["kernel_speedup_min"]
     lines.append(f"targets: kernel speedup min {_fmt(ratio_k['value'], 1)}x {_mark(ratio_k['pass'])}"
@@ -463,6 +610,77 @@ def render(r: dict) -> str:
         lines.append(f"note: {n}")
     lines.append(f"elapsed {r['elapsed_s']:.1f} s")
     return "\n".join(lines)
+
+
+def render_more(r: dict) -> list:
+    """Table lines of the inference, bus, e2e and startup sections."""
+    lines = []
+    inf = (r.get("inference") or {}).get("models")
+    if inf:
+        lines.append("")
+        lines.append(f"{'inference (per call of run(k))':<40}{'windows/s':>12}{'p50 µs':>10}{'p99 µs':>10}"
+                     f"{'µs/window':>11}")
+        for mname, entry in inf.items():
+            if "error" in entry:
+                lines.append(f"  {mname}: ERROR {entry['error']}")
+                continue
+            for bk, be in entry.items():
+                if not isinstance(be, dict) or "available" not in be:
+                    continue
+                if not be["available"]:
+                    lines.append(f"  {mname} {bk}: {be['reason']}")
+                    continue
+                for vname, v in be["variants"].items():
+                    if "error" in v:
+                        lines.append(f"  {mname} {bk} {vname}: ERROR {v['error']}")
+                        continue
+                    for k, row in v["batches"].items():
+                        label = f"  {mname} {bk} {vname} " + (k if k.startswith("packed") else f"batch {k}")
+                        lines.append(f"{label:<40}{_fmt(row['windows_per_s'], 0):>12}{row['p50_us']:>10.1f}"
+                                     f"{row['p99_us']:>10.1f}{row['us_per_window']:>11.2f}")
+    b = r.get("bus")
+    if b:
+        lines.append("")
+        lines.append(f"bus: {b['socket']}, {b['channels']} float32 channels, wire format decoded per message, "
+                     f"{b['seconds_per_point']:g} s per point")
+        lines.append(f"  {'transport block mode':<30}{'msgs/s':>11}{'samples/s':>14}{'MB/s':>9}"
+                     f"{'recv cores':>11}{'send cores':>11}")
+        for p in b["points"]:
+            lines.append(f"  {p['transport']:<4}{p['block_samples']:>6}  {p['mode']:<18}{_fmt(p['messages_per_s'], 0):>11}"
+                         f"{_fmt(p['samples_per_s'], 0):>14}{p['mb_per_s']:>9.1f}"
+                         f"{_fmt(p['receiver_thread_cpu_share'], 2):>11}{_fmt(p['sender_cpu_share'], 2):>11}")
+    e = r.get("e2e")
+    if e:
+        lines.append("")
+        lines.append(f"end to end ({e['socket']} socket, {e['block_samples']}-sample blocks, {e['step_s']:g} s per "
+                     f"step, fresh daemon per step; latency = daemon receipt -> decision)")
+        lines.append(f"  {'sensors load':<14}{'per-sensor Hz':>14}{'offered w/s':>12}{'achieved':>10}{'p50 µs':>9}"
+                     f"{'p99 µs':>9}{'p99.9 µs':>10}{'dropped':>9}{'lost':>8}{'sent':>9}")
+        for n, run in e["runs"].items():
+            if "error" in run:
+                lines.append(f"  {n:>7}: ERROR {run['error']}")
+                continue
+            lines.append(f"  {n:>7} saturation {_fmt(run['saturation_windows_per_s'], 0)} windows/s")
+            for st in run.get("steps", []):
+                pct = f"{st['load_fraction']:.0%}"
+                if "error" in st:
+                    lines.append(f"  {n:>7} {pct:>5}  ERROR {st['error']}")
+                    continue
+                lines.append(f"  {n:>7} {pct:>5}{_fmt(st['per_sensor_samples_per_s'], 1):>14}"
+                             f"{_fmt(st['offered_windows_per_s'], 0):>12}{_fmt(st['windows_per_s'], 0):>10}"
+                             f"{_fmt(st['p50_latency_us'], 0):>9}{_fmt(st['p99_latency_us'], 0):>9}"
+                             f"{_fmt(st['p999_latency_us'], 0):>10}{st['dropped_by_daemon']:>9}"
+                             f"{st['lost_messages']:>8}{st['messages_sent']:>9}")
+    su = r.get("startup")
+    if su:
+        lines.append("")
+        lines.append("start-up (edgert serve -> first decision)")
+        for row in su["runs"]:
+            lines.append(f"  {row['cache']:<5} numba cache: {row['first_decision_s']:.2f} s (sockets bound "
+                         f"{row['bound_s']:.2f} s, kernel warm-up {_fmt(row['kernel_warmup_s'], 2)} s), RSS "
+                         f"{_fmt(row['rss_mb_at_first_decision'], 1)} MB at first decision, "
+                         f"{_fmt(row['rss_mb_at_exit'], 1)} MB at exit")
+    return lines
 
 
 def _clean(x):
@@ -508,15 +726,58 @@ def compare_baseline(result: dict, baseline: dict, tolerance: float = TOLERANCE)
     return problems
 
 
+def parse_sections(value) -> tuple | None:
+    """``"kernels,bus"`` or a list → a tuple of section names; ValueError naming an unknown one."""
+    if not value:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(x.strip() for x in items if x.strip())
+    bad = [x for x in names if x not in SECTIONS]
+    if bad:
+        raise ValueError(f"--only: unknown section(s) {', '.join(bad)} (known: {', '.join(SECTIONS)})")
+    return names
+
+
 def main(args) -> int:
-    sections = getattr(args, "sections", None)
+    try:
+        sections = parse_sections(getattr(args, "sections", None))
+    except ValueError as exc:
+        print(f"edgert bench: {exc}", file=sys.stderr)
+        return 2
+    plot_dir = getattr(args, "plot", None)
+    if plot_dir:
+        from . import plot
+        try:
+            plot.require()  # before a long run, not after it
+        except RuntimeError as exc:
+            print(f"edgert bench: {exc}", file=sys.stderr)
+            return 2
+    src = getattr(args, "from_json", None)
+    if src:  # re-render and re-plot a saved result
+        try:
+            result = json.loads(Path(src).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"edgert bench: --from {src}: {exc}", file=sys.stderr)
+            return 2
+        print(render(result), flush=True)
+        if plot_dir:
+            for f in plot.plot_all(result, plot_dir):
+                print(f"plot: {f}", flush=True)
+        return 0
     settings = Settings.for_mode(bool(getattr(args, "quick", False)), model=getattr(args, "model", None),
-                                 sections=tuple(sections) if sections else None)
+                                 sections=sections, plot_dir=plot_dir)
     result = run_bench(settings)
     path = write_json(result, getattr(args, "out", None))
     result["output"] = str(path)
     print(render(result), flush=True)
     print(f"results: {path}", flush=True)
+    if plot_dir:
+        try:
+            for f in plot.plot_all(result, plot_dir):
+                print(f"plot: {f}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - the figures are already saved
+            print(f"edgert bench: plotting failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     rc = 1 if result["errors"] else 0
     if getattr(args, "update_baseline", False):
         BASELINE.write_text(json.dumps({"from": result.get("timestamp"), "mode": result.get("mode"),

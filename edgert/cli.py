@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite bench/baseline.json from this run's ratios")
     b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
                    help="do not compare with bench/baseline.json")
+    b.add_argument("--only", dest="sections", help="comma-separated sections: kernels,invoke,pipeline,"
+                   "latency,inference,bus,e2e,startup (default: all; --quick: the first four)")
+    b.add_argument("--plot", metavar="DIR", help="write latency CDFs, throughput-vs-load and bus PNGs here")
+    b.add_argument("--from", dest="from_json", metavar="FILE", help="render (and --plot) a saved result, run nothing")
     b.set_defaults(fn=cmd_bench)
 
     bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")

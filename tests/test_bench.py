@@ -15,7 +15,7 @@ needs_model = pytest.mark.skipif(not HAS_MODEL, reason="shipped model motor-ae m
 
 def tiny(**kw) -> run.Settings:
     base = dict(quick=True, kernel_repeats=2, kernel_target_s=0.0005, invoke_repeats=2,
-                invoke_target_s=0.002, cpu_bench=None, cpu_daemon=None)
+                invoke_target_s=0.002, cpu_bench=None, cpu_daemon=None, kernel_sweep=False)
     base.update(kw)
     return run.Settings(**base)
 
@@ -109,3 +109,97 @@ def test_shipped_baseline_has_ratios():
     from edgert.bench.run import BASELINE
     ratios = json.loads(BASELINE.read_text())["ratios"]
     assert "pipeline_over_bare_invoke" in ratios and any(k.startswith("kernel_speedup.") for k in ratios)
+
+
+# -- the suite's other sections (tiny configurations; structure, not speed) -------------------
+def test_kernel_sweep_cases_hold_every_window():
+    cases = micro.sweep_cases((32, 256), (1, 8), (0.03, -1), (0.03, 0))
+    assert set(cases) == {"32x1", "256x1", "32x8", "256x8"}
+    c = cases["256x8"]
+    assert c.H == 64 and c.inp.shape == (32, 1, 256, 8)
+    assert c.starts.min() >= c.pos - c.cap and c.starts.max() + 256 <= c.pos
+    res = micro.bench_kernels({"256x8": c}, repeats=2, target_s=0.0005)
+    rows = res["256x8"]["kernels"]
+    assert set(rows) == set(micro.KERNELS) and all(r["identical"] for r in rows.values())
+
+
+@needs_model
+def test_inference_every_variant_and_backend_reason():
+    from edgert.bench import inference
+    res = inference.bench_inference(["motor-ae"], target_s=0.002, batches=(1, 8))["motor-ae"]
+    cpu = res["cpu"]["variants"]
+    assert set(cpu) == set(inference.VARIANTS)
+    for vname, v in cpu.items():
+        assert "error" not in v, v
+        keys = {"1", "8"} | ({"packed16"} if vname == "packed" else set())
+        assert set(v["batches"]) == keys
+        for row in v["batches"].values():
+            assert row["calls"] >= 50 and row["windows_per_s"] > 0
+            assert 0 < row["min_us"] <= row["p50_us"] <= row["p99_us"] <= row["max_us"]
+    assert cpu["packed"]["batches"]["packed16"]["zero_copy"] is True
+    assert cpu["b1"]["batches"]["8"]["invokes_per_call"] == 8
+    # no Edge TPU variant or device here: the probe's reason is reported, not an exception
+    tpu = res["edgetpu"]
+    assert tpu["available"] is True or tpu["reason"].startswith("not available: ")
+
+
+def test_bus_one_point_per_transport():
+    from edgert.bench import bus
+    res = bus.bus_sweep(blocks=(16,), transports=("ipc", "tcp"), modes=("copy", "zero_copy"),
+                        channels=3, seconds=0.05)
+    pts = res["points"]
+    assert [(p["transport"], p["mode"]) for p in pts] == [("ipc", "copy"), ("ipc", "zero_copy"),
+                                                          ("tcp", "copy"), ("tcp", "zero_copy")]
+    for p in pts:
+        assert p["messages"] > 0 and p["decode_errors"] == 0
+        assert p["samples_per_s"] == pytest.approx(16 * p["messages_per_s"], rel=1e-3)
+
+
+def test_only_sections_are_checked():
+    assert run.parse_sections("kernels, bus") == ("kernels", "bus")
+    assert run.parse_sections(None) is None
+    with pytest.raises(ValueError, match="unknown section.*nope"):
+        run.parse_sections("kernels,nope")
+
+
+def test_plot_says_how_to_get_matplotlib(monkeypatch):
+    import sys
+    from edgert.bench import plot
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(RuntimeError, match="pip install matplotlib"):
+        plot.require()
+
+
+@needs_model
+def test_e2e_startup_json_table_and_plots(tmp_path, capsys):
+    """One sensor count, one load step, a warm start-up: figures in the JSON, the table, PNGs."""
+    pytest.importorskip("matplotlib")
+    s = tiny(sections=("e2e", "startup", "bus"), e2e_sensors=(3,), e2e_fractions=(0.5,), e2e_step_s=0.6,
+             e2e_saturation_s=1.0, pipeline_settle_s=0.2, startup_cold=False, startup_warm_runs=1,
+             bus_blocks=(64,), bus_transports=("ipc",), bus_modes=("zero_copy",), bus_s=0.05)
+    res = run.run_bench(s, log=lambda m: None)
+    assert res["errors"] == {}, res["errors"]
+    run3 = res["e2e"]["runs"]["3"]
+    assert run3["saturation_windows_per_s"] > 0
+    (st,) = run3["steps"]
+    assert "error" not in st, st
+    assert st["load_fraction"] == 0.5 and st["sensors"] == 3 and st["socket"] == "sub"
+    assert st["messages_sent"] > 0 and st["lost_messages"] == 0 and st["dropped_by_daemon"] == 0
+    assert st["counts"]["windows_scored"] == st["counts"]["windows_expected"] > 0
+    assert 0 < st["p50_latency_us"] <= st["p99_latency_us"] <= st["p999_latency_us"]
+    assert sum(st["latency_histogram"]["counts"]) >= st["counts"]["windows_scored"]
+    assert res["figures"]["e2e.3.50pct.p999_latency_us"] == st["p999_latency_us"]
+    (warm,) = res["startup"]["runs"]
+    assert warm["cache"] == "warm" and warm["first_decision_s"] > 0 and warm["rss_mb_at_first_decision"] > 0
+    assert res["figures"]["startup.warm.first_decision_s"] == warm["first_decision_s"]
+    table = run.render(res)
+    assert "end to end" in table and "start-up" in table and "bus:" in table
+    path = run.write_json(res, str(tmp_path / "r.json"))
+    saved = json.loads(path.read_text())
+    assert saved["e2e"]["runs"]["3"]["steps"][0]["p999_latency_us"] == st["p999_latency_us"]
+    # --from re-renders and --plot draws from the saved file
+    rc = run.main(argparse.Namespace(from_json=str(path), plot=str(tmp_path / "png")))
+    assert rc == 0 and "end to end" in capsys.readouterr().out
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == ["bus.png", "e2e-latency-cdf-3sensors.png", "e2e-throughput.png"]
+    assert all((tmp_path / "png" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
