@@ -1,9 +1,7 @@
-"""edgert.bench: the benchmark behind ``edgert bench`` (repository directory ``bench/``).
+"""edgert.bench: the benchmark suite behind ``edgert bench`` (repository directory ``bench/``).
 
-`run.main(args)` measures, in one run: the numba kernels against their numpy references,
-the bare batch-32 / batch-1 invoke rate of the CPU backend, the daemon's sustained
-windows/s over ZeroMQ (daemon and sender pinned to separate cores), and latency, RSS and
-start-up of a fresh daemon at half that load. Results go to a JSON file
-(``bench/results/bench-<timestamp>.json`` under the current directory by default) whose
-``ratios`` hold the machine-independent figures (pipeline / bare invoke, numba / numpy).
+`run.main(args)` runs the sections (kernels, bare invoke, pipeline, latency, inference, bus,
+end to end, start-up; see `run`), prints a table and writes one JSON file with every figure,
+the machine, the library versions and the settings. ``--quick`` is the CI subset whose
+``ratios`` (pipeline / bare invoke, numba / numpy) are compared with bench/baseline.json.
 """

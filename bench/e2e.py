@@ -36,6 +36,7 @@ def load_steps(model, model_arg: str, sensor_counts=SENSORS, fractions=FRACTIONS
     A failing step is recorded as ``{"error": ...}`` and the next one runs.
     """
     runs = {}
+    fd_limit = pipeline.raise_fd_limit(4 * max(sensor_counts) + 256)
     for n in sensor_counts:
         entry: dict = {"sensors": n}
         runs[str(n)] = entry
@@ -82,7 +83,7 @@ def load_steps(model, model_arg: str, sensor_counts=SENSORS, fractions=FRACTIONS
                         f"{st['dropped_by_daemon']}, lost {st['lost_messages']} of {st['messages_sent']}")
         entry["steps"] = steps
     return {"socket": socket, "block_samples": block, "step_s": step_s, "saturation_s": sat_s,
-            "fractions": list(fractions), "sender_sndhwm": sndhwm, "runs": runs}
+            "fractions": list(fractions), "sender_sndhwm": sndhwm, "open_files_limit": fd_limit, "runs": runs}
 
 
 def _num(x) -> str:

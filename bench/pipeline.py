@@ -375,6 +375,27 @@ class SensorLoad:
             p.sock.close(linger=0)
 
 
+MAX_SOCKETS = 8192
+
+
+def raise_fd_limit(want: int) -> int:
+    """Raise this process's soft open-files limit towards `want` (up to the hard limit): every
+    sensor socket takes a few descriptors. Returns the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return want
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 class Session:
     """A fresh daemon with its start-up measured and the counters' baseline taken.
 
@@ -399,6 +420,7 @@ class Session:
 
     def __enter__(self) -> "Session":
         self.ctx = zmq.Context()
+        self.ctx.setsockopt(zmq.MAX_SOCKETS, MAX_SOCKETS)  # libzmq's default is 1023: too few for 1024 sensors
         try:
             self.d = DaemonProc(self.model_arg, self.stats_interval, self.cpu_daemon, self.tag,
                                 extra=self.extra, socket=self.socket, env=self.env)

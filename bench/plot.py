@@ -78,16 +78,17 @@ def plot_all(result: dict, out_dir) -> list:
     if runs:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
         top = 0.0
-        for n, run in runs.items():
+        for i, (n, run) in enumerate(runs.items()):
             steps = [s for s in run.get("steps", []) if "error" not in s]
             if not steps:
                 continue
+            col = f"C{i}"
             x = [s["offered_windows_per_s"] for s in steps]
             y = [s.get("windows_per_s") or np.nan for s in steps]
             top = max(top, max(x), np.nanmax(y) if any(v == v for v in y) else 0)
-            ax1.plot(x, y, "o-", label=f"{n} sensor(s)")
-            ax2.plot(x, [s.get("p99_latency_us") or np.nan for s in steps], "o-", label=f"{n}: p99")
-            ax2.plot(x, [s.get("p999_latency_us") or np.nan for s in steps], "x--", label=f"{n}: p99.9")
+            ax1.plot(x, y, "o-", color=col, label=f"{n} sensor(s)")
+            ax2.plot(x, [s.get("p99_latency_us") or np.nan for s in steps], "o-", color=col, label=f"{n}: p99")
+            ax2.plot(x, [s.get("p999_latency_us") or np.nan for s in steps], "x--", color=col, label=f"{n}: p99.9")
         ax1.plot([0, top], [0, top], color="grey", lw=0.6, ls=":", label="achieved = offered")
         ax1.set_xlabel("offered windows/s")
         ax1.set_ylabel("achieved windows/s")

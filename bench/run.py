@@ -1,21 +1,36 @@
-"""``edgert bench [--quick] [--json] [--out FILE]``: kernels, bare invoke, pipeline, latency.
+"""``edgert bench [--quick] [--only SECTIONS] [--plot DIR] [--json] [--out FILE] [--from FILE]``.
 
-One run measures, in this order (see the modules for how):
+Sections, in the order they run (see the modules for how each is measured):
 
 1. kernels (`micro.bench_kernels`): each numba kernel vs its numpy reference on 32 windows of
-   the model's W×C and of 64×8 → µs per call and the speedup (target ≥ 5×).
-2. bare invoke (`micro.bench_invoke`): ``backend.run(32)`` and ``run(1)`` in a loop → windows/s.
+   the model's W×C and of 64×8, and (full mode) of every W × C in 32/64/256 × 1/3/8 → µs per
+   call and the speedup (target ≥ 5×).
+2. invoke (`micro.bench_invoke`): bare ``backend.run(32)`` and ``run(1)`` in a loop → windows/s.
 3. pipeline (`pipeline.saturate`): the daemon as a subprocess on CPU 0, blocks of 64 samples
    from 8 sensors sent from CPU 1 as fast as it takes them → sustained windows/s; the ratio to
    the bare batch-32 rate (target ≥ 0.5).
-4. latency (`pipeline.paced`): a fresh daemon at 50 % of that rate → p50/p99 latency
+4. latency (`pipeline.paced`): a fresh daemon at 50 % of that rate → p50/p99/p99.9 latency
    (target p99 ≤ 2000 µs), RSS (target ≤ 200 MB), start-up (spawn → first decision).
+5. inference (`inference`): every shipped model × variant (dynamic, b1, packed) × backend
+   (cpu; edgetpu and delegates, or why they are not available) × batch 1/8/32/packed →
+   windows/s and per-call p50/p99.
+6. bus (`bus`): ZeroMQ ipc vs tcp loopback, blocks of 1…4096 samples of the wire format,
+   copy vs zero-copy receive, the sender in its own process on the other core → messages/s,
+   samples/s.
+7. e2e (`e2e`): 1, 64 and 1024 sensors; per count its saturation rate, then load steps of
+   10…150 % of it on fresh daemons → windows/s achieved, p50/p99/p99.9, drops and losses.
+8. startup (`startup`): ``edgert serve`` → first decision with a cold numba cache (a fresh
+   ``NUMBA_CACHE_DIR``) and warm; daemon RSS.
 
-Prints a table (progress goes to stderr); with ``--json`` the last stdout line is the whole
-result as one JSON object. Every run writes that JSON to ``--out`` or to
-``bench/results/bench-<timestamp>.json`` under the current directory. Machine-independent
-figures (pipeline / bare, numba / numpy per kernel) are under ``"ratios"``.
-Exit status: 0 when every section ran (whether or not targets were met), 1 otherwise.
+``--quick`` (CI) runs sections 1-4 with small budgets (~20 s). ``--only kernels,bus`` picks
+sections. Prints a table (progress goes to stderr); with ``--json`` the last stdout line is the
+whole result as one JSON object. Every run writes that JSON (figures, machine, versions,
+settings) to ``--out`` or to ``bench/results/bench-<timestamp>.json`` under the current
+directory; ``--plot DIR`` draws PNGs from it (`plot`), ``--from FILE`` re-renders a saved one.
+Machine-independent figures (pipeline / bare, numba / numpy per kernel) are under ``"ratios"``;
+those named in bench/baseline.json are the CI gate.
+Exit status: 0 when every section ran (whether or not targets were met), 1 otherwise (or a
+ratio fell below 0.5 × its baseline), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -88,6 +103,7 @@ class Settings:
     e2e_step_s: float = 4.0
     e2e_saturation_s: float = 6.0
     e2e_socket: str = "sub"
+    e2e_sndhwm: int = 1000  # each sensor socket's send queue (ZeroMQ's default); past it PUB drops
     # start-up: one cold numba cache, then warm ones
     startup_warm_runs: int = 2
     startup_cold: bool = True  # False: warm runs only, numba's default cache (tests)
@@ -379,7 +395,7 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
                                  settle=settings.pipeline_settle_s, block=settings.block_samples,
                                  stats_interval=settings.stats_interval_s, backlog_msgs=settings.backlog_msgs,
                                  cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s,
-                                 socket=settings.e2e_socket, log=log)
+                                 socket=settings.e2e_socket, sndhwm=settings.e2e_sndhwm, log=log)
             res["machine_load"] = m.stop()
             result["e2e"] = res
         except Exception as exc:  # noqa: BLE001
@@ -655,12 +671,15 @@ def render_more(r: dict) -> list:
         lines.append(f"end to end ({e['socket']} socket, {e['block_samples']}-sample blocks, {e['step_s']:g} s per "
                      f"step, fresh daemon per step; latency = daemon receipt -> decision)")
         lines.append(f"  {'sensors load':<14}{'per-sensor Hz':>14}{'offered w/s':>12}{'achieved':>10}{'p50 µs':>9}"
-                     f"{'p99 µs':>9}{'p99.9 µs':>10}{'dropped':>9}{'lost':>8}{'sent':>9}")
+                     f"{'p99 µs':>9}{'p99.9 µs':>10}{'dropped':>9}{'lost':>8}{'sent':>9}{'daemon cores':>13}")
         for n, run in e["runs"].items():
             if "error" in run:
                 lines.append(f"  {n:>7}: ERROR {run['error']}")
                 continue
-            lines.append(f"  {n:>7} saturation {_fmt(run['saturation_windows_per_s'], 0)} windows/s")
+            sat = run.get("saturation") or {}
+            lines.append(f"  {n:>7} saturation {_fmt(run['saturation_windows_per_s'], 0)} windows/s (the daemon got "
+                         f"{_fmt(sat.get('daemon_cpu_share'), 2)} cores: {_fmt(sat.get('windows_per_daemon_cpu_s'), 0)} "
+                         f"windows per daemon CPU-second)")
             for st in run.get("steps", []):
                 pct = f"{st['load_fraction']:.0%}"
                 if "error" in st:
@@ -670,7 +689,8 @@ def render_more(r: dict) -> list:
                              f"{_fmt(st['offered_windows_per_s'], 0):>12}{_fmt(st['windows_per_s'], 0):>10}"
                              f"{_fmt(st['p50_latency_us'], 0):>9}{_fmt(st['p99_latency_us'], 0):>9}"
                              f"{_fmt(st['p999_latency_us'], 0):>10}{st['dropped_by_daemon']:>9}"
-                             f"{st['lost_messages']:>8}{st['messages_sent']:>9}")
+                             f"{st['lost_messages']:>8}{st['messages_sent']:>9}"
+                             f"{_fmt(st.get('daemon_cpu_share'), 2):>13}")
     su = r.get("startup")
     if su:
         lines.append("")
