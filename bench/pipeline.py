@@ -420,7 +420,7 @@ class Session:
 
     def __enter__(self) -> "Session":
         self.ctx = zmq.Context()
-        self.ctx.setsockopt(zmq.MAX_SOCKETS, MAX_SOCKETS)  # libzmq's default is 1023: too few for 1024 sensors
+        self.ctx.set(zmq.MAX_SOCKETS, MAX_SOCKETS)  # libzmq's default is 1023: too few for 1024 sensors
         try:
             self.d = DaemonProc(self.model_arg, self.stats_interval, self.cpu_daemon, self.tag,
                                 extra=self.extra, socket=self.socket, env=self.env)
@@ -680,7 +680,9 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
     res = {
         "sensors": n_sensors, "block_samples": block, "socket": socket,
         "target_windows_per_s": round(windows_per_s, 1),
-        "offered_windows_per_s": round(total * block / H / secs, 1),
+        # windows the blocks sent complete (a sensor's first block completes 1, later ones H/block
+        # each), per second of sending
+        "offered_windows_per_s": None,
         "windows_per_s": round(achieved, 1) if achieved is not None else None,
         "per_sensor_samples_per_s": round(per_sensor_hz, 2),
         "per_sensor_windows_per_s": round(per_sensor_hz / H, 3),
@@ -704,6 +706,7 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
         "final": _final_summary(final),
         "counts": _count_check(final, sent, block, W, H, st_fig),
     }
+    res["offered_windows_per_s"] = round(res["counts"]["windows_expected"] / secs, 1)
     res["problems"] = _problems(res, final, loaded=False)
     return res
 
