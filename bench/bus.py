@@ -18,6 +18,7 @@ receiver well below it means the receive path had room to spare.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import shutil
@@ -31,6 +32,7 @@ BLOCKS = (1, 16, 64, 256, 1024, 4096)
 TRANSPORTS = ("ipc", "tcp")
 MODES = ("copy", "zero_copy")
 END = b"END"
+SEND_TIMEOUT_MS = 10000
 
 
 def _sender_main(conn, cpu) -> None:
@@ -52,25 +54,31 @@ def _sender_main(conn, cpu) -> None:
             rng = np.random.default_rng(block)
             data = rng.standard_normal((block, C)).astype(np.float32)
             pub = SensorPublisher(cmd["endpoint"], "bus-0", kind="push", ctx=ctx, sndhwm=1000)
-            pub.sock.setsockopt(zmq.LINGER, 5000)
+            pub.sock.setsockopt(zmq.LINGER, 0)
+            pub.sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)  # a stuck receiver must not hang us
             perf = time.perf_counter
             send = pub.send
             n, t_ns, dt = 0, time.time_ns(), 1_000_000
             c0 = time.process_time()
             t0 = perf()
             t_end = t0 + seconds
-            while True:
-                for _ in range(32):
-                    send(data, t_ns, dt)
-                    t_ns += block * dt
-                n += 32
-                if perf() >= t_end:
-                    break
-            t1 = perf()
-            pub.sock.send(END)
+            error = None
+            try:
+                while True:
+                    for _ in range(32):
+                        send(data, t_ns, dt)
+                        t_ns += block * dt
+                    n += 32
+                    if perf() >= t_end:
+                        break
+                t1 = perf()
+                pub.sock.send(END)
+            except zmq.Again:
+                t1 = perf()
+                error = f"a send blocked for {SEND_TIMEOUT_MS / 1000:g} s after {n} messages"
             cpu_s = time.process_time() - c0
             pub.sock.close()
-            conn.send({"sent": n, "seconds": t1 - t0, "cpu_share": cpu_s / max(1e-9, t1 - t0)})
+            conn.send({"sent": n, "seconds": t1 - t0, "cpu_share": cpu_s / max(1e-9, t1 - t0), "error": error})
     finally:
         ctx.term()
         conn.close()
@@ -107,8 +115,11 @@ class Sender:
         self.conn.close()
 
 
+_serial = itertools.count()
+
+
 def receive_point(ctx, sender: Sender, transport: str, block: int, mode: str, channels: int,
-                  seconds: float, tmpdir: str, timeout: float = 30.0) -> dict:
+                  seconds: float, tmpdir: str, timeout: float = 15.0) -> dict:
     """One measurement: bind, have the sender send for `seconds`, receive and decode everything."""
     from edgert import wire
     from edgert.bus import recv_frames
@@ -118,8 +129,8 @@ def receive_point(ctx, sender: Sender, transport: str, block: int, mode: str, ch
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
     try:
-        if transport == "ipc":
-            sock.bind(f"ipc://{tmpdir}/bus-{block}-{mode}")
+        if transport == "ipc":  # a fresh path per point: never one a closing socket may still unlink
+            sock.bind(f"ipc://{tmpdir}/bus-{next(_serial)}")
         else:
             sock.bind("tcp://127.0.0.1:*")
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -134,8 +145,9 @@ def receive_point(ctx, sender: Sender, transport: str, block: int, mode: str, ch
             try:
                 frames = recv_frames(sock, 0) if zero else sock.recv_multipart()
             except zmq.Again:
+                snd = sender.result(SEND_TIMEOUT_MS / 1000 + timeout)  # the sender gives up too
                 raise RuntimeError(f"bus {transport} block {block} {mode}: nothing received for "
-                                   f"{timeout:.0f} s after {n} messages") from None
+                                   f"{timeout:.0f} s after {n} messages (sender: {snd.get('error')})") from None
             if len(frames) == 1:
                 t_last = perf()
                 c1 = time.thread_time()
@@ -164,6 +176,7 @@ def receive_point(ctx, sender: Sender, transport: str, block: int, mode: str, ch
         "receiver_thread_cpu_share": round((c1 - c0) / secs, 3) if secs > 0 else None,
         "sender_msgs_per_s": round(snd["sent"] / snd["seconds"], 1),
         "sender_cpu_share": round(snd["cpu_share"], 3),
+        "sender_error": snd.get("error"),
     }
 
 
@@ -173,7 +186,7 @@ def bus_sweep(blocks=BLOCKS, transports=TRANSPORTS, modes=MODES, channels: int =
     ctx = zmq.Context()
     tmpdir = tempfile.mkdtemp(prefix="edgert-bench-bus-")
     sender = Sender(cpu_sender)
-    points = []
+    points, errors = [], []
     try:
         # a short discarded point first: the sender's first connection and sends (imports,
         # allocations) would otherwise land in the first figure
@@ -181,7 +194,15 @@ def bus_sweep(blocks=BLOCKS, transports=TRANSPORTS, modes=MODES, channels: int =
         for transport in transports:
             for block in blocks:
                 for mode in modes:
-                    p = receive_point(ctx, sender, transport, block, mode, channels, seconds, tmpdir)
+                    try:
+                        p = receive_point(ctx, sender, transport, block, mode, channels, seconds, tmpdir)
+                    except RuntimeError as exc:  # one stuck point: record it, go on with a fresh sender
+                        errors.append(str(exc))
+                        if log:
+                            log(f"  bus {transport} {block:>5} samples {mode:<9}: ERROR {exc}")
+                        sender.close()
+                        sender = Sender(cpu_sender)
+                        continue
                     points.append(p)
                     if log:
                         log(f"  bus {transport} {block:>5} samples {mode:<9}: {p['messages_per_s']:>10,.0f} msgs/s "
@@ -192,4 +213,4 @@ def bus_sweep(blocks=BLOCKS, transports=TRANSPORTS, modes=MODES, channels: int =
         ctx.term()
         shutil.rmtree(tmpdir, ignore_errors=True)
     return {"channels": channels, "seconds_per_point": seconds, "sender_cpu": cpu_sender,
-            "socket": "PUSH (sender, connects) -> PULL (receiver, binds)", "points": points}
+            "socket": "PUSH (sender, connects) -> PULL (receiver, binds)", "points": points, "errors": errors}

@@ -750,8 +750,13 @@ def _problems(res: dict, final: dict, loaded: bool) -> list:
     if notes:
         out.append(f"daemon noted stream irregularities on correctly sequenced input: {notes}")
     c = res["counts"]
+    if res.get("lost_messages"):
+        out.append(f"{res['lost_messages']} of {res['messages_sent']} blocks sent never reached the daemon "
+                   "(ZeroMQ dropped them at a full queue)")
     if c["mismatch"]:
-        out.append(f"windows scored differ from what was sent: {c['mismatch']}")
+        more = c.get("sensors_mismatched", len(c["mismatch"])) - len(c["mismatch"])
+        out.append(f"windows scored differ from what was sent: {c['mismatch']}"
+                   + (f" and {more} more sensors" if more > 0 else ""))
     if c["probe_windows"] != c["probe_windows_expected"]:
         out.append(f"probe sensor: {c['probe_windows']} windows scored, {c['probe_windows_expected']} expected")
     gap = res.get("max_stats_gap_s")

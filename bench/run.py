@@ -104,6 +104,7 @@ class Settings:
     e2e_saturation_s: float = 6.0
     e2e_socket: str = "sub"
     e2e_sndhwm: int = 1000  # each sensor socket's send queue (ZeroMQ's default); past it PUB drops
+    e2e_max_extra_steps: int = 2  # more steps (1.5x each) while the daemon still keeps up
     # start-up: one cold numba cache, then warm ones
     startup_warm_runs: int = 2
     startup_cold: bool = True  # False: warm runs only, numba's default cache (tests)
@@ -395,7 +396,8 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
                                  settle=settings.pipeline_settle_s, block=settings.block_samples,
                                  stats_interval=settings.stats_interval_s, backlog_msgs=settings.backlog_msgs,
                                  cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s,
-                                 socket=settings.e2e_socket, sndhwm=settings.e2e_sndhwm, log=log)
+                                 socket=settings.e2e_socket, sndhwm=settings.e2e_sndhwm,
+                                 max_extra_steps=settings.e2e_max_extra_steps, log=log)
             res["machine_load"] = m.stop()
             result["e2e"] = res
         except Exception as exc:  # noqa: BLE001
@@ -501,6 +503,7 @@ def _summarize_more(r: dict, figures: dict) -> None:
                     figures[f"{base}.windows_per_s"] = row["windows_per_s"]
                     figures[f"{base}.p50_us"] = row["p50_us"]
                     figures[f"{base}.p99_us"] = row["p99_us"]
+    r["problems"] += [f"bus: {x}" for x in (r.get("bus") or {}).get("errors", [])]
     for p in (r.get("bus") or {}).get("points", []):
         base = f"bus.{p['transport']}.{p['block_samples']}.{p['mode']}"
         figures[f"{base}.messages_per_s"] = p["messages_per_s"]

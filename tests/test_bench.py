@@ -175,6 +175,7 @@ def test_e2e_startup_json_table_and_plots(tmp_path, capsys):
     """One sensor count, one load step, a warm start-up: figures in the JSON, the table, PNGs."""
     pytest.importorskip("matplotlib")
     s = tiny(sections=("e2e", "startup", "bus"), e2e_sensors=(3,), e2e_fractions=(0.5,), e2e_step_s=0.6,
+             e2e_max_extra_steps=0,
              e2e_saturation_s=1.0, pipeline_settle_s=0.2, startup_cold=False, startup_warm_runs=1,
              bus_blocks=(64,), bus_transports=("ipc",), bus_modes=("zero_copy",), bus_s=0.05)
     res = run.run_bench(s, log=lambda m: None)
@@ -203,3 +204,13 @@ def test_e2e_startup_json_table_and_plots(tmp_path, capsys):
     pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
     assert pngs == ["bus.png", "e2e-latency-cdf-3sensors.png", "e2e-throughput.png"]
     assert all((tmp_path / "png" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_e2e_steps_on_only_while_the_daemon_keeps_up():
+    from edgert.bench.e2e import _unsaturated
+    kept_up = {"windows_per_s": 990.0, "offered_windows_per_s": 1000.0, "lost_messages": 0, "dropped_by_daemon": 0}
+    assert _unsaturated(kept_up)
+    assert not _unsaturated({**kept_up, "windows_per_s": 900.0})
+    assert not _unsaturated({**kept_up, "lost_messages": 3})
+    assert not _unsaturated({**kept_up, "dropped_by_daemon": 1})
+    assert not _unsaturated({"error": "x"})
