@@ -4,7 +4,8 @@ A sender process (pinned to the other core when it can be) connects a PUSH socke
 blocks of the real wire format as fast as it can with `edgert.bus.SensorPublisher.send` (one
 msgpack header per block, the payload zero-copy from 64 KiB up as pyzmq does), then one
 1-frame end marker. This process binds PULL, as the daemon does, and for every message
-receives and validates it with `edgert.wire.decode`:
+receives and validates it with `edgert.wire.decode` (the sender keeps its socket open until
+the next point starts, so nothing queued is discarded at close):
 
 * ``copy``: ``recv_multipart()`` (each frame copied into a ``bytes``);
 * ``zero_copy``: `edgert.bus.recv_frames` (``Frame`` objects, the payload viewed in place),
@@ -45,16 +46,21 @@ def _sender_main(conn, cpu) -> None:
     from edgert.bus import SensorPublisher
 
     ctx = zmq.Context()
+    prev = None
     try:
         while True:
             cmd = conn.recv()
+            if prev is not None:
+                # closed only now that the receiver has had everything (a socket closed with
+                # messages still queued lost them here, linger or not)
+                prev.sock.close(linger=0)
+                prev = None
             if cmd is None:
                 break
             block, C, seconds = cmd["block"], cmd["channels"], cmd["seconds"]
             rng = np.random.default_rng(block)
             data = rng.standard_normal((block, C)).astype(np.float32)
             pub = SensorPublisher(cmd["endpoint"], "bus-0", kind="push", ctx=ctx, sndhwm=1000)
-            pub.sock.setsockopt(zmq.LINGER, 0)
             pub.sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)  # a stuck receiver must not hang us
             perf = time.perf_counter
             send = pub.send
@@ -77,9 +83,11 @@ def _sender_main(conn, cpu) -> None:
                 t1 = perf()
                 error = f"a send blocked for {SEND_TIMEOUT_MS / 1000:g} s after {n} messages"
             cpu_s = time.process_time() - c0
-            pub.sock.close()
+            prev = pub
             conn.send({"sent": n, "seconds": t1 - t0, "cpu_share": cpu_s / max(1e-9, t1 - t0), "error": error})
     finally:
+        if prev is not None:
+            prev.sock.close(linger=0)
         ctx.term()
         conn.close()
 
