@@ -552,7 +552,11 @@ def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: i
         mem = sysinfo.proc_mem_mb(d.pid)
         # wait until the daemon has consumed every block sent, so the counts can be checked exactly
         drain_s = 10.0 + 4 * backlog_msgs / max(1.0, (consumed + 1) / max(1e-3, t_stop - t_start))
-        drain_wait = s.wait_consumed(total, drain_s, "saturating")
+        if socket == "sub":  # PUB/SUB may lose blocks (a full queue): wait for what arrives
+            drain_wait = _wait_settled(s, total, drain_s)
+        else:
+            drain_wait = s.wait_consumed(total, drain_s, "saturating")
+        received = s.consumed()
         final = s.stop()
         evs.drain(200)
         st_fig = s.startup
@@ -563,6 +567,7 @@ def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: i
         "sensors": n_sensors, "block_samples": block, "socket": socket,
         "seconds_loaded": round(t_stop - t_start, 3),
         "startup": st_fig, "messages_sent": total,
+        "messages_received": received, "lost_messages": total - received,
         "sender_msgs_per_s": round(total / (t_stop - t_start), 1),
         "sender_blocked_share": round(blocked_s / (t_stop - t_start), 3),
         "sender_cpu_share": round(((ru1.user - ru0.user) + (ru1.system - ru0.system)) / (t_stop - t_start), 3),
@@ -712,7 +717,7 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
 
 
 def _wait_settled(s: Session, total: int, timeout: float) -> float:
-    """Wait until the daemon took all `total` messages or its count stopped moving for two stats
+    """Wait until the daemon took all `total` messages or its count stopped moving for three stats
     intervals (the rest was lost on the way); seconds waited."""
     t_w = time.perf_counter()
     last, still = -1, 0
@@ -721,7 +726,7 @@ def _wait_settled(s: Session, total: int, timeout: float) -> float:
         if got >= total:
             break
         still = still + 1 if got == last else 0
-        if still >= 2:
+        if still >= 3:
             break
         last = got
         s.next_stats()
