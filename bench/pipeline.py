@@ -8,8 +8,9 @@ CPU 1, and reads the daemon's ``stats`` events.
   backlog of unconsumed messages, so the daemon never waits for input and its ZeroMQ I/O
   thread never buffers hundreds of MB); the daemon's own ``windows`` / ``uptime_s`` counters
   over the busy period give the sustained rate.
-* `paced`: a fresh daemon, blocks paced by busy-waiting on ``perf_counter`` at a fixed window
-  rate; p50/p99 latency (receipt → decision), RSS and counts come from the daemon's final
+* `paced`: a fresh daemon, blocks paced at a fixed window rate (``time.sleep`` to each send's
+  due time, sends that fell behind go out back to back; ``spin=True`` busy-waits instead, which
+  measurably slows the daemon on the other core); p50/p99 latency (receipt → decision), RSS and counts come from the daemon's final
   JSON line printed at SIGTERM.
 * Both measure start-up: spawn → first decision, seen as the first ``anomaly`` event of a
   probe sensor fed a deliberately anomalous signal (a full-scale alternating square wave) as
@@ -615,7 +616,7 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
           block: int = 64, stats_interval: float = 0.2, cpu_daemon: int | None = 0,
           startup_timeout: float = 120.0, log=None, socket: str = "pull", sndhwm: int = 100000,
           n_sockets: int | None = None, expect_all: bool = True, drain_timeout: float = 10.0,
-          settle: float = 0.5) -> dict:
+          settle: float = 0.5, spin: bool = False) -> dict:
     """A fresh daemon at a fixed window rate: latency, RSS, start-up (see module doc).
 
     The sensors take turns (round robin), so each sends ``windows_per_s / n_sensors`` windows/s;
@@ -642,10 +643,16 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
         max_late = 0.0
         i = 0
         due = t_start
+        sleep = time.sleep
         for m in range(n_msgs):
             now = perf()
-            while now < due:
-                now = perf()
+            if now < due:
+                if spin:
+                    while now < due:
+                        now = perf()
+                else:  # sleep: a spinning sender slows the daemon's core too (shared caches/SMT)
+                    sleep(due - now)
+                    now = perf()
             lag = now - due
             if lag > 200e-6:
                 late += 1
