@@ -23,7 +23,8 @@ def cmd_serve(args) -> int:
                           backend=args.backend, socket=args.socket, max_batch=args.max_batch,
                           max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
                           threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
-                          publish_scores=args.publish_scores or None)
+                          publish_scores=args.publish_scores or None, adapt=args.adapt,
+                          adapt_hold_s=args.adapt_hold_s)
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -171,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed: the manifest's calibrated threshold (default); spot/dspot: streaming "
                         "peaks-over-threshold per sensor; quantile: rolling quantile per sensor")
     s.add_argument("--risk-q", type=float, dest="risk_q", help="SPOT risk q (default 1e-4)")
+    s.add_argument("--adapt", choices=["off", "safe"],
+                   help="safe: each sensor's normalization follows a new operating point (a sustained, "
+                        "stationary, common-gain shift the model accepts on probation); off (default)")
+    s.add_argument("--adapt-hold", type=float, dest="adapt_hold_s",
+                   help="seconds (sensor time) a shift must hold before it is tried (default 30)")
     s.add_argument("--publish-scores", action="store_true", dest="publish_scores",
                    help="also publish every window's score (event/scores/<sensor>), e.g. for replay --events-out")
     s.add_argument("--config", help="TOML file with the same keys")
