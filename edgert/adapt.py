@@ -4,9 +4,12 @@ The model sees windows normalized with the manifest's per-channel mean and std. 
 moves to a new operating point (more load: every phase current 30 % higher; a sensor re-zeroed:
 an offset) looks anomalous to it forever unless the normalization follows. Following blindly is
 how a slow fault, or an attacker, teaches a detector that abnormal is normal. So each sensor's
-normalization is ``x' = (x - mean_s) / std_s`` with ``mean_s = a_s * mean + b_s`` and
-``std_s = a_s * std``: one common gain ``a_s`` for all channels and a per-channel offset ``b_s``
-(an affine change of the operating point), and it changes only in two guarded ways:
+normalization is ``x' = (x - mean_s) / std_s`` with ``mean_s = mean + b_s`` and
+``std_s = a_s * std``: a per-channel level change ``b_s`` and one common gain ``a_s`` of the
+spread about that level for all channels (a new operating point: ``x_new - level_new =
+a (x_old - level_old)``; the gain scales about the level, not about zero, so a channel that sits
+far from zero — a temperature at 60 °C — is not shifted by it), and it changes only in two
+guarded ways:
 
 1. **Tracking** from windows judged normal (under the threshold): once per segment (default
    1 s of sensor time) the transform moves toward what the normal windows say, by at most
@@ -214,12 +217,11 @@ class SafeNormalization:
         return None
 
     def _target(self, s, m, sd):
-        """The transform (gain, offsets, per-channel gains) mapping the reference onto a regime
-        with window means m and stds sd (raw units)."""
+        """The transform (gain, level changes, per-channel gains) mapping the reference onto a
+        regime with window means m and stds sd (raw units)."""
         g_c = sd / np.maximum(self.ref_std[s], 1e-12)
         g = float(np.median(g_c))
-        b = m - g * self.ref_mean[s]
-        return g, b, g_c
+        return g, m - self.ref_mean[s], g_c
 
     def _track(self, s, m, sd) -> None:
         g, b, _ = self._target(s, m, sd)
@@ -248,7 +250,7 @@ class SafeNormalization:
                       "an imbalance, not a common operating-point change")
         elif not (1 / self.max_gain <= g <= self.max_gain):
             reason = f"gain {g:.3f} outside [1/{self.max_gain}, {self.max_gain}]"
-        elif np.max(np.abs(b - (g - 1) * self.base_mean) / std) > self.max_offset:
+        elif np.max(np.abs(b) / std) > self.max_offset:
             reason = f"offset beyond {self.max_offset} standard deviations"
         self._hist.pop(s, None)
         if reason is not None:
@@ -285,7 +287,7 @@ class SafeNormalization:
     def _apply(self, s: int, g: float, b) -> None:
         self.gain[s] = g
         self.offset[s] = b
-        self.mean[s] = g * self.base_mean + b
+        self.mean[s] = self.base_mean + b
         self.inv_std[s] = self._inv(g)
 
     def _inv(self, g: float) -> np.ndarray:

@@ -38,13 +38,13 @@ def test_common_shift_goes_on_probation_then_is_accepted():
     ref_m, ref_s = np.array([0.1, -0.1, 0.0]), np.array([1.4, 1.4, 1.5])
     assert feed(a, 0, 5, ref_m, ref_s, False) == []
     row_mean, row_inv = a.mean[0], a.inv_std[0]  # what a stream holds
-    new_m, new_s = ref_m * 1.3 + np.array([1.0, 0.0, -0.5]), ref_s * 1.3
+    new_m, new_s = ref_m + np.array([1.0, 0.0, -0.5]), ref_s * 1.3
     ev = feed(a, 5 * SEC, 13, new_m, new_s, True)
     assert [e["state"] for e in ev] == ["probation"]
     assert ev[0]["gain"] == pytest.approx(1.3, rel=1e-6)
     assert ev[0]["offset"] == pytest.approx([1.0, 0.0, -0.5], abs=1e-6)
     # The stream's views now normalize the new regime like the old one.
-    assert row_mean == pytest.approx(1.3 * MEAN + np.array([1.0, 0.0, -0.5]))
+    assert row_mean == pytest.approx(MEAN + np.array([1.0, 0.0, -0.5]))
     assert row_inv == pytest.approx(1 / (1.3 * STD))
     ev = feed(a, 18 * SEC, 4, new_m, new_s, False)  # the model agrees: normal under probation
     assert [e["state"] for e in ev] == ["accepted"] and a.accepted == 1
@@ -118,6 +118,23 @@ def test_reset_refills_the_views_streams_hold():
     a._apply(1, 1.5, np.ones(3))
     a.reset(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0]))
     assert view == pytest.approx([1.0, 2.0, 3.0]) and a.inv_std[1] == pytest.approx(1.0)
+
+
+def test_gain_scales_about_the_level_not_about_zero():
+    # A channel far from zero (60 °C, std 2): a 20 % wider spread must not move its level.
+    a = SafeNormalization(np.array([60.0]), np.array([2.0]), max_sensors=1, hold_s=5, probation_s=1)
+    feed(a, 0, 3, np.array([60.0]), np.array([1.5]), False)
+    # flagged until the candidate is applied (then the model finds the windows normal)
+    ev = feed(a, 3 * SEC, 12, np.array([60.0]), np.array([1.8]), lambda sec: a.state[0] != 2)
+    assert [e["state"] for e in ev] == ["probation", "accepted"]
+    g = ev[-1]["gain"]
+    assert 1.15 < g < 1.21  # 1.2, less the segment that straddles the change
+    assert a.mean[0] == pytest.approx([60.0]) and a.inv_std[0] == pytest.approx([1 / (a.gain[0] * 2.0)])
+    # Tracking's gain budget likewise leaves the level alone.
+    b = SafeNormalization(np.array([60.0]), np.array([2.0]), max_sensors=1)
+    feed(b, 0, 3, np.array([60.0]), np.array([1.5]), False)
+    feed(b, 3 * SEC, 100, np.array([60.0]), np.array([1.6]), False)
+    assert b.gain[0] > 1.02 and b.mean[0] == pytest.approx([60.0])
 
 
 def test_constant_channel_normalizes_to_zero():
