@@ -28,13 +28,10 @@ run (same models, same scores):
   error taken (``kernels.recon_error``) and divided by the calibrated per-channel references.
   An accepted operating point restarts the adaptive threshold (as ``Daemon._adapted``).
   ``safe`` keeps the fixed threshold; ``safe+spot`` adds SPOT.
-* ``safe-centred`` (``+spot``): the same, but the sensor's samples are centred on the model's
-  mean before they reach the ring and `SafeNormalization` (built with mean 0). Its transform is
-  ``mean_s = gain * mean + offset``: on raw SKAB samples, whose levels sit far from zero in
-  standard deviations (valve1/0: voltage 23, accelerometers 53-91, thermocouple 706),
-  tracking's bounded gain (step 0.2 %, budget 5 %) moves ``mean_s`` by many standard
-  deviations (5 % x 706), far outside its offset budget; centred, the gain scales deviations
-  from the calibrated level instead. Nothing else changes.
+  (This replay found that `SafeNormalization`'s gain once scaled about zero, so on SKAB's
+  channels, which sit far from zero in standard deviations — valve1/0: voltage 23,
+  accelerometers 53-91, thermocouple 706 — tracking's 5 % gain budget moved their levels by many
+  standard deviations; the gain now scales the spread about the level.)
 
 Every file's stream starts at row 0: the training windows come first (their decisions are not
 scored; they warm the adaptive parts up), then the test windows, each decided before anything
@@ -56,8 +53,8 @@ from . import skab
 
 SEC = 10**9  # SKAB samples at 1 Hz: row r is at sensor time r seconds
 
-#: variant -> (threshold kind, PageHinkley drift recalibration, safe normalization: None, "raw"
-#: (the daemon's: the sensor's raw samples) or "centred" (samples minus the model's mean))
+#: variant -> (threshold kind, PageHinkley drift recalibration, safe normalization: None or
+#: "raw" (the daemon's: on the sensor's raw samples))
 VARIANTS = {
     "spot": ("spot", False, None),
     "dspot": ("dspot", False, None),
@@ -67,8 +64,6 @@ VARIANTS = {
     "quantile+drift": ("quantile", True, None),
     "safe": ("fixed", False, "raw"),
     "safe+spot": ("spot", False, "raw"),
-    "safe-centred": ("fixed", False, "centred"),
-    "safe-centred+spot": ("spot", False, "centred"),
 }
 
 
@@ -119,11 +114,10 @@ class RuntimeStream:
     samples are appended to a mirrored ring only up to the newest window asked for.
 
     ``score(i, k, mean, inv_std)`` -> float64 [k]: windows i..i+k-1 (window s = rows s..s+W-1),
-    per scored channel the tail error / ``ref``, maximum over ``channels``. With ``centred``
-    the series is ``x - model.mean`` (then pass means near 0)."""
+    per scored channel the tail error / ``ref``, maximum over ``channels``."""
 
     def __init__(self, model_dir, x: np.ndarray, tail: int, ref: np.ndarray,
-                 channels, max_batch: int = 1, centred: bool = False):
+                 channels, max_batch: int = 1):
         from .. import backends, models
 
         self.model = models.load(model_dir)
@@ -138,9 +132,7 @@ class RuntimeStream:
         if not 0 < tail <= W:
             raise ValueError(f"tail must be in 1..{W}, got {tail}")
         self.W, self.tail = W, int(tail)
-        # centred: the sensor delivers samples minus the model's mean (see safe-centred)
-        self.x = np.ascontiguousarray(np.asarray(x, np.float64) - self.model.mean
-                                      if centred else x, dtype=np.float32)
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
         self.cap = W + self.backend.max_batch + 1
         self.ring = np.zeros((2 * self.cap, C), np.float32)
         self.pos = 0
@@ -237,8 +229,8 @@ def replay(n_win: int, score, threshold, batch: int = 1, norm=None, win_mean=Non
 def run_variant(variant: str, f: skab.SkabFile, pre_scores: np.ndarray, calibrated: float,
                 n_warm: int, stats, stream_factory, batch: int = 1) -> Replay:
     """One variant on one file. ``pre_scores`` [n_win]: the fixed-normalization scores (used
-    unless the variant adapts the normalization, which needs ``stream_factory(centred)`` -> a
-    `RuntimeStream` over the file's samples, centred on the model's mean if asked);
+    unless the variant adapts the normalization, which needs ``stream_factory()`` -> a
+    `RuntimeStream` over the file's samples);
     ``stats``: `window_stats` of the file (raw samples)."""
     from ..adapt import SafeNormalization
     from ..config import Config
@@ -254,13 +246,10 @@ def run_variant(variant: str, f: skab.SkabFile, pre_scores: np.ndarray, calibrat
     if norm_mode is None:
         return replay(n_win, lambda i, k, *_: pre_scores[i:i + k], thr, batch=batch,
                       drift=drift, drift_rows=rms, t_start=t_start)
-    stream = stream_factory(norm_mode == "centred")
+    stream = stream_factory()
     try:
         m = stream.model
-        base = np.zeros_like(m.mean) if norm_mode == "centred" else m.mean
-        if norm_mode == "centred":
-            mean = mean - m.mean  # the stats of the centred samples (std and RMS of raw ones)
-        norm = SafeNormalization(base, m.std, max_sensors=1, hold_s=cfg.adapt_hold_s,
+        norm = SafeNormalization(m.mean, m.std, max_sensors=1, hold_s=cfg.adapt_hold_s,
                                  probation_s=cfg.adapt_probation_s)
         return replay(n_win, stream.score, thr, batch=batch, norm=norm, win_mean=mean,
                       win_std=std, drift=drift, drift_rows=rms, t_start=t_start)
@@ -285,8 +274,7 @@ def make_hook(variants: list[str], batch: int = 1, log=print):
         for v in variants:
             t0 = time.time()
             r = run_variant(v, f, stream_score, cfg.factor, n_tr, stats,
-                            lambda centred: RuntimeStream(model_dir, f.x, cfg.tail, ref, scored,
-                                                          batch, centred),
+                            lambda: RuntimeStream(model_dir, f.x, cfg.tail, ref, scored, batch),
                             batch=batch)
             out[v] = {"stream_flags": r.flags, "drifts": r.drifts, "norm_events": r.norm_events,
                       "final_threshold": float(r.thresholds[-1]),
