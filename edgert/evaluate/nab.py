@@ -91,13 +91,15 @@ class NabConfig:
     rep_headroom: float = 3.0    # int8 input range: training windows and the same x this
     rep_windows: int = 400
     seed: int = 0
-    # online decisions
-    risk: float = 1e-3           # DSPOT risk q
-    level: float = 0.9           # DSPOT initial-threshold quantile
-    depth: int = 0               # DSPOT moving-average depth (0: SPOT)
-    refractory: float = 1.0      # quiet rows before a new event, x the probationary length
+    # online decisions (`OnlineScorer`)
+    short: int = 10              # rows in the short-term mean of the log error
+    long: int = 8640             # rows in the long-run statistics (30 days at 5 minutes)
     ph_threshold: float = 200.0  # Page-Hinkley lambda on the standardized log error
     ph_delta: float = 0.5
+    min_segment: int = 200       # rows after a drift before the statistics restart there
+    trigger_risk: float = 1e-2   # SPOT risk on the likelihood
+    trigger_init: int = 200      # rows before SPOT fits its tail
+    refractory: float = 0.1      # quiet rows before a new event, x the probationary length
     batch: int = 32              # rows decided per step (the backend's batch)
 
     def spec(self) -> dict:
@@ -113,68 +115,112 @@ class NabConfig:
 # ---------------------------------------------------------------------------------------------
 
 class OnlineScorer:
-    """Turns a stream of per-row errors into NAB anomaly scores, batch by batch.
+    """Turns a stream of per-row reconstruction errors into NAB anomaly scores, batch by batch.
+
+    Per row ``i`` (with ``r = log(error)``):
+
+    * likelihood (as Numenta's "anomaly likelihood", on our error): the mean of ``r`` over
+      the last ``short`` rows against the mean and standard deviation of ``r`` over the last
+      ``long`` rows; ``x = min(1, -log10(gaussian tail) / 20)``.
+    * drift: Page-Hinkley (``edgert.drift.PageHinkley``) on ``r``; at a drift the long-run
+      statistics restart from that row (once ``min_segment`` rows have followed it), so a new
+      normal level stops alarming instead of alarming for ``long`` rows.
+    * trigger: a SPOT threshold (``edgert.thresholds.SpotThreshold``, risk ``trigger_risk``)
+      learned online on ``x`` (its guards: bursts of alarms are not learned).
+    * event: a triggered row with no trigger in the ``refractory`` rows before it reports
+      ``x``; every other row reports 0 (NAB charges every detected row outside a window and
+      counts only the first one inside).
 
     Args:
-      calibration: errors of the probationary windows (the SPOT warm start).
       probation: probationary length in rows (sets the refractory period).
       cfg: `NabConfig`.
+      capacity: rows the stream will have at most (history buffers are preallocated).
     """
 
-    def __init__(self, calibration: np.ndarray, probation: int, cfg: NabConfig):
+    def __init__(self, probation: int, cfg: NabConfig, capacity: int):
         from ..drift import PageHinkley
         from ..thresholds import SpotThreshold
 
-        cal = np.asarray(calibration, np.float64)
-        cal = cal[np.isfinite(cal)]
         self.cfg = cfg
+        self.probation = int(probation)
         self.refractory = max(1, int(round(cfg.refractory * probation)))
-        self.n_cal = max(10, len(cal))
-        self.spot = SpotThreshold(q=cfg.risk, calibrated=None, n_init=self.n_cal,
-                                  level=cfg.level, depth=cfg.depth, ceiling=math.inf,
-                                  max_step=0.5)
-        self.spot.learn(np.zeros(len(cal), np.int64), cal, np.zeros(len(cal), bool))
+        self.spot = SpotThreshold(q=cfg.trigger_risk, calibrated=None, n_init=cfg.trigger_init,
+                                  ceiling=math.inf, max_step=0.5)
         self.ph = PageHinkley(1, delta=cfg.ph_delta, threshold=cfg.ph_threshold,
-                              min_n=min(self.n_cal, 200))
-        self.ph.update(np.zeros(len(cal), np.int64), np.log(cal + 1e-12))
-        self.last_event = -(1 << 40)
-        self.seen = 0
+                              min_n=cfg.min_segment)
+        self.cs = np.zeros(capacity + 1)    # prefix sums of r and r**2 (row i -> index i+1)
+        self.cs2 = np.zeros(capacity + 1)
+        self.n = 0                          # rows seen
+        self.seg = 0                        # first row of the current drift segment
+        self.last_trigger = -(1 << 40)
         self.drifts: list[int] = []
 
+    def _likelihood(self, i: np.ndarray, seg: np.ndarray) -> np.ndarray:
+        cfg, cs, cs2 = self.cfg, self.cs, self.cs2
+        b = np.maximum(i + 1 - cfg.short, 0)
+        m = (cs[i + 1] - cs[b]) / (i + 1 - b)
+        far = np.maximum(i + 1 - cfg.long, 0)
+        a = np.maximum(far, seg)
+        a = np.where(i + 1 - a < cfg.min_segment, far, a)  # too few rows since the drift
+        cnt = i + 1 - a
+        mu = (cs[i + 1] - cs[a]) / cnt
+        var = np.maximum((cs2[i + 1] - cs2[a]) / cnt - mu * mu, 1e-12)
+        z = (m - mu) / np.sqrt(var)
+        tail = 0.5 * _erfc(z / math.sqrt(2.0))
+        return np.minimum(1.0, -np.log10(np.maximum(tail, 1e-300)) / 20.0)
+
     def step(self, err: np.ndarray) -> np.ndarray:
-        """Anomaly scores in [0, 1) for the next ``len(err)`` rows."""
-        err = np.asarray(err, np.float64)
-        k = len(err)
+        """Anomaly scores in [0, 1] for the next ``len(err)`` rows (rows of the probationary
+        period only update the statistics and score 0)."""
+        r = np.log(np.asarray(err, np.float64) + 1e-12)
+        k = len(r)
+        i = self.n + np.arange(k)
+        self.cs[self.n + 1:self.n + k + 1] = self.cs[self.n] + np.cumsum(r)
+        self.cs2[self.n + 1:self.n + k + 1] = self.cs2[self.n] + np.cumsum(r * r)
         idx = np.zeros(k, np.int64)
-        thr = self.spot.values(idx).astype(np.float64)
-        ratio = np.where(np.isfinite(thr) & (thr > 0), err / np.where(thr > 0, thr, 1.0), 0.0)
-        flags = ratio > 1.0
+        drift = self.ph.update(idx, r)
+        seg = np.full(k, self.seg, np.int64)
+        for j in np.flatnonzero(drift):  # a segment starts after each drift row
+            seg[j + 1:] = self.n + j + 1
+            self.drifts.append(self.n + int(j))
+        self.seg = int(seg[-1]) if not drift[-1] else self.n + k
+        x = self._likelihood(i, seg)
+        self.n += k
         out = np.zeros(k)
-        for j in np.flatnonzero(flags):  # alarms are rare: one event per quiet spell
-            row = self.seen + int(j)
-            if row - self.last_event > self.refractory:
-                out[j] = 1.0 - 1.0 / ratio[j]
-            self.last_event = row
-        self.spot.learn(idx, err, flags)
-        drift = self.ph.update(idx, np.log(err + 1e-12))
-        if drift.any():
-            # a lasting change: the tail is re-learned from what follows (a new normal)
-            self.spot.recalibrate(0)
-            self.drifts.append(self.seen + int(np.flatnonzero(drift)[-1]))
-        self.seen += k
+        live = i >= self.probation
+        if not live.any():
+            return out
+        xl = x[live]
+        thr = self.spot.values(idx[:len(xl)]).astype(np.float64)
+        flags = xl > thr
+        rows = i[live]
+        pos = np.flatnonzero(live)
+        for j in np.flatnonzero(flags):  # triggers are rare
+            if rows[j] - self.last_trigger > self.refractory:
+                out[pos[j]] = xl[j]
+            self.last_trigger = int(rows[j])
+        self.spot.learn(idx[:len(xl)], xl, flags)
         return out
 
 
-def online_scores(err: np.ndarray, probation: int, window: int, cfg: NabConfig) -> np.ndarray:
+def _erfc(x: np.ndarray) -> np.ndarray:
+    """Complementary error function, elementwise (math.erfc; no scipy)."""
+    return np.frompyfunc(math.erfc, 1, 1)(x).astype(np.float64)
+
+
+def online_scores(err: np.ndarray, probation: float, window: int, cfg: NabConfig) -> np.ndarray:
     """NAB anomaly scores for one file from ``err[i]`` (the error of the window ending at row
-    ``i``; rows ``i < window - 1`` have none). Rows before ``probation`` score 0 (NAB ignores
-    them) and calibrate the threshold; later rows are decided in batches of ``cfg.batch``."""
+    ``i``; rows ``i < window - 1`` have none and are skipped). Rows before ``probation``
+    score 0 (NAB ignores them); the rest are decided in batches of ``cfg.batch`` rows."""
     err = np.asarray(err, np.float64)
     n = len(err)
-    p = int(math.ceil(probation))
+    start = window - 1
     out = np.zeros(n)
-    sc = OnlineScorer(err[window - 1:p], p, cfg)
-    for a in range(p, n, cfg.batch):
+    if n <= start:
+        return out
+    p = int(math.ceil(probation))
+    sc = OnlineScorer(max(0, p - start), cfg, n - start)
+    for a in range(start, n, cfg.batch):
         out[a:a + cfg.batch] = sc.step(err[a:a + cfg.batch])
     return out
 
@@ -347,11 +393,16 @@ def report(res: dict) -> str:
 
 def cmd_nab(args) -> int:
     cfg = NabConfig(seed=args.seed)
+    if args.epochs is not None:
+        cfg.epochs = int(args.epochs)
     try:
         res = evaluate(args.data, cfg, results=args.results, models=args.models,
                        profiles=args.profile or tuple(PROFILE_KEYS),
                        log=(lambda *a: print(*a, file=sys.stderr, flush=True)))
     except (FileNotFoundError, ValueError) as exc:
+        print(f"edgert eval nab: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # a backend that cannot run here (BackendError)
         print(f"edgert eval nab: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
@@ -395,6 +446,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append", choices=list(PROFILE_KEYS), default=None,
                    help="score only these profiles (repeatable; default all three)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="cap the training epochs (quick runs; default 60 with early stopping)")
     p.set_defaults(fn=cmd_nab)
     return p
 
