@@ -294,9 +294,13 @@ def test_online_scores_report_one_event_per_burst():
     assert not s[:p].any()          # probationary rows never score
     ev = np.flatnonzero(s > 0)
     burst = ev[(ev >= 3000) & (ev < 3060 + 72)]
-    assert list(burst) == [3000]    # reported once, at its first row
-    assert s[3000] == s.max()       # and stronger than any other event
+    # reported from its first row; again only as it grows 3x stronger (escalate), early on
+    assert burst[0] == 3000 and burst[-1] < 3010 and len(burst) <= 4
+    assert np.all(np.diff(s[burst]) > 0) and np.all(s[burst][1:] > 3 * s[burst][:-1])
+    assert s[burst].max() == s.max() > 0.5          # the strongest event of the stream
     assert len(ev) < 10
+    once = nab.online_scores(err, p, w, nab.NabConfig(escalate=0))
+    assert list(np.flatnonzero(once[3000:3132])) == [0]   # without escalation: once
 
 
 def test_drift_restart_makes_a_new_level_normal():
@@ -366,3 +370,18 @@ def test_vectorized_erfc_matches_math_erfc():
     got = nab._erfc(x)
     want = np.array([math.erfc(v) for v in x])
     assert np.max(np.abs(got / want - 1)) < 2e-7
+
+
+def test_level_channel_sees_what_the_error_does_not():
+    rng = np.random.default_rng(3)
+    n, w, p = 6000, 32, 750
+    err = np.exp(rng.normal(-3, 0.3, n))          # the model's error stays normal ...
+    values = rng.normal(0, 1, n)
+    values[4000:4200] += 6                        # ... while the level leaves its range
+    with_level = nab.online_scores(err, p, w, nab.NabConfig(), values)
+    without = nab.online_scores(err, p, w, nab.NabConfig(level=False), values)
+    assert with_level[4000:4010].max() == with_level.max() > 0.3
+    assert not without[4000:4010].any()
+    # the level alone, with a flat error (what --json reports as level_only)
+    alone = nab.online_scores(np.ones(n), p, w, nab.NabConfig(), values)
+    assert alone[4000:4010].any()
