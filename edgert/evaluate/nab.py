@@ -137,11 +137,14 @@ class OnlineScorer:
     * drift: Page-Hinkley (``edgert.drift.PageHinkley``) on ``r``; at a drift the long-run
       statistics restart from that row (once ``min_segment`` rows have followed it), so a new
       normal level stops alarming instead of alarming for ``long`` rows.
+    * level channel (``level``): the same likelihood of the sample value itself, two-sided,
+      over the long run (no drift restart); ``x`` is the larger of the two.
     * trigger: a SPOT threshold (``edgert.thresholds.SpotThreshold``, risk ``trigger_risk``)
-      learned online on ``x`` (its guards: bursts of alarms are not learned).
+      learned online on ``x`` after the probation (its guards: bursts are not learned).
     * event: a triggered row with no trigger in the ``refractory`` rows before it reports
-      ``x``; every other row reports 0 (NAB charges every detected row outside a window and
-      counts only the first one inside).
+      ``x``, and so does a trigger ``escalate`` times stronger than the episode's last
+      report; every other row reports 0 (NAB charges every detected row outside a window
+      and counts only the first one inside).
 
     Args:
       probation: probationary length in rows (sets the refractory period).
