@@ -344,6 +344,10 @@ def test_end_to_end_on_a_synthetic_corpus(tmp_path, capsys):
     assert nab.main(["--data", str(root), "--json", "--models", str(tmp_path / "models")]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["standard"] == res["standard"]
+    # ... but not models of another seed
+    assert nab.main(["--data", str(root), "--models", str(tmp_path / "models"),
+                     "--seed", "1"]) == 2
+    assert "trained with seed=0, this run asks for 1" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (NAB_DATA / "labels" / "combined_windows.json").is_file(),
