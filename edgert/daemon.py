@@ -446,6 +446,8 @@ class Daemon:
             if time.monotonic() >= next_watch:
                 next_watch = time.monotonic() + watch
                 self.check_model()
+            if self.reservoir is not None:
+                self.reservoir.maybe_flush()  # also while idle: the sidecar's count reaches disk
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 self.events.publish("stats", "daemon", self.stats())

@@ -3,6 +3,7 @@ by a real daemon (real sockets, the shipped int8 model, replayed ITSC data) with
 raw windows it judged normal."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -102,7 +103,8 @@ def test_daemon_keeps_only_normal_windows_raw_and_exact(tmp_path):
     assert got["meta"]["normalization"]["mean"] == pytest.approx(list(r.d.model.mean))
 
 
-def test_daemon_sampling_rate_bounds_writes_and_reopens(tmp_path):
+def test_daemon_sampling_rate_bounds_writes_and_reopens(tmp_path, monkeypatch):
+    monkeypatch.setattr(reservoir, "FLUSH_S", 0.2)
     rdir = tmp_path / "res"
     counts = []
     for run in range(2):  # a restart continues the same reservoir
@@ -113,6 +115,12 @@ def test_daemon_sampling_rate_bounds_writes_and_reopens(tmp_path):
             stream_recordings(r, f"s{run}", [HEALTHY, "SC_HLT_003"])
             per = windows_per_recording(r.d.model)
             assert r.wait_windows(2 * per)
+            # flushed on the timer while the daemon idles (not only at stop)
+            end = time.monotonic() + 5
+            while time.monotonic() < end and reservoir.load(rdir, "motor-ae")["meta"][
+                    "count"] != r.d.reservoir.count:
+                time.sleep(0.05)
+            assert reservoir.load(rdir, "motor-ae")["meta"]["count"] == r.d.reservoir.count
         finally:
             final = r.close()
         meta = reservoir.load(rdir, "motor-ae")["meta"]
