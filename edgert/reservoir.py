@@ -14,7 +14,8 @@ re-quantization differs from the scored tensor row) and skipped, never stored wr
 Everything is vectorized per batch; Python loops run per sensor in the batch, not per window.
 
 The sidecar is rewritten (temp file + ``os.replace``, after the data is flushed) on a timer
-and on close, so a reader never sees a count that the data does not hold. Reopening continues
+(``maybe_flush``, called from the daemon's loop between batches, never inside a batch) and on
+close, so a reader never sees a count that the data does not hold. Reopening continues
 where the ring stopped; a reservoir written for another window or channels is refused with an
 error naming the file and the field. No TensorFlow here: this runs in the daemon.
 """
@@ -208,7 +209,6 @@ class Reservoir:
         keep = ~flags[:k] & (self.rng.random(k) < self.rate)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
-            self.maybe_flush()
             return 0
         from . import kernels
 
@@ -242,7 +242,6 @@ class Reservoir:
             idx = (start % st.cap)[:, None] + np.arange(W)
             self._put(st.ring[idx], b.t_start[r], np.full(r.size, self._sid(st.sensor), np.int32))
             stored += int(r.size)
-        self.maybe_flush()
         return stored
 
 

@@ -146,3 +146,50 @@ def test_retrain_cli_refuses_mismatched_reservoir_and_missing_float_model(tmp_pa
     rc = main(["retrain", "--model", str(d), "--reservoir", str(rdir)])
     assert rc == 2
     assert "no field 'float_model'" in capsys.readouterr().err
+
+
+def _fake_generation(tmp_path, model_dir, gen):
+    """A candidate directory as edgert retrain writes it (files named <name>_r<gen>_*), made
+    from the shipped files (no TensorFlow): publishing and clean-up only."""
+    cand = tmp_path / f"cand{gen}"
+    cand.mkdir()
+    m = json.loads((models.resolve("motor-ae") / "manifest.json").read_text())
+    files = {}
+    for v in m["variants"].values():
+        new = v["file"].replace("motor-ae_", f"motor-ae_r{gen}_")
+        shutil.copy(models.resolve("motor-ae") / v["file"], cand / new)
+        v["file"] = new
+        files[new] = _sha(cand / new)
+    fl = f"motor-ae_r{gen}_float.keras"
+    shutil.copy(models.resolve("motor-ae") / m["float_model"]["file"], cand / fl)
+    files[fl] = _sha(cand / fl)
+    m["float_model"]["file"] = fl
+    m["files"] = files
+    m["threshold"] = 0.001 * gen
+    m["retrain"] = {"generation": gen}
+    (cand / "manifest.json").write_text(json.dumps(m))
+    return cand
+
+
+def test_publish_manifest_last_keeps_previous_generation(tmp_path):
+    from edgert.retrain import check_directory, publish
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(models.resolve("motor-ae"), model_dir, ignore=shutil.ignore_patterns("folds"))
+    shipped = sorted(p.name for p in model_dir.iterdir())
+    for gen in (1, 2, 3):
+        cand = _fake_generation(tmp_path, model_dir, gen)
+        assert check_directory(cand)["passed"]
+        removed = publish(cand, model_dir)
+        m = models.load(model_dir)  # every sha256 verified
+        assert m.threshold == 0.001 * gen and m.manifest["retrain"]["generation"] == gen
+        assert not [p for p in model_dir.iterdir() if p.name.startswith(".")]  # no temp left
+        if gen == 3:  # generation 1 is older than the previous one (2): removed
+            assert removed == sorted(f"motor-ae_r1_{s}" for s in (
+                "b1.tflite", "dyn.tflite", "float.keras", "packed.tflite"))
+        else:
+            assert removed == []
+    names = {p.name for p in model_dir.iterdir()}
+    assert set(shipped) <= names  # the original files are never removed (rollback)
+    assert {f"motor-ae_r{g}_dyn.tflite" for g in (2, 3)} <= names
+    assert "motor-ae_r1_dyn.tflite" not in names
