@@ -10,14 +10,18 @@ Steps:
 1. Load the running model directory (sha256 verified) and its float Keras model
    (``float_model`` in the manifest, written by ``edgert train``), and the reservoir of raw
    normal windows the daemon kept for it (``edgert serve --reservoir DIR``, ``edgert.reservoir``).
-2. Split the reservoir, oldest first, into blocks of consecutive records; of every 5 blocks, 3
-   train, 1 calibrates the threshold, 1 is held back for validation (blocks, not single
-   windows, so overlapping neighbours rarely straddle two roles).
+2. Split the reservoir, oldest first, into blocks of consecutive records; of every 5 blocks, 4
+   train and 1 is held back for validation (blocks, not single windows, so overlapping
+   neighbours rarely straddle the two roles).
 3. Fit a new normalization on the training windows, fine-tune the float model on them (Adam,
-   cosine-decayed learning rate, fixed seed), convert it to the same int8 variants as
-   ``edgert train`` (dynamic, b1, packed; ``edgert.train.export_variants``), and set the
-   threshold as ``edgert train`` does from held-out windows: factor x quantile ('higher') of
-   the int8 scores (LiteRT, dynamic variant) of the calibration windows.
+   cosine-decayed learning rate, fixed seed) and convert it to the same int8 variants as
+   ``edgert train`` (dynamic, b1, packed; ``edgert.train.export_variants``). The threshold is
+   calibrated as ``edgert train`` does (leave-one-recording-out), with time segments for
+   recordings: the training windows are cut into 3 consecutive segments; for each, a model
+   fine-tuned the same way on the other two (own normalization), converted to int8, scores the
+   segment it never saw (LiteRT, dynamic variant); threshold = factor x quantile ('higher') of
+   the pooled scores. A threshold calibrated on windows the model trained on would be far too
+   tight for the next hour's data.
 4. Validate the candidate against the running model, each with its own normalization and
    threshold, on windows neither trained on:
 
@@ -63,7 +67,8 @@ import numpy as np
 
 from . import models, reservoir
 
-HOLDBACK_BLOCKS = 5  # of every 5 blocks: 3 train, 1 calibration, 1 validation
+HOLDBACK_BLOCKS = 5  # of every 5 blocks: 4 train, 1 validation
+SEGMENTS = 3  # consecutive segments of the training windows for the threshold calibration
 FAULTS = {"imbalance": 1.2, "offset": 0.5, "spike": 6.0}
 
 
@@ -72,13 +77,42 @@ FAULTS = {"imbalance": 1.2, "offset": 0.5, "spike": 6.0}
 # ---------------------------------------------------------------------------------------------
 
 def split_blocks(n: int, blocks: int = 50) -> dict[str, np.ndarray]:
-    """Indices of n records (oldest first) for train / calibration / validation: consecutive
-    blocks of about n / ``blocks`` records; block b goes to validation when b % 5 == 4, to
-    calibration when b % 5 == 3, else to training."""
+    """Indices of n records (oldest first) for training and validation: consecutive blocks of
+    about n / ``blocks`` records; block b goes to validation when b % 5 == 4, else to
+    training."""
     size = max(1, n // blocks)
     role = (np.arange(n) // size) % HOLDBACK_BLOCKS
-    return {"train": np.flatnonzero(role < 3), "cal": np.flatnonzero(role == 3),
-            "val": np.flatnonzero(role == 4)}
+    return {"train": np.flatnonzero(role < HOLDBACK_BLOCKS - 1),
+            "val": np.flatnonzero(role == HOLDBACK_BLOCKS - 1)}
+
+
+def calibrate(cfg, fpath: Path, x: np.ndarray, epochs: int, seed: int, lr: float,
+              log) -> dict:
+    """Leave-one-segment-out threshold over the training windows ``x`` (oldest first): for
+    each of ``SEGMENTS`` consecutive segments, a model fine-tuned on the others (normalization
+    fitted on them) scores it through LiteRT int8. Returns ``{"threshold", "quantile_value",
+    "windows", "per_segment_max"}``."""
+    from .train import (Int8Model, _quantile, export_dynamic, fit_normalization, normalize,
+                        representative_set)
+
+    pooled, seg_max = [], []
+    bounds = np.linspace(0, len(x), SEGMENTS + 1).astype(int)
+    for k in range(SEGMENTS):
+        held = np.zeros(len(x), bool)
+        held[bounds[k]:bounds[k + 1]] = True
+        mean, std = fit_normalization(x[~held])
+        xn = normalize(x[~held], mean, std)
+        m, _ = fine_tune(cfg, fpath, xn, epochs, seed, lr, label=f"segment {k + 1}/{SEGMENTS}")
+        m8 = Int8Model(export_dynamic(cfg, m, representative_set(cfg, xn, seed)))
+        s, _ = m8.errors(normalize(x[held], mean, std), batch=32)
+        pooled.append(s)
+        seg_max.append(float(s.max()))
+        log(f"  segment {k + 1}/{SEGMENTS} held out: n={len(s)} median={np.median(s):.5f} "
+            f"max={s.max():.5f}")
+    pooled = np.concatenate(pooled)
+    q = _quantile(pooled, cfg.quantile)
+    return {"threshold": cfg.factor * q, "quantile_value": q, "windows": int(len(pooled)),
+            "per_segment_max": seg_max}
 
 
 def inject(x: np.ndarray, kind: str, mean: np.ndarray, std: np.ndarray,
@@ -149,7 +183,8 @@ def float_model_path(model: models.Model) -> Path:
     return p
 
 
-def fine_tune(cfg, path: Path, x: np.ndarray, epochs: int, seed: int, lr: float, log):
+def fine_tune(cfg, path: Path, x: np.ndarray, epochs: int, seed: int, lr: float,
+              label: str = "fine-tune"):
     """Loads the float model and fits it on normalized windows ``x [n, 1, W, C]``."""
     from .train import Progress, _tf, set_seed
 
@@ -162,7 +197,7 @@ def fine_tune(cfg, path: Path, x: np.ndarray, epochs: int, seed: int, lr: float,
     steps = epochs * int(np.ceil(len(x) / cfg.batch_size))
     sched = tf.keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1), alpha=0.02)
     model.compile(optimizer=tf.keras.optimizers.Adam(sched), loss="mse")
-    cb = Progress("fine-tune", epochs).keras_callback()
+    cb = Progress(label, epochs).keras_callback()
     hist = model.fit(x, x, batch_size=cfg.batch_size, epochs=epochs, shuffle=True, verbose=0,
                      callbacks=[cb])
     return model, hist.history
@@ -301,7 +336,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
             command: str | None = None, log=print) -> dict:
     """Runs the whole procedure (module docstring). Returns ``{"passed", "published", "rows",
     "candidate", …}``; raises ValueError (ModelError, ReservoirError) for bad input."""
-    from .train import (Int8Model, _packed_vs_b1, _quantile, _r, _tf, export_variants,
+    from .train import (Int8Model, _packed_vs_b1, _r, _tf, export_variants,
                         fit_normalization, float_errors, normalize, representative_set,
                         write_manifest, write_model_dir)
 
@@ -322,21 +357,21 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
             f"{reservoir.paths(reservoir_dir, old.name)[1]}: {len(x)} windows, at least "
             f"{min_windows} needed (let the daemon run longer or raise reservoir_rate)")
     parts = split_blocks(len(x))
-    xtr, xcal, xval = x[parts["train"]], x[parts["cal"]], x[parts["val"]]
+    xtr, xval = x[parts["train"]], x[parts["val"]]
     log(f"reservoir: {len(x)} windows from {sorted(set(res['sensor'].tolist()))}; "
-        f"train {len(xtr)}, calibration {len(xcal)}, validation {len(xval)}")
+        f"train {len(xtr)}, validation {len(xval)}")
 
+    lr = lr if lr is not None else cfg.learning_rate / 4
+    log(f"calibrating the threshold (leave one of {SEGMENTS} time segments out) ...")
+    cal = calibrate(cfg, fpath, xtr, epochs, seed, lr, log)
+    threshold = _r(cal["threshold"], 6)
     mean, std = fit_normalization(xtr)
     xn = normalize(xtr, mean, std)
-    lr = lr if lr is not None else cfg.learning_rate / 4
     t_fit = time.time()
-    model, hist = fine_tune(cfg, fpath, xn, epochs, seed, lr, log)
+    model, hist = fine_tune(cfg, fpath, xn, epochs, seed, lr)
     fit_s = time.time() - t_fit
     rep = representative_set(cfg, xn, seed)
     ex = export_variants(cfg, model, rep)
-    s_cal, _ = ex.dyn.errors(normalize(xcal, mean, std), batch=32)
-    q = _quantile(s_cal, cfg.quantile)
-    threshold = _r(cfg.factor * q, 6)
     log(f"fine-tuned {epochs} epochs in {fit_s:.1f} s (loss {hist['loss'][-1]:.5g}); "
         f"threshold {threshold:.6g} (was {old.threshold:.6g})")
 
@@ -361,11 +396,14 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
         "score": "mean_sq",
         "threshold": threshold,
         "calibration": {
-            "method": ("edgert retrain: factor x quantile ('higher') of the int8 scores "
-                       "(LiteRT, dynamic variant) of reservoir windows never trained on (every "
-                       f"4th of {HOLDBACK_BLOCKS} blocks of consecutive records)"),
-            "windows": int(len(xcal)), "quantile": cfg.quantile, "factor": cfg.factor,
-            "quantile_value": _r(q, 6)},
+            "method": (f"edgert retrain: leave-one-segment-out over {SEGMENTS} consecutive "
+                       "time segments of the reservoir's training windows: for each, a model "
+                       "fine-tuned the same way on the others (own normalization), converted to "
+                       "int8, scored its windows through LiteRT; threshold = factor x quantile "
+                       "('higher') of the pooled held-out scores"),
+            "windows": cal["windows"], "quantile": cfg.quantile, "factor": cfg.factor,
+            "quantile_value": _r(cal["quantile_value"], 6),
+            "per_segment_max": [_r(v, 6) for v in cal["per_segment_max"]]},
         "class_names": None,
     })
     fidelity = {"float_int8_score_corr": _r(corr, 5),

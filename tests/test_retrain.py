@@ -39,7 +39,7 @@ def test_split_and_injections():
     parts = split_blocks(500)
     allidx = np.concatenate(list(parts.values()))
     assert sorted(allidx.tolist()) == list(range(500))  # a partition
-    assert len(parts["train"]) == 300 and len(parts["cal"]) == len(parts["val"]) == 100
+    assert len(parts["train"]) == 400 and len(parts["val"]) == 100
     assert np.all(np.diff(parts["val"])[::10] >= 1)  # blocks of 10 consecutive records
     x = np.random.default_rng(0).normal(size=(6, 64, 3)).astype(np.float32)
     mean, std = np.zeros(3), np.ones(3)
