@@ -149,9 +149,9 @@ def test_constant_channel_normalizes_to_zero():
 BASE = None
 
 
-def alarm_rates(scenario, seconds=60, **cfg):
+def alarm_rates(scenario, seconds=60, inspect=None, **cfg):
     """Per second of sensor time, the fraction of one sensor's windows flagged; and the
-    daemon's adapt events."""
+    daemon's adapt events. ``inspect(daemon)`` is called before it closes."""
     global BASE
     if BASE is None:
         BASE = itsc_recording("SC_HLT_002").astype(np.float32)
@@ -177,6 +177,8 @@ def alarm_rates(scenario, seconds=60, **cfg):
                 seq, t = seq + 1, t + 100 * 1_000_000
             d.batcher.flush()
             rates.append((d.anom_counts[0] - a0) / max(1, d.win_counts[0] - w0))
+        if inspect is not None:
+            inspect(d)
     finally:
         d.sock.close(linger=0)
         d.events.close()
@@ -255,3 +257,20 @@ def test_adapt_event_on_the_bus(tmp_path):
     assert [p["state"] for s, p in adapt] == ["probation", "accepted"], adapt
     assert all(s == "m7" and p["sensor"] == "m7" for s, p in adapt)
     assert final["adaptations"] == {"accepted": 1, "refused": 0}
+
+
+def test_reservoir_keeps_normal_windows_of_the_accepted_operating_point(tmp_path):
+    """The reservoir re-quantizes each sampled window to prove it is the one scored: with
+    adaptation it must use the sensor's normalization, or every adapted window is 'stale'."""
+    seen = {}
+
+    def inspect(d):
+        seen.update(count=d.reservoir.count, stale=d.reservoir.stale,
+                    t=np.array(d.reservoir.rec["t_start"][:d.reservoir.count]))
+        d.reservoir.close()
+
+    rates, events = alarm_rates(benign_offset, seconds=45, inspect=inspect, adapt="safe",
+                                adapt_hold_s=10.0, reservoir_dir=str(tmp_path), reservoir_rate=1.0)
+    assert [e["state"] for e in events] == ["probation", "accepted"]
+    after = (seen["t"] - 10**18) >= 33 * 10**9  # windows of the new operating point, accepted
+    assert seen["stale"] == 0 and after.sum() > 500, seen
