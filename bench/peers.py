@@ -85,7 +85,7 @@ class Settings:
     datasets: tuple = DATASETS
     only: tuple = PEERS
     batch: int = 32
-    rounds: int = 3
+    rounds: int = 5
     quantile: float = 0.999
     skab_data: str | None = None
     skab_files: int | None = None
@@ -899,6 +899,19 @@ def targets(section: dict) -> dict:
     return out
 
 
+def other_load(cpu0, own0, wall: float) -> dict:
+    """Cores used by *other* processes (not this one or its children) since ``cpu0``/``own0``
+    (`sysinfo.cpu_times()`, `os.times()`): the noise the figures were measured under."""
+    cpu1, own1 = sysinfo.cpu_times(), os.times()
+    if not cpu0 or not cpu1 or wall <= 0:
+        return {}
+    busy = sum(cpu1[c][0] - cpu0[c][0] for c in cpu1 if c in cpu0) / os.sysconf("SC_CLK_TCK")
+    mine = sum(getattr(own1, a) - getattr(own0, a)
+               for a in ("user", "system", "children_user", "children_system"))
+    return {"other_cores": round(max(0.0, busy - mine) / wall, 2),
+            "per_cpu": sysinfo.cpu_usage(cpu0, cpu1), "loadavg_end": sysinfo.loadavg()}
+
+
 def run_peers(settings: Settings, log=_log) -> dict:
     res = {"schema": SCHEMA, "tool": "edgert bench --peers",
            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -919,7 +932,7 @@ def run_peers(settings: Settings, log=_log) -> dict:
         else:
             keys.append(k)
     t0 = time.perf_counter()
-    cpu0 = sysinfo.cpu_times()
+    cpu0, own0 = sysinfo.cpu_times(), os.times()
     try:
         from threadpoolctl import threadpool_limits
         limiter = threadpool_limits(1)
@@ -942,8 +955,8 @@ def run_peers(settings: Settings, log=_log) -> dict:
         if limiter is not None:
             limiter.restore_original_limits()
     res["machine"]["loadavg_end"] = sysinfo.loadavg()
-    res["machine"]["cpu_during_run"] = sysinfo.cpu_usage(cpu0, sysinfo.cpu_times())
     res["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    res["machine"]["load_during_run"] = other_load(cpu0, own0, res["elapsed_s"])
     res["settings"] = asdict(settings)
     return res
 
@@ -972,6 +985,9 @@ def render(res: dict) -> str:
     m = res["machine"]
     lines = [f"edgert bench --peers - {m['cpu_model']}, {m['nproc']} CPUs, Python {m['python']}; "
              f"one thread per peer; fitting not timed"]
+    load = (m.get("load_during_run") or {}).get("other_cores")
+    if load is not None and load > 0.1:
+        lines.append(f"WARNING: other processes used {load:.2f} cores during the run: figures are noisy")
     for ds in DATASETS:
         sec = res.get(ds)
         if not sec:
@@ -1018,8 +1034,11 @@ def render_markdown(res: dict) -> str:
     v = res.get("versions", {})
     out = [f"Measured with `{res.get('command', 'edgert bench --peers')}` on "
            f"{m['cpu_model']} ({m['nproc']} CPUs, Python {m['python']}), {res['timestamp'][:10]}; "
-           "one thread each, fitting and conversion not timed, after an untimed quality pass "
-           f"{res['settings']['rounds']} timed rounds round-robin."]
+           "one thread each, fitting and conversion not timed; after an untimed quality pass, "
+           f"{res['settings']['rounds']} timed round(s), the detectors in turn."]
+    load = (m.get("load_during_run") or {}).get("other_cores")
+    if load is not None:
+        out[0] += f" Other processes used {load:.2f} of the {m['nproc']} cores meanwhile."
     vv = ", ".join(f"{k} {v[k]}" for k in ("ai-edge-litert", "river", "pyod", "onnxruntime",
                                            "tensorflow-cpu", "tensorflow") if k in v)
     if vv:
@@ -1072,7 +1091,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ITSC and SKAB (needs the [bench] extra)")
     g.add_argument("--datasets", default=",".join(DATASETS), help="itsc,skab (default both)")
     g.add_argument("--only", default=",".join(PEERS), help=f"peers to run (default {','.join(PEERS)})")
-    g.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3, --quick 1)")
+    g.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, --quick 1)")
     g.add_argument("--quantile", type=float, default=0.999,
                    help="peers' own thresholds: River QuantileFilter q, PyOD contamination 1-q")
     g.add_argument("--skab-data", dest="skab_data", help="SKAB data/ directory")
@@ -1103,7 +1122,7 @@ def main(args) -> int:
         return 0
     try:
         s = Settings(datasets=_split(args.datasets, DATASETS), only=_split(args.only, PEERS),
-                     rounds=args.rounds if args.rounds else (1 if getattr(args, "quick", False) else 3),
+                     rounds=args.rounds if args.rounds else (1 if getattr(args, "quick", False) else 5),
                      quantile=args.quantile, skab_data=args.skab_data,
                      skab_files=args.skab_files if args.skab_files else
                      (4 if getattr(args, "quick", False) else None),
