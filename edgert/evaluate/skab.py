@@ -383,28 +383,6 @@ def _layers():
     return tf, tf.keras.layers
 
 
-def _shuffle_layer_cls():
-    """Constant-shape reshape ``[.., 1, w, 2f] -> [.., 1, 2w, f]`` (as in edgert.train: Keras'
-    Reshape would compute the batch at run time and make the tensor dynamic)."""
-    tf, L = _layers()
-
-    class Shuffle(L.Layer):
-        def __init__(self, w, f, **kw):
-            super().__init__(**kw)
-            self.w, self.f = w, f
-
-        def call(self, x):
-            return tf.keras.ops.reshape(x, (-1, 1, self.w, self.f))
-
-        def compute_output_shape(self, input_shape):
-            return (input_shape[0], 1, self.w, self.f)
-
-        def get_config(self):
-            return {**super().get_config(), "w": self.w, "f": self.f}
-
-    return Shuffle
-
-
 def build_ae(spec: dict, subpixel: bool = False, batch: int | None = None):
     """A conv autoencoder ``[B, 1, W, C_in] -> [B, 1, W, C_out]`` from a layer list.
 
@@ -415,10 +393,9 @@ def build_ae(spec: dict, subpixel: bool = False, batch: int | None = None):
     ``("drop", rate)``. With ``subpixel=True`` each "up" is its exact sub-pixel equivalent
     (Conv2D with 2 x filters + constant reshape), the form of the dynamic-batch CPU variant.
     """
-    from ..train import _subpixel_taps
+    from ..train import Shuffle, _subpixel_taps
 
     tf, L = _layers()
-    Shuffle = _shuffle_layer_cls()
     W = spec["window"]
     inp = tf.keras.Input(shape=(1, W, spec["c_in"]), batch_size=batch, name="x")
     h, w = inp, W
