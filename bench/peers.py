@@ -58,7 +58,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sysinfo
+from .peers_table import render, render_markdown
 
 SCHEMA = 1
 PEERS = ("edgert", "river", "iforest", "ecod", "onnxruntime", "tensorflow", "tflite-runtime")
@@ -966,124 +966,6 @@ def run_peers(settings: Settings, log=_log) -> dict:
     res["machine"]["load_during_run"] = other_load(cpu0, own0, res["elapsed_s"])
     res["settings"] = asdict(settings)
     return res
-
-
-# ---------------------------------------------------------------------------------------------
-# rendering
-# ---------------------------------------------------------------------------------------------
-
-def _f(x, nd=3, pct=False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if pct:
-        return f"{100 * x:.1f}%"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.{nd}f}"
-
-
-def _rows(sec: dict):
-    for k, r in sec["peers"].items():
-        yield k, r
-
-
-def render(res: dict) -> str:
-    """Plain-text table of a `run_peers` result."""
-    m = res["machine"]
-    lines = [f"edgert bench --peers - {m['cpu_model']}, {m['nproc']} CPUs, Python {m['python']}; "
-             f"one thread per peer; fitting not timed"]
-    load = (m.get("load_during_run") or {}).get("other_cores")
-    if load is not None and load > 0.1:
-        lines.append(f"WARNING: other processes used {load:.2f} cores during the run: figures are noisy")
-    for ds in DATASETS:
-        sec = res.get(ds)
-        if not sec:
-            continue
-        d = sec["dataset"]
-        if ds == "itsc":
-            lines.append(f"\nITSC: {d['normal_windows']} normal + {d['anomalous_windows']} "
-                         f"anomalous windows (W {d['window']}, hop {d['hop']}); F1/FAR/MAR per window")
-        else:
-            lines.append(f"\nSKAB: {d['files']} files, {d['test_points']} test points "
-                         f"({d['anomalous_points']} anomalous); F1/FAR/MAR per point, streaming")
-        lines.append(f"  {'':<38}{'batch':>5}{'windows/s':>12}{'p99 call µs':>12}"
-                     f"{'p99 µs/win':>11}{'F1':>7}{'FAR':>7}{'MAR':>7}{'edgert x':>10}")
-        for k, r in _rows(sec):
-            if "error" in r:
-                lines.append(f"  {r['label']:<38}ERROR {r['error']}")
-                continue
-            q, sp = r["quality"], sec["ratios"].get(k, {}).get("speedup")
-            lines.append(f"  {r['label']:<38}{r['batch']:>5}{_f(r['windows_per_s'], 0):>12}"
-                         f"{_f(r['p99_call_us'], 1):>12}{_f(r['p99_window_us'], 2):>11}"
-                         f"{_f(q['f1']):>7}{_f(q['far'], pct=True):>7}{_f(q['mar'], pct=True):>7}"
-                         f"{'' if sp is None else _f(sp, 1) + 'x':>10}")
-        for name, t in sec.get("targets", {}).items():
-            if t["value"] is None:
-                lines.append(f"  target {name}: {t['target']}: not measured")
-            else:
-                lines.append(f"  target {name}: {t['target']}: {t['value']:.1f}x, speed "
-                             f"{'met' if t['speed_pass'] else 'MISSED'}, F1 "
-                             f"{'met' if t['f1_pass'] else 'MISSED'}")
-    for k, why in res.get("unavailable", {}).items():
-        lines.append(f"not run: {k}: {why}")
-    for k, e in res.get("errors", {}).items():
-        lines.append(f"ERROR {k}: {e}")
-    for n in res.get("settings", {}).get("notes", []):
-        lines.append(f"note: {n}")
-    lines.append(f"elapsed {res.get('elapsed_s', 0):.0f} s")
-    return "\n".join(lines)
-
-
-def render_markdown(res: dict) -> str:
-    """The README results table (markdown) of a `run_peers` result, with its command and
-    machine."""
-    m = res["machine"]
-    v = res.get("versions", {})
-    out = [f"Measured with `{res.get('command', 'edgert bench --peers')}` on "
-           f"{m['cpu_model']} ({m['nproc']} CPUs, Python {m['python']}), {res['timestamp'][:10]}; "
-           "one thread each, fitting and conversion not timed; after an untimed quality pass, "
-           f"{res['settings']['rounds']} timed round(s), the detectors in turn."]
-    load = (m.get("load_during_run") or {}).get("other_cores")
-    if load is not None:
-        out[0] += f" Other processes used {load:.2f} of the {m['nproc']} cores meanwhile."
-    vv = ", ".join(f"{k} {v[k]}" for k in ("ai-edge-litert", "river", "pyod", "onnxruntime",
-                                           "tensorflow-cpu", "tensorflow") if k in v)
-    if vv:
-        out.append(f"Versions: {vv}.")
-    for ds in DATASETS:
-        sec = res.get(ds)
-        if not sec:
-            continue
-        d = sec["dataset"]
-        if ds == "itsc":
-            out += ["", f"**ITSC** ({d['normal_windows']} normal + {d['anomalous_windows']} "
-                        f"anomalous windows of {d['window']} samples, hop {d['hop']}; "
-                        "quality per window)"]
-        else:
-            out += ["", f"**SKAB** ({d['files']} files, {d['test_points']} test points, "
-                        "streaming point-wise quality; each detector fitted per file on its "
-                        "first 400 rows)"]
-        out += ["", "| detector | batch | windows/s | p99 µs per call | p99 µs per window | F1 | "
-                    "FAR | MAR | edgert speed-up |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for k, r in _rows(sec):
-            if "error" in r:
-                out.append(f"| {r['label']} | | | | | | | | error: {r['error'][:80]} |")
-                continue
-            q, sp = r["quality"], sec["ratios"].get(k, {}).get("speedup")
-            out.append(f"| {r['label']} | {r['batch']} | {_f(r['windows_per_s'], 0)} | "
-                       f"{_f(r['p99_call_us'], 1)} | {_f(r['p99_window_us'], 2)} | "
-                       f"{_f(q['f1'])} | {_f(q['far'], pct=True)} | {_f(q['mar'], pct=True)} | "
-                       f"{'-' if sp is None else _f(sp, 1) + '×'} |")
-        for name, t in sec.get("targets", {}).items():
-            if t["value"] is not None:
-                out.append("")
-                out.append(f"Target {name.replace('_', ' ')} ({t['target']}): {t['value']:.1f}×, "
-                           f"speed {'met' if t['speed_pass'] else 'missed'}, F1 "
-                           f"{'met' if t['f1_pass'] else 'missed'}.")
-    if res.get("unavailable"):
-        out += [""] + [f"Not run: {k} ({why})." for k, why in res["unavailable"].items()]
-    return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ the table renderers, and a small end-to-end run of edgert and whichever peers ar
 Peers that are not installed (CI installs only `.[test]`) skip; figures are not checked
 against the speed targets (that is the benchmark's job)."""
 
-import argparse
 import json
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from edgert import models
 from edgert.bench import peers as P
+from edgert.bench import peers_table as T
 
 needs_model = pytest.mark.skipif("motor-ae" not in models.shipped(),
                                  reason="shipped model motor-ae missing")
@@ -91,7 +91,7 @@ def _fake_result():
     sec["targets"] = P.targets(sec)
     return {"timestamp": "2026-11-27T13:00:00+00:00", "command": "edgert bench --peers",
             "machine": {"cpu_model": "Test CPU", "nproc": 2, "python": "3.11.7"},
-            "versions": {"river": "0.26.1"}, "settings": {"rounds": 3, "notes": ["n1"]},
+            "versions": {"river": "0.26.1"}, "settings": {"rounds": 3, "quantile": 0.999, "notes": ["n1"]},
             "itsc": sec, "unavailable": {"ecod": "pyod not installed"}, "errors": {},
             "elapsed_s": 1.0}
 
@@ -106,7 +106,7 @@ def test_ratios_and_targets():
 
 
 def test_render_markdown_table():
-    md = P.render_markdown(_fake_result())
+    md = T.render_markdown(_fake_result())
     lines = md.splitlines()
     assert lines[0].startswith("Measured with `edgert bench --peers` on Test CPU (2 CPUs")
     assert "| detector | batch | windows/s |" in md
@@ -116,7 +116,7 @@ def test_render_markdown_table():
     assert riv.endswith("| 100.0× |")
     assert "error: boom" in md and "Not run: ecod (pyod not installed)." in md
     assert "Target over river (>= 50x and F1 >= peer's): 100.0×, speed met, F1 met." in md
-    text = P.render(_fake_result())
+    text = T.render(_fake_result())
     assert "100.0x" in text and "ERROR boom" in text and "note: n1" in text
 
 
@@ -163,7 +163,7 @@ def test_edgert_side_end_to_end(tmp_path):
     want = P.quality(y, flags > task.rule.threshold)
     assert e["quality"] == want
     assert 0.9 < want["f1"] <= 1.0
-    md = P.render_markdown(P._clean(res))
+    md = T.render_markdown(P._clean(res))
     assert "| edgert (int8, LiteRT) | 32 |" in md
 
 
