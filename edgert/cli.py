@@ -23,7 +23,7 @@ def cmd_serve(args) -> int:
                           backend=args.backend, socket=args.socket, max_batch=args.max_batch,
                           max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
                           threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
-                          publish_scores=args.publish_scores or None)
+                          publish_scores=args.publish_scores or None, reservoir_dir=args.reservoir_dir)
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--risk-q", type=float, dest="risk_q", help="SPOT risk q (default 1e-4)")
     s.add_argument("--publish-scores", action="store_true", dest="publish_scores",
                    help="also publish every window's score (event/scores/<sensor>), e.g. for replay --events-out")
+    s.add_argument("--reservoir", dest="reservoir_dir", metavar="DIR",
+                   help="keep a bounded on-disk reservoir of normal windows in DIR for edgert retrain")
     s.add_argument("--config", help="TOML file with the same keys")
     s.set_defaults(fn=cmd_serve)
 
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(sub)
     from .train import add_parsers as add_train_parsers
     add_train_parsers(sub)
+    from .retrain import add_parsers as add_retrain_parsers
+    add_retrain_parsers(sub)
     return p
 
 

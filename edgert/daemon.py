@@ -77,6 +77,10 @@ class Daemon:
         self.model_swaps = 0
         self.model_refusals = 0
         self._model_sig = self._model_signature()
+        self.reservoir = None  # normal windows kept on disk for edgert retrain (edgert.reservoir)
+        if cfg.reservoir_dir:
+            from . import reservoir
+            self.reservoir = reservoir.for_model(cfg.reservoir_dir, self.model, cfg.reservoir_size, cfg.reservoir_rate)
         self.started_ns = 0
         self.first_decision_ns = 0
         self.sock = None
@@ -139,10 +143,12 @@ class Daemon:
 
     # -- model hot-swap ---------------------------------------------------------
     def _model_signature(self):
-        """(mtime_ns, size) of the manifest and every file it lists: changes when a model is published."""
+        """(mtime_ns, size) of the manifest and every file it lists: changes when a model is published.
+        Only listed files: a publisher (edgert retrain) writes the next model's files under new
+        names first and replaces the manifest last, so the swap happens once, at the manifest."""
         d = self.model.dir
         sig = []
-        for p in [d / "manifest.json", *sorted(d.glob("*.tflite"))]:
+        for p in [d / "manifest.json", *(d / f for f in sorted(self.model.manifest.get("files", {})))]:
             try:
                 st = p.stat()
                 sig.append((p.name, st.st_mtime_ns, st.st_size))
@@ -182,6 +188,7 @@ class Daemon:
         old_backend = self.backend
         self.backend = backend
         self.model = new
+        self._model_sig = self._model_signature()  # the new manifest's files from now on
         self.batcher.rebind(backend, new)
         self.scorer = ReconstructionScorer(new, backend.max_batch, run_variant(backend, new))
         if isinstance(self.threshold, FixedThreshold):
@@ -291,6 +298,8 @@ class Daemon:
         lat_us = (t_dec - b.t_recv[:k]) * 1e-3
         self.latency.add(lat_us)
         np.add.at(self.win_counts, sidx, 1)
+        if self.reservoir is not None:
+            self.reservoir.feed(b, k, flags, self.streams, self.names)
         if self.cfg.drift_interval_s > 0:
             rows = self._drift_rows[:k]
             rows[:, 0] = scores
@@ -437,12 +446,16 @@ class Daemon:
             if time.monotonic() >= next_watch:
                 next_watch = time.monotonic() + watch
                 self.check_model()
+            if self.reservoir is not None:
+                self.reservoir.maybe_flush()  # also while idle: the sidecar's count reaches disk
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 self.events.publish("stats", "daemon", self.stats())
         # Stop: no more input; score what is pending, say goodbye.
         sock.close(linger=0)
         batcher.flush("flush")
+        if self.reservoir is not None:
+            self.reservoir.close()
         final = self.stats()
         self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
         self.events.close()

@@ -1210,6 +1210,33 @@ def variant_files(name: str) -> dict[str, str]:
             "packed": f"{name}_packed.tflite", "float": f"{name}_float.keras"}
 
 
+def save_keras(model, path: Path) -> None:
+    """``model.save(path)`` (Keras v3 zip), made byte-reproducible: Keras stamps the save time
+    into ``metadata.json`` (``date_saved``) and into the weights entry's zip header; both are
+    dropped, so the same weights give the same sha256 (training is reproducible here)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.keras")
+    model.save(tmp)
+    strip_keras_timestamps(tmp, path)
+    tmp.unlink()
+
+
+def strip_keras_timestamps(src: Path, dst: Path) -> None:
+    """Copies a ``.keras`` zip without its save time (see ``save_keras``)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            zi = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.compress_type, zi.external_attr = info.compress_type, info.external_attr
+            zout.writestr(zi, data)
+
+
 def write_manifest(out: Path, manifest: dict) -> None:
     """Writes ``out/manifest.json`` through a temporary file and ``os.replace`` (a reader never
     sees a half-written manifest)."""
@@ -1245,7 +1272,9 @@ def write_model_dir(out: str | os.PathLike, cfg, model, ex: Exported, head: dict
     for v, content in (("dynamic", ex.dyn_bytes), ("b1", ex.b1_bytes),
                        ("packed", ex.packed_bytes)):
         (out / fn[v]).write_bytes(content)
-    model.save(out / fn["float"])
+    # a fresh, uncompiled copy: no optimizer state (whose auto-numbered name, e.g. "adam_3",
+    # depends on how many models this process compiled before)
+    save_keras(clone_with_batch(cfg, model, None), out / fn["float"])
     manifest = {
         **head,
         "variants": {
