@@ -21,16 +21,19 @@ Who (``--only`` keys):
 * ``edgert``: the int8 model on the runtime path (``kernels.normalize_quantize`` from a
   mirrored ring, ``edgert.backends`` cpu = LiteRT/XNNPACK, ``kernels.recon_error``, threshold);
   batch 32.
-* ``river``: River ``HalfSpaceTrees`` (limits from the training features) inside its
-  ``QuantileFilter`` (q = ``--quantile``), on per-window features (per channel: mean, std,
-  rms, peak, crest, kurtosis from ``kernels.window_stats``), learning online (score, classify,
-  learn, one window per call: River has no batch API for it); fitted on the training windows.
+* ``river``: River ``HalfSpaceTrees`` (River's default trees, height and window size; limits
+  from the training features) inside its ``QuantileFilter`` (q = ``--quantile``), on
+  per-window features (per channel: mean, std, rms, peak, crest, kurtosis from
+  ``kernels.window_stats``), learning online (score, classify, learn, one window per call:
+  River has no batch API for it); fitted on the training windows in a seeded shuffled order
+  (its reference mass is its last 250 windows), then the filter's quantile on their scores.
 * ``iforest``, ``ecod``: PyOD detectors fitted on the training windows' features, applied per
   batch of 32 with their own threshold (``contamination`` = 1 - ``--quantile``).
 * ``onnxruntime``, ``tensorflow``: the same autoencoder as edgert in float (the Keras model
   whose int8 conversion edgert runs; ONNX by tf2onnx), numpy normalization and error, batch
-  32, thresholded like edgert (ITSC: the manifest's calibrated threshold; SKAB: edgeae's
-  per-channel references from the training windows' errors).
+  32, thresholded like edgert (ITSC: the manifest's threshold, calibrated leave-one-recording-
+  out on int8 scores, which track the float ones (manifest fidelity); SKAB: edgeae's
+  per-channel references from this model's own training-window errors).
 * ``tflite-runtime``: edgert's int8 model under tflite-runtime (ITSC only). Its wheels need
   numpy < 2, so it usually runs in another venv: ``--tflite-python PATH``
   (`bench/_tflite_worker.py`); otherwise it is reported as not installed.
@@ -465,7 +468,7 @@ class TensorflowPeer(FloatAEPeer):
         tf = _tf()
         m = task.keras
         W, C = task.window, len(self.mean)
-        fn = tf.function(lambda x: m(x, training=False), reduce_retracing=True,
+        fn = tf.function(lambda x: m(x, training=False), reduce_retracing=True, autograph=False,
                          input_signature=[tf.TensorSpec([None, 1, W, C], tf.float32)])
         self._fn = fn
         self.details = {"how": "tf.function(model) on [k, 1, W, C], eager numpy in/out",
@@ -544,8 +547,9 @@ class TfliteRuntimePeer(Peer):
     @classmethod
     def python(cls, settings: Settings) -> tuple[str | None, str]:
         """(interpreter to use, why not) — ``--tflite-python``, else this one if it works."""
-        if settings.tflite_python:
-            return settings.tflite_python, ""
+        py = settings.tflite_python or os.environ.get("EDGERT_TFLITE_PYTHON")
+        if py:
+            return py, ""
         if importlib.util.find_spec("tflite_runtime") is None:
             return None, ("tflite-runtime not installed (it needs numpy<2: install it in its own "
                           "venv and pass --tflite-python VENV/bin/python)")
@@ -650,6 +654,9 @@ def timing(call_ns: np.ndarray, rows: np.ndarray) -> dict:
             "p50_call_us": float(np.percentile(call_ns, 50) / 1e3),
             "p99_call_us": float(np.percentile(call_ns, 99) / 1e3),
             "p99_window_us": float(np.percentile(per_w, 99)),
+            # the typical call's cost per window: less moved by other processes' preemptions
+            # than the total time, which a few stalled calls can dominate on a shared machine
+            "p50_window_us": float(np.percentile(per_w, 50)),
             "mean_window_us": float(call_ns.sum() / rows.sum() / 1e3),
             "calls": int(len(call_ns))}
 
@@ -706,7 +713,7 @@ def itsc_task(settings: Settings, log=_log) -> tuple[Task, dict]:
                         "--float-model FILE.keras")
     elif importlib.util.find_spec("tensorflow") is None:
         why_no_keras = "tensorflow not installed (the float model is a Keras file)"
-    else:
+    elif set(settings.only) & {"onnxruntime", "tensorflow"}:  # only they need it
         tf = _tf()
         task.keras = tf.keras.models.load_model(keras_path, compile=False)
         task.keras_path = str(keras_path)
@@ -878,7 +885,8 @@ def versions(settings: Settings) -> dict:
 
 
 def ratios(section: dict) -> dict:
-    """edgert's windows/s over each peer's, and whether edgert's F1 is >= the peer's."""
+    """edgert's windows/s over each peer's (``speedup``; ``speedup_p50`` from the median call's
+    time per window), and whether edgert's F1 is >= the peer's."""
     p = section["peers"]
     e = p.get("edgert") or {}
     out = {}
@@ -886,6 +894,8 @@ def ratios(section: dict) -> dict:
         if k == "edgert" or "error" in r or "error" in e or not e:
             continue
         out[k] = {"speedup": e["windows_per_s"] / r["windows_per_s"] if r.get("windows_per_s") else None,
+                  "speedup_p50": (r["p50_window_us"] / e["p50_window_us"]
+                                  if e.get("p50_window_us") and "p50_window_us" in r else None),
                   "f1_edgert": e["quality"]["f1"], "f1_peer": r["quality"]["f1"],
                   "f1_at_least": (e["quality"]["f1"] or 0) >= (r["quality"]["f1"] or 0) - 1e-12}
     return out
@@ -987,7 +997,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skab-files", dest="skab_files", type=int, help="only the first N SKAB files")
     g.add_argument("--float-model", dest="float_model", help="float Keras model of --model")
     g.add_argument("--tflite-python", dest="tflite_python",
-                   help="a Python with tflite-runtime (numpy<2), e.g. VENV/bin/python")
+                   help="a Python with tflite-runtime (numpy<2), e.g. VENV/bin/python "
+                        "(or $EDGERT_TFLITE_PYTHON)")
     g.add_argument("--markdown", action="store_true", help="also print the README table")
     g.add_argument("--render", metavar="JSON", help="print the markdown table of a saved result")
 

@@ -82,7 +82,8 @@ def test_float_errors_tail():
 def _fake_result():
     row = lambda label, batch, wps, f1: {  # noqa: E731
         "label": label, "batch": batch, "windows_per_s": wps, "p99_call_us": 120.0,
-        "p99_window_us": 4.0, "quality": {"f1": f1, "far": 0.01, "mar": 0.2}}
+        "p99_window_us": 4.0, "p50_window_us": 1e5 / wps, "quality": {"f1": f1, "far": 0.01,
+                                                                     "mar": 0.2}}
     sec = {"dataset": {"normal_windows": 59, "anomalous_windows": 3540, "window": 64, "hop": 16},
            "peers": {"edgert": row("edgert (int8, LiteRT)", 32, 100000.0, 0.98),
                      "river": row("River HalfSpaceTrees + QuantileFilter", 1, 1000.0, 0.5),
@@ -99,6 +100,7 @@ def _fake_result():
 def test_ratios_and_targets():
     sec = _fake_result()["itsc"]
     assert sec["ratios"]["river"]["speedup"] == pytest.approx(100.0)
+    assert sec["ratios"]["river"]["speedup_p50"] == pytest.approx(100.0)
     assert sec["ratios"]["river"]["f1_at_least"] is True
     assert "iforest" not in sec["ratios"]
     t = sec["targets"]
@@ -111,9 +113,10 @@ def test_render_markdown_table():
     assert lines[0].startswith("Measured with `edgert bench --peers` on Test CPU (2 CPUs")
     assert "| detector | batch | windows/s |" in md
     edg = next(ln for ln in lines if ln.startswith("| edgert"))
-    assert edg == "| edgert (int8, LiteRT) | 32 | 100,000 | 120.0 | 4.00 | 0.980 | 1.0% | 20.0% | - |"
+    assert edg == ("| edgert (int8, LiteRT) | 32 | 100,000 | 120.0 | 4.00 | 0.980 | 1.0% | "
+                   "20.0% | - | - |")
     riv = next(ln for ln in lines if ln.startswith("| River"))
-    assert riv.endswith("| 100.0× |")
+    assert riv.endswith("| 100.0× | 100.0× |")
     assert "error: boom" in md and "Not run: ecod (pyod not installed)." in md
     assert "Target over river (>= 50x and F1 >= peer's): 100.0×, speed met, F1 met." in md
     text = T.render(_fake_result())
@@ -152,7 +155,7 @@ def test_edgert_side_end_to_end(tmp_path):
     e = res["itsc"]["peers"]["edgert"]
     d = res["itsc"]["dataset"]
     assert e["windows"] == d["normal_windows"] + d["anomalous_windows"]
-    assert e["windows_per_s"] > 0 and e["p99_call_us"] >= e["p99_window_us"] > 0
+    assert e["windows_per_s"] > 0 and e["p99_call_us"] >= e["p99_window_us"] >= e["p50_window_us"] > 0
     task, _ = P.itsc_task(s, log=lambda *a: None)
     sc = RuntimeScorer(task.model_dir)
     try:
@@ -192,3 +195,20 @@ def test_unavailable_peer_is_reported_not_run(monkeypatch):
     s = P.Settings(datasets=(), only=("river",), rounds=1)
     res = P.run_peers(s, log=lambda *a: None)
     assert "not installed" in res["unavailable"]["river"]
+
+
+@needs_model
+def test_tflite_runtime_worker_matches_edgert():
+    """tflite-runtime (another venv's Python, $EDGERT_TFLITE_PYTHON, or this one) runs the same
+    int8 model: the same decisions as edgert's LiteRT path."""
+    s = P.Settings(datasets=("itsc",), only=("tflite-runtime", "edgert"), rounds=1)
+    py, why = P.TfliteRuntimePeer.python(s)
+    if py is None:
+        pytest.skip(why)
+    task, _ = P.itsc_task(s, log=lambda *a: None)
+    task.test = task.test[:3]
+    res = P.run_task(task, ["edgert", "tflite-runtime"], s, log=lambda *a: None)
+    assert "error" not in res["tflite-runtime"], res["tflite-runtime"].get("error")
+    t = res["tflite-runtime"]
+    assert t["rows"].sum() == sum(len(x.starts) for x in task.test) == len(t["flags"])
+    assert np.array_equal(t["flags"], res["edgert"]["flags"])
