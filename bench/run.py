@@ -509,6 +509,10 @@ def compare_baseline(result: dict, baseline: dict, tolerance: float = TOLERANCE)
 
 
 def main(args) -> int:
+    if getattr(args, "peers", False) or getattr(args, "render", None):
+        from . import peers  # edgert side by side with other detectors (bench/peers.py)
+
+        return peers.main(args)
     sections = getattr(args, "sections", None)
     settings = Settings.for_mode(bool(getattr(args, "quick", False)), model=getattr(args, "model", None),
                                  sections=tuple(sections) if sections else None)

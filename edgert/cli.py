@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
                    help="do not compare with bench/baseline.json")
     b.set_defaults(fn=cmd_bench)
+    from .bench.peers import add_arguments as add_peer_arguments
+    add_peer_arguments(b)
 
     bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")
     bk.add_argument("--json", action="store_true")
