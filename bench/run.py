@@ -762,8 +762,12 @@ def parse_sections(value) -> tuple | None:
 
 
 def main(args) -> int:
+    if getattr(args, "peers", False) or getattr(args, "render", None):
+        from . import peers  # edgert side by side with other detectors (bench/peers.py)
+
+        return peers.main(args)
     try:
-        sections = parse_sections(getattr(args, "sections", None))
+        sections = parse_sections(getattr(args, "only", None) or getattr(args, "sections", None))
     except ValueError as exc:
         print(f"edgert bench: {exc}", file=sys.stderr)
         return 2

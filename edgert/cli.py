@@ -23,7 +23,8 @@ def cmd_serve(args) -> int:
                           backend=args.backend, socket=args.socket, max_batch=args.max_batch,
                           max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
                           threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
-                          publish_scores=args.publish_scores or None)
+                          publish_scores=args.publish_scores or None, adapt=args.adapt,
+                          adapt_hold_s=args.adapt_hold_s, reservoir_dir=args.reservoir_dir)
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -171,8 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed: the manifest's calibrated threshold (default); spot/dspot: streaming "
                         "peaks-over-threshold per sensor; quantile: rolling quantile per sensor")
     s.add_argument("--risk-q", type=float, dest="risk_q", help="SPOT risk q (default 1e-4)")
+    s.add_argument("--adapt", choices=["off", "safe"],
+                   help="safe: each sensor's normalization follows a new operating point (a sustained, "
+                        "stationary, common-gain shift the model accepts on probation); off (default)")
+    s.add_argument("--adapt-hold", type=float, dest="adapt_hold_s",
+                   help="seconds (sensor time) a shift must hold before it is tried (default 30)")
     s.add_argument("--publish-scores", action="store_true", dest="publish_scores",
                    help="also publish every window's score (event/scores/<sensor>), e.g. for replay --events-out")
+    s.add_argument("--reservoir", dest="reservoir_dir", metavar="DIR",
+                   help="keep a bounded on-disk reservoir of normal windows in DIR for edgert retrain")
     s.add_argument("--config", help="TOML file with the same keys")
     s.set_defaults(fn=cmd_serve)
 
@@ -221,11 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite bench/baseline.json from this run's ratios")
     b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
                    help="do not compare with bench/baseline.json")
-    b.add_argument("--only", dest="sections", help="comma-separated sections: kernels,invoke,pipeline,"
-                   "latency,inference,bus,e2e,startup (default: all; --quick: the first four)")
+    b.add_argument("--only", help="comma-separated sections: kernels,invoke,pipeline,latency,inference,bus,"
+                   "e2e,startup (default: all; --quick: the first four); with --peers: the peers to run "
+                   "(default: all)")
     b.add_argument("--plot", metavar="DIR", help="write latency CDFs, throughput-vs-load and bus PNGs here")
     b.add_argument("--from", dest="from_json", metavar="FILE", help="render (and --plot) a saved result, run nothing")
     b.set_defaults(fn=cmd_bench)
+    from .bench.peers import add_arguments as add_peer_arguments
+    add_peer_arguments(b)
 
     bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")
     bk.add_argument("--json", action="store_true")
@@ -243,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(sub)
     from .train import add_parsers as add_train_parsers
     add_train_parsers(sub)
+    from .retrain import add_parsers as add_retrain_parsers
+    add_retrain_parsers(sub)
     return p
 
 

@@ -31,7 +31,13 @@ class Config:
     watch_model_s: float = 1.0
     drift_interval_s: float = 1.0  # feed per-sensor means to the drift detectors this often (0: off)
     drift_threshold: float = 50.0  # Page-Hinkley lambda, in standard deviations  # check the model directory for a new model this often (0: never)
+    adapt: str = "off"  # off | safe: per-sensor normalization follows the machine (edgert/adapt.py)
+    adapt_hold_s: float = 30.0  # a sustained, stationary, common-mode shift is tried after this long
+    adapt_probation_s: float = 3.0  # ... and accepted if the model finds it normal for this long
     rcvhwm: int = 100000
+    reservoir_dir: str = ""  # keep a reservoir of normal windows here for edgert retrain ("": off)
+    reservoir_size: int = 4096  # windows in the on-disk ring (bounded file size)
+    reservoir_rate: float = 0.05  # fraction of the normal windows kept
     log_level: str = "INFO"
 
     def validate(self) -> "Config":
@@ -45,9 +51,16 @@ class Config:
             raise ValueError(f"config field 'backend': {exc}") from None
         if self.threshold not in ("fixed", "spot", "dspot", "quantile"):
             raise ValueError(f"config field 'threshold' must be fixed, spot, dspot or quantile, got {self.threshold!r}")
+        if self.adapt not in ("off", "safe"):
+            raise ValueError(f"config field 'adapt' must be off or safe, got {self.adapt!r}")
+        if self.adapt_hold_s <= 0 or self.adapt_probation_s <= 0:
+            raise ValueError("config fields 'adapt_hold_s' and 'adapt_probation_s' must be > 0")
         if not 0 < self.risk_q < 1:
             raise ValueError(f"config field 'risk_q' must be in (0, 1), got {self.risk_q!r}")
-        for name in ("max_batch", "max_delay_us", "num_threads", "ring_capacity", "max_sensors"):
+        if not 0 < self.reservoir_rate <= 1:
+            raise ValueError(f"config field 'reservoir_rate' must be in (0, 1], got {self.reservoir_rate!r}")
+        for name in ("max_batch", "max_delay_us", "num_threads", "ring_capacity", "max_sensors",
+                     "reservoir_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_delay_us" else 1):
                 raise ValueError(f"config field {name!r} must be a positive integer, got {v!r}")

@@ -21,6 +21,7 @@ import zmq
 from . import backends, kernels, models, wire
 from .batcher import Batcher, run_variant
 from .bus import recv_frames
+from .adapt import SafeNormalization
 from .config import Config
 from .drift import PageHinkley
 from .events import STAT_NAMES, EventPublisher
@@ -60,6 +61,10 @@ class Daemon:
         self._drift_seen = np.zeros(cfg.max_sensors, dtype=np.int64)  # win_counts at the last check
         self.drift = PageHinkley(cfg.max_sensors * (1 + C), threshold=cfg.drift_threshold)
         self.drifts = 0
+        self.norm = None
+        if cfg.adapt == "safe":
+            self.norm = SafeNormalization(self.model.mean, self.model.std, max_sensors=cfg.max_sensors,
+                                          hold_s=cfg.adapt_hold_s, probation_s=cfg.adapt_probation_s)
         self.classifier = self.cls_backend = self.cls_scorer = None
         if cfg.classifier:
             self._add_classifier(cfg.classifier)
@@ -77,6 +82,10 @@ class Daemon:
         self.model_swaps = 0
         self.model_refusals = 0
         self._model_sig = self._model_signature()
+        self.reservoir = None  # normal windows kept on disk for edgert retrain (edgert.reservoir)
+        if cfg.reservoir_dir:
+            from . import reservoir
+            self.reservoir = reservoir.for_model(cfg.reservoir_dir, self.model, cfg.reservoir_size, cfg.reservoir_rate)
         self.started_ns = 0
         self.first_decision_ns = 0
         self.sock = None
@@ -137,12 +146,24 @@ class Daemon:
             out.append(ev)
         return out
 
+    def _adapted(self, ev: dict) -> None:
+        """Publish a normalization adaptation step as ``event/adapt/<sensor>``; an accepted
+        operating point also restarts the sensor's adaptive threshold calibration."""
+        s = ev.pop("sensor_index")
+        sensor = self.names[s]
+        if ev["state"] == "accepted" and hasattr(self.threshold, "recalibrate"):
+            self.threshold.recalibrate(s)
+        self.events.publish("adapt", sensor, {"sensor": sensor, "model": self.model.name, **ev})
+        log.info("adaptation on %s: %s", sensor, ev)
+
     # -- model hot-swap ---------------------------------------------------------
     def _model_signature(self):
-        """(mtime_ns, size) of the manifest and every file it lists: changes when a model is published."""
+        """(mtime_ns, size) of the manifest and every file it lists: changes when a model is published.
+        Only listed files: a publisher (edgert retrain) writes the next model's files under new
+        names first and replaces the manifest last, so the swap happens once, at the manifest."""
         d = self.model.dir
         sig = []
-        for p in [d / "manifest.json", *sorted(d.glob("*.tflite"))]:
+        for p in [d / "manifest.json", *(d / f for f in sorted(self.model.manifest.get("files", {})))]:
             try:
                 st = p.stat()
                 sig.append((p.name, st.st_mtime_ns, st.st_size))
@@ -182,10 +203,13 @@ class Daemon:
         old_backend = self.backend
         self.backend = backend
         self.model = new
+        self._model_sig = self._model_signature()  # the new manifest's files from now on
         self.batcher.rebind(backend, new)
         self.scorer = ReconstructionScorer(new, backend.max_batch, run_variant(backend, new))
         if isinstance(self.threshold, FixedThreshold):
             self.threshold = FixedThreshold(new.threshold)
+        if self.norm is not None:  # the new model was fitted to the machine as it is now
+            self.norm.reset(new.mean, new.std)
         old_backend.close()
         self.model_swaps += 1
         info = {"state": "swapped", "model": new.name, "previous": self._model_id(old),
@@ -235,6 +259,9 @@ class Daemon:
             st = SensorStream(sensor, len(self.names), self.model.n_channels, self.model.window,
                               self.model.hop, self.cfg.ring_capacity, self.cfg.gap_samples)
             st.note = functools.partial(self.counters.note, sensor)
+            if self.norm is not None:
+                st.norm_mean = self.norm.mean[st.index]
+                st.norm_inv_std = self.norm.inv_std[st.index]
             self.streams[sensor] = st
             self.names.append(sensor)
         return st
@@ -291,6 +318,11 @@ class Daemon:
         lat_us = (t_dec - b.t_recv[:k]) * 1e-3
         self.latency.add(lat_us)
         np.add.at(self.win_counts, sidx, 1)
+        if self.reservoir is not None:  # before the normalization may change under the rows
+            self.reservoir.feed(b, k, flags, self.streams, self.names)
+        if self.norm is not None:
+            for ev in self.norm.learn(sidx, b.stats[:k, :, 0], b.stats[:k, :, 1], flags, b.t_start[:k]):
+                self._adapted(ev)
         if self.cfg.drift_interval_s > 0:
             rows = self._drift_rows[:k]
             rows[:, 0] = scores
@@ -368,6 +400,8 @@ class Daemon:
             "model_swaps": self.model_swaps,
             "model_refusals": self.model_refusals,
             "drifts": self.drifts,
+            "adaptations": {"accepted": self.norm.accepted, "refused": self.norm.refused}
+            if self.norm is not None else None,
             "lost_windows": self.lost_windows,
             "batch_reasons": dict(self.batcher.reasons),
             "p50_latency_us": self.latency.quantile(0.50),
@@ -438,12 +472,16 @@ class Daemon:
             if time.monotonic() >= next_watch:
                 next_watch = time.monotonic() + watch
                 self.check_model()
+            if self.reservoir is not None:
+                self.reservoir.maybe_flush()  # also while idle: the sidecar's count reaches disk
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 self.events.publish("stats", "daemon", self.stats())
         # Stop: no more input; score what is pending, say goodbye.
         sock.close(linger=0)
         batcher.flush("flush")
+        if self.reservoir is not None:
+            self.reservoir.close()
         final = self.stats()
         final["latency_histogram"] = self.latency.sparse()  # final only: keeps stats events small
         self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})

@@ -612,6 +612,40 @@ def _subpixel_taps(k: int, stride: int = 2) -> tuple[int, list[list[tuple[int, i
     return m, [[(d + m, t) for d, t in ph] for ph in pairs]
 
 
+_SHUFFLE_CLS = None
+
+
+def Shuffle(w: int, f: int, **kw):
+    """A Keras layer reshaping ``[.., 1, w', f'] -> [-1, 1, w, f]`` with a constant shape.
+
+    Keras' Reshape computes the batch with SHAPE/PACK, which would make the converted RESHAPE
+    output dynamic again (see ``build_subpixel_autoencoder``). The layer class is made on the
+    first call (TensorFlow is imported lazily) and registered for ``.keras`` loading as
+    ``edgert>Shuffle``; every model builder (here and ``edgert.evaluate.skab``) uses this one.
+    """
+    global _SHUFFLE_CLS
+    if _SHUFFLE_CLS is None:
+        tf = _tf()
+
+        @tf.keras.utils.register_keras_serializable(package="edgert", name="Shuffle")
+        class _Shuffle(tf.keras.layers.Layer):
+            def __init__(self, w, f, **kw):
+                super().__init__(**kw)
+                self.w, self.f = int(w), int(f)
+
+            def call(self, x):
+                return tf.keras.ops.reshape(x, (-1, 1, self.w, self.f))
+
+            def compute_output_shape(self, input_shape):
+                return (input_shape[0], 1, self.w, self.f)
+
+            def get_config(self):
+                return {**super().get_config(), "w": self.w, "f": self.f}
+
+        _SHUFFLE_CLS = _Shuffle
+    return _SHUFFLE_CLS(w, f, **kw)
+
+
 def build_subpixel_autoencoder(cfg: AEConfig, batch: int | None = None):
     """The same function as ``build_autoencoder`` with each Conv2DTranspose written as its
     exact sub-pixel equivalent: a stride-1 Conv2D with ``stride × filters`` outputs (one group
@@ -631,20 +665,6 @@ def build_subpixel_autoencoder(cfg: AEConfig, batch: int | None = None):
     n_down = len(cfg.filters)
     w_code = W // 2 ** n_down
     m, _ = _subpixel_taps(cfg.kernel)
-
-    class Shuffle(L.Layer):
-        """Reshape to ``[-1, 1, w, f]`` with a constant shape (Keras' Reshape computes the batch
-        with SHAPE/PACK, which would make the RESHAPE output dynamic again)."""
-
-        def __init__(self, w, f, **kw):
-            super().__init__(**kw)
-            self.w, self.f = w, f
-
-        def call(self, x):
-            return tf.keras.ops.reshape(x, (-1, 1, self.w, self.f))
-
-        def compute_output_shape(self, input_shape):
-            return (input_shape[0], 1, self.w, self.f)
 
     inp = tf.keras.Input(shape=(1, W, C), batch_size=batch, name="x")
     h = inp
@@ -1162,6 +1182,135 @@ def _write_fold_dir(d: Path, manifest: dict, files: dict[str, bytes]) -> dict:
     return manifest
 
 
+@dataclass
+class Exported:
+    """The three int8 variants of one trained model: flatbuffers and their LiteRT runners."""
+
+    dyn_bytes: bytes
+    b1_bytes: bytes
+    packed_bytes: bytes
+    dyn: Int8Model
+    b1: Int8Model
+    packed: Int8Model
+
+
+def export_variants(cfg, model, rep: np.ndarray) -> Exported:
+    """Converts the trained (batch None) ``model`` to the dynamic, b1 and packed int8 variants,
+    all calibrated on the representative set ``rep``."""
+    dyn_bytes = export_dynamic(cfg, model, rep)
+    b1_bytes = export_b1(cfg, model, rep)
+    packed_bytes = packed_from_b1(b1_bytes, cfg.packed_rows)
+    return Exported(dyn_bytes, b1_bytes, packed_bytes, Int8Model(dyn_bytes), Int8Model(b1_bytes),
+                    Int8Model(packed_bytes))
+
+
+def variant_files(name: str) -> dict[str, str]:
+    """File names of a model directory: variant -> file, plus ``"float"`` (the Keras model)."""
+    return {"dynamic": f"{name}_dyn.tflite", "b1": f"{name}_b1.tflite",
+            "packed": f"{name}_packed.tflite", "float": f"{name}_float.keras"}
+
+
+def save_keras(model, path: Path) -> None:
+    """``model.save(path)`` (Keras v3 zip), made byte-reproducible: Keras stamps the save time
+    into ``metadata.json`` (``date_saved``) and into the weights entry's zip header; both are
+    dropped, so the same weights give the same sha256 (training is reproducible here)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.keras")
+    model.save(tmp)
+    strip_keras_timestamps(tmp, path)
+    tmp.unlink()
+
+
+def strip_keras_timestamps(src: Path, dst: Path) -> None:
+    """Copies a ``.keras`` zip without its save time (see ``save_keras``)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            zi = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.compress_type, zi.external_attr = info.compress_type, info.external_attr
+            zout.writestr(zi, data)
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """Writes ``out/manifest.json`` through a temporary file and ``os.replace`` (a reader never
+    sees a half-written manifest)."""
+    tmp = Path(out) / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, Path(out) / "manifest.json")
+
+
+def write_model_dir(out: str | os.PathLike, cfg, model, ex: Exported, head: dict,
+                    fidelity: dict, training: dict, metrics: dict,
+                    manifest_now: bool = True, stem: str | None = None) -> dict:
+    """Writes a model directory: the three int8 variants, the float Keras model they were
+    converted from (``<name>_float.keras``, for ``edgert retrain``; the runtime never reads it)
+    and, when ``manifest_now``, ``manifest.json`` (last).
+
+    Args:
+      out: directory (created).
+      cfg: the AEConfig/CNNConfig of the run (name, packed_rows, recorded as training.config).
+      model: the trained float Keras model (batch None).
+      ex: its int8 variants (``export_variants``).
+      head: manifest fields before ``variants`` (schema, name, kind, …, class_names).
+      fidelity: the manifest's ``fidelity`` section.
+      training: the first fields of ``training`` (command, seed, data, …); versions, config,
+        architecture, ops, Edge TPU verdicts, LiteRT speed and ``metrics`` are appended.
+    Returns the manifest (with ``files``: sha256 of every file written). With
+    ``manifest_now=False`` the caller adds to it and calls ``write_manifest``. ``stem``: file
+    name stem instead of ``cfg.name`` (``edgert retrain`` names each generation's files anew).
+    """
+    tf = _tf()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fn = variant_files(stem or cfg.name)
+    for v, content in (("dynamic", ex.dyn_bytes), ("b1", ex.b1_bytes),
+                       ("packed", ex.packed_bytes)):
+        (out / fn[v]).write_bytes(content)
+    # a fresh, uncompiled copy: no optimizer state (whose auto-numbered name, e.g. "adam_3",
+    # depends on how many models this process compiled before)
+    save_keras(clone_with_batch(cfg, model, None), out / fn["float"])
+    manifest = {
+        **head,
+        "variants": {
+            "dynamic": _variant_entry(fn["dynamic"], ex.dyn, "dynamic"),
+            "b1": _variant_entry(fn["b1"], ex.b1, 1),
+            "packed": _variant_entry(fn["packed"], ex.packed, 1, rows=cfg.packed_rows),
+        },
+        "fidelity": fidelity,
+        "float_model": {
+            "file": fn["float"], "format": "keras",
+            "keras": getattr(tf.keras, "__version__", None),
+            "input": "normalized windows [batch, 1, W, C] (batch None)",
+            "note": "the float Keras model the int8 variants were converted from (the b1 "
+                    "graph with a dynamic batch); edgert retrain fine-tunes it, the runtime "
+                    "never reads it",
+        },
+        "training": {
+            **training,
+            **_versions(tf),
+            "config": _cfg_json(cfg),
+            "architecture": _arch_summary(model),
+            "params": int(model.count_params()),
+            "ops": {"dynamic": tflite_ops(ex.dyn_bytes), "b1": tflite_ops(ex.b1_bytes),
+                    "packed": tflite_ops(ex.packed_bytes)},
+            "edgetpu_check": {v: _edgetpu_verdict(out / fn[v]) for v in ("b1", "packed")},
+            "litert_us_per_window": _speed({"dyn_b1": (ex.dyn, 1), "dyn_b32": (ex.dyn, 32),
+                                            "b1": (ex.b1, 1), "packed": (ex.packed, 1)}),
+            "metrics": metrics,
+        },
+        "files": {fn[v]: _sha256(out / fn[v]) for v in ("dynamic", "b1", "packed", "float")},
+    }
+    if manifest_now:
+        write_manifest(out, manifest)
+    return manifest
+
+
 # ---------------------------------------------------------------------------------------------
 # autoencoder: recordings (leave-one-recording-out calibration)
 # ---------------------------------------------------------------------------------------------
@@ -1222,7 +1371,7 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
     """
     cfg = cfg or AEConfig()
     t0 = time.time()
-    tf = _tf()
+    _tf()  # TensorFlow first: fails early without it
     ds = ds or load_dataset(data)
     recs = {r.name: r.x for r in ds.recordings}
     label_of = {r.name: (r.label if r.label is not None else recording_class(r.name))
@@ -1252,10 +1401,9 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
     log("training the final model ...")
     model, hist = train_autoencoder(cfg, x_fit, seed, label="final")
     rep = representative_set(cfg, x_fit, seed)
-    dyn_bytes = export_dynamic(cfg, model, rep)
-    b1_bytes = export_b1(cfg, model, rep)
-    packed_bytes = packed_from_b1(b1_bytes, cfg.packed_rows)
-    dyn, b1, packed = Int8Model(dyn_bytes), Int8Model(b1_bytes), Int8Model(packed_bytes)
+    ex = export_variants(cfg, model, rep)
+    dyn_bytes, b1_bytes = ex.dyn_bytes, ex.b1_bytes
+    dyn, b1, packed = ex.dyn, ex.b1, ex.packed
 
     # --- checks ------------------------------------------------------------------------
     xn = {n: normalize(win_h[n], mean, std) for n in recs}
@@ -1324,14 +1472,9 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
 
     # --- write the model directory -----------------------------------------------------
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    f_dyn, f_b1, f_packed = (f"{cfg.name}_dyn.tflite", f"{cfg.name}_b1.tflite",
-                             f"{cfg.name}_packed.tflite")
-    for fname, content in ((f_dyn, dyn_bytes), (f_b1, b1_bytes), (f_packed, packed_bytes)):
-        (out / fname).write_bytes(content)
     n_cal = int(len(cal["scores"]))
     itsc = ds.is_itsc
-    manifest = {
+    head = {
         "schema": 1,
         "name": cfg.name,
         "kind": "autoencoder",
@@ -1357,39 +1500,24 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
             "per_recording_max": {r: _r(v.max(), 6) for r, v in cal["per_recording"].items()},
         },
         "class_names": None,
-        "variants": {
-            "dynamic": _variant_entry(f_dyn, dyn, "dynamic"),
-            "b1": _variant_entry(f_b1, b1, 1),
-            "packed": _variant_entry(f_packed, packed, 1, rows=cfg.packed_rows),
-        },
-        "fidelity": {
-            "float_int8_score_corr": _r(corr_all, 5),
-            "float_int8_decision_agreement": _r(decision_agree, 5),
-            "windows": int(len(s32)),
-            "variant": "dynamic",
-            "packed_equals_b1": packed_cmp["packed_equals_b1"],
-        },
-        "training": {
-            "command": command or _default_command(out, seed, None, "autoencoder", cfg),
-            "seed": seed,
-            "data": _data_desc(ds),
-            "data_sha256": ds.sha256,
-            "train_recordings": list(cfg.train_recordings),
-            "holdout_recordings": list(cfg.holdout_recordings),
-            **_versions(tf),
-            "config": _cfg_json(cfg),
-            "architecture": _arch_summary(model),
-            "params": int(model.count_params()),
-            "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes),
-                    "packed": tflite_ops(packed_bytes)},
-            "edgetpu_check": {v: _edgetpu_verdict(out / f) for v, f in
-                              (("b1", f_b1), ("packed", f_packed))},
-            "litert_us_per_window": _speed({"dyn_b1": (dyn, 1), "dyn_b32": (dyn, 32),
-                                            "b1": (b1, 1), "packed": (packed, 1)}),
-            "metrics": metrics,
-        },
-        "files": {f: _sha256(out / f) for f in (f_dyn, f_b1, f_packed)},
     }
+    fidelity = {
+        "float_int8_score_corr": _r(corr_all, 5),
+        "float_int8_decision_agreement": _r(decision_agree, 5),
+        "windows": int(len(s32)),
+        "variant": "dynamic",
+        "packed_equals_b1": packed_cmp["packed_equals_b1"],
+    }
+    training = {
+        "command": command or _default_command(out, seed, None, "autoencoder", cfg),
+        "seed": seed,
+        "data": _data_desc(ds),
+        "data_sha256": ds.sha256,
+        "train_recordings": list(cfg.train_recordings),
+        "holdout_recordings": list(cfg.holdout_recordings),
+    }
+    manifest = write_model_dir(out, cfg, model, ex, head, fidelity, training, metrics,
+                               manifest_now=False)
 
     # --- leave-one-normal-recording-out folds (for edgert eval) ---------------------------
     folds_dir = out / "folds"
@@ -1453,7 +1581,7 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
             "detection_rate_mean": det,
         }
     manifest["training"]["seconds"] = round(time.time() - t0, 1)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     log(f"wrote {out} in {time.time() - t0:.0f} s; threshold {threshold:.6g}")
     return manifest
 
@@ -1549,7 +1677,7 @@ def train_ae_split(out: str | os.PathLike, ds: Dataset, cfg: AEConfig, seed: int
     (LiteRT, dynamic variant) of the shipped model, which never saw them.
     """
     t0 = time.time()
-    tf = _tf()
+    _tf()  # TensorFlow first: fails early without it
     W, H = cfg.window, cfg.hop
     parts = []
     for r in ds.recordings:
@@ -1587,10 +1715,8 @@ def train_ae_split(out: str | os.PathLike, ds: Dataset, cfg: AEConfig, seed: int
         f"(hop {H})")
     model, hist = train_autoencoder(cfg, x_fit, seed, label="train")
     rep = representative_set(cfg, x_fit, seed)
-    dyn_bytes = export_dynamic(cfg, model, rep)
-    b1_bytes = export_b1(cfg, model, rep)
-    packed_bytes = packed_from_b1(b1_bytes, cfg.packed_rows)
-    dyn, b1, packed = Int8Model(dyn_bytes), Int8Model(b1_bytes), Int8Model(packed_bytes)
+    ex = export_variants(cfg, model, rep)
+    dyn, b1, packed = ex.dyn, ex.b1, ex.packed
     s_held, _ = dyn.errors(held, batch=32)
     q = _quantile(s_held, cfg.quantile)
     threshold = _r(cfg.factor * q, 6)
@@ -1619,11 +1745,7 @@ def train_ae_split(out: str | os.PathLike, ds: Dataset, cfg: AEConfig, seed: int
     out.mkdir(parents=True, exist_ok=True)
     if (out / "folds").exists():
         shutil.rmtree(out / "folds")
-    f_dyn, f_b1, f_packed = (f"{cfg.name}_dyn.tflite", f"{cfg.name}_b1.tflite",
-                             f"{cfg.name}_packed.tflite")
-    for fname, content in ((f_dyn, dyn_bytes), (f_b1, b1_bytes), (f_packed, packed_bytes)):
-        (out / fname).write_bytes(content)
-    manifest = {
+    head = {
         "schema": 1, "name": cfg.name, "kind": "autoencoder",
         "description": _ae_description(cfg, False),
         "window": W, "hop": H, "sample_rate_hz": cfg.sample_rate_hz,
@@ -1640,42 +1762,28 @@ def train_ae_split(out: str | os.PathLike, ds: Dataset, cfg: AEConfig, seed: int
             "normal_label": normal,
         },
         "class_names": None,
-        "variants": {
-            "dynamic": _variant_entry(f_dyn, dyn, "dynamic"),
-            "b1": _variant_entry(f_b1, b1, 1),
-            "packed": _variant_entry(f_packed, packed, 1, rows=cfg.packed_rows),
-        },
-        "fidelity": {"float_int8_score_corr": _r(corr, 5),
-                     "float_int8_decision_agreement": _r(agree, 5),
-                     "windows": int(len(s_all)), "variant": "dynamic",
-                     "packed_equals_b1": packed_cmp["packed_equals_b1"]},
-        "training": {
-            "command": command or _default_command(out, seed, None, "autoencoder", cfg),
-            "seed": seed, "data": _data_desc(ds), "data_sha256": ds.sha256,
-            **_versions(tf),
-            "config": _cfg_json(cfg),
-            "architecture": _arch_summary(model),
-            "params": int(model.count_params()),
-            "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes),
-                    "packed": tflite_ops(packed_bytes)},
-            "edgetpu_check": {v: _edgetpu_verdict(out / f) for v, f in
-                              (("b1", f_b1), ("packed", f_packed))},
-            "litert_us_per_window": _speed({"dyn_b1": (dyn, 1), "dyn_b32": (dyn, 32),
-                                            "b1": (b1, 1), "packed": (packed, 1)}),
-            "metrics": {
-                "scored_with": "LiteRT int8 (dynamic variant, batch 32)",
-                "false_alarm_rate_held_back": _r((s_held > threshold).mean(), 4),
-                "held_back_windows": int(len(s_held)),
-                "detection_rate": {k: v["rate"] for k, v in detection.items()},
-                "detection_windows": {k: v["windows"] for k, v in detection.items()},
-                **packed_cmp,
-                "final_train_loss": _r(hist["loss"][-1]),
-            },
-            "seconds": round(time.time() - t0, 1),
-        },
-        "files": {f: _sha256(out / f) for f in (f_dyn, f_b1, f_packed)},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    fidelity = {"float_int8_score_corr": _r(corr, 5),
+                "float_int8_decision_agreement": _r(agree, 5),
+                "windows": int(len(s_all)), "variant": "dynamic",
+                "packed_equals_b1": packed_cmp["packed_equals_b1"]}
+    training = {
+        "command": command or _default_command(out, seed, None, "autoencoder", cfg),
+        "seed": seed, "data": _data_desc(ds), "data_sha256": ds.sha256,
+    }
+    metrics = {
+        "scored_with": "LiteRT int8 (dynamic variant, batch 32)",
+        "false_alarm_rate_held_back": _r((s_held > threshold).mean(), 4),
+        "held_back_windows": int(len(s_held)),
+        "detection_rate": {k: v["rate"] for k, v in detection.items()},
+        "detection_windows": {k: v["windows"] for k, v in detection.items()},
+        **packed_cmp,
+        "final_train_loss": _r(hist["loss"][-1]),
+    }
+    manifest = write_model_dir(out, cfg, model, ex, head, fidelity, training, metrics,
+                               manifest_now=False)
+    manifest["training"]["seconds"] = round(time.time() - t0, 1)
+    write_manifest(out, manifest)
     log(f"wrote {out} in {time.time() - t0:.0f} s; threshold {threshold:.6g}")
     return manifest
 
@@ -1853,7 +1961,7 @@ def train_classifier(out: str | os.PathLike, ds: Dataset, cfg: CNNConfig | None 
     (with ``out/folds/<fold>/``: each fold's int8 dynamic model, for ``edgert eval``)."""
     cfg = cfg or CNNConfig()
     t0 = time.time()
-    tf = _tf()
+    _tf()  # TensorFlow first: fails early without it
     W, H = cfg.window, cfg.hop
     labels = set()
     for r in ds.recordings:
@@ -1967,10 +2075,9 @@ def train_classifier(out: str | os.PathLike, ds: Dataset, cfg: CNNConfig | None 
     # --- final model on everything ---------------------------------------------------------
     all_segs = [(r, 0, len(r.x)) for r in ds.recordings]
     model, hist, mean, std, rep, dropped_final = fit(all_segs, "final")
-    dyn_bytes = export_dynamic(cfg, model, rep)
-    b1_bytes = export_b1(cfg, model, rep)
-    packed_bytes = packed_from_b1(b1_bytes, cfg.packed_rows)
-    dyn, b1, packed = Int8Model(dyn_bytes), Int8Model(b1_bytes), Int8Model(packed_bytes)
+    ex = export_variants(cfg, model, rep)
+    dyn_bytes = ex.dyn_bytes
+    dyn, b1, packed = ex.dyn, ex.b1, ex.packed
     xa, ya, na, sa = _segments_windows(all_segs, W, H, cidx)
     xan = normalize(xa, mean, std)
     lg32, q32 = dyn.logits(xan, batch=32)
@@ -1999,11 +2106,8 @@ def train_classifier(out: str | os.PathLike, ds: Dataset, cfg: CNNConfig | None 
     log(f"final model: int8/float argmax agreement {agree:.4f} on {len(ya)} windows; "
         f"packed == b1: {packed_cmp['packed_equals_b1']}")
 
-    f_dyn, f_b1, f_packed = fname_dyn, f"{cfg.name}_b1.tflite", f"{cfg.name}_packed.tflite"
-    for fname, content in ((f_dyn, dyn_bytes), (f_b1, b1_bytes), (f_packed, packed_bytes)):
-        (out / fname).write_bytes(content)
     itsc = ds.is_itsc
-    manifest = {
+    head = {
         "schema": 1,
         "name": cfg.name,
         "kind": "classifier",
@@ -2017,48 +2121,33 @@ def train_classifier(out: str | os.PathLike, ds: Dataset, cfg: CNNConfig | None 
         "output": "logits",
         "threshold": None,
         "class_names": list(class_names),
-        "variants": {
-            "dynamic": _variant_entry(f_dyn, dyn, "dynamic"),
-            "b1": _variant_entry(f_b1, b1, 1),
-            "packed": _variant_entry(f_packed, packed, 1, rows=cfg.packed_rows),
-        },
-        "fidelity": {
-            "int8_float_argmax_agreement": _r(agree, 5),
-            "windows": int(len(ya)),
-            "variant": "dynamic",
-            "b1_float_argmax_agreement": final["b1_float_argmax_agreement"],
-            "packed_equals_b1": packed_cmp["packed_equals_b1"],
-            "cv_held_out_int8_float_argmax_agreement": (cv or {}).get(
-                "int8_float_argmax_agreement"),
-        },
-        "training": {
-            "command": command or _default_command(out, seed, None, "classifier", cfg),
-            "seed": seed,
-            "data": _data_desc(ds),
-            "data_sha256": ds.sha256,
-            "train_recordings": [n for n in ds.names()
-                                 if n not in {d["recording"] for d in dropped_final}],
-            "label_audit": {
-                "method": "label_audit: per-channel RMS and channel correlations of each "
-                          "recording, nearest class median (leave-one-out, robust scaling); "
-                          "flagged recordings are not trained on (every evaluation keeps them)",
-                "not_trained_on": dropped_final},
-            **_versions(tf),
-            "config": _cfg_json(cfg),
-            "architecture": _arch_summary(model),
-            "params": int(model.count_params()),
-            "ops": {"dynamic": tflite_ops(dyn_bytes), "b1": tflite_ops(b1_bytes),
-                    "packed": tflite_ops(packed_bytes)},
-            "edgetpu_check": {v: _edgetpu_verdict(out / f) for v, f in
-                              (("b1", f_b1), ("packed", f_packed))},
-            "litert_us_per_window": _speed({"dyn_b1": (dyn, 1), "dyn_b32": (dyn, 32),
-                                            "b1": (b1, 1), "packed": (packed, 1)}),
-            "metrics": {"cv": cv, "final": final},
-            "seconds": round(time.time() - t0, 1),
-        },
-        "files": {f: _sha256(out / f) for f in (f_dyn, f_b1, f_packed)},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    fidelity = {
+        "int8_float_argmax_agreement": _r(agree, 5),
+        "windows": int(len(ya)),
+        "variant": "dynamic",
+        "b1_float_argmax_agreement": final["b1_float_argmax_agreement"],
+        "packed_equals_b1": packed_cmp["packed_equals_b1"],
+        "cv_held_out_int8_float_argmax_agreement": (cv or {}).get(
+            "int8_float_argmax_agreement"),
+    }
+    training = {
+        "command": command or _default_command(out, seed, None, "classifier", cfg),
+        "seed": seed,
+        "data": _data_desc(ds),
+        "data_sha256": ds.sha256,
+        "train_recordings": [n for n in ds.names()
+                             if n not in {d["recording"] for d in dropped_final}],
+        "label_audit": {
+            "method": "label_audit: per-channel RMS and channel correlations of each "
+                      "recording, nearest class median (leave-one-out, robust scaling); "
+                      "flagged recordings are not trained on (every evaluation keeps them)",
+            "not_trained_on": dropped_final},
+    }
+    manifest = write_model_dir(out, cfg, model, ex, head, fidelity, training,
+                               {"cv": cv, "final": final}, manifest_now=False)
+    manifest["training"]["seconds"] = round(time.time() - t0, 1)
+    write_manifest(out, manifest)
     log(f"wrote {out} in {time.time() - t0:.0f} s")
     return manifest
 

@@ -43,6 +43,10 @@ class SensorStream:
         self.pos = 0  # logical samples appended since the last restart
         self.next_start = 0  # logical start of the next window to cut
         self.restarts = 0
+        # Per-sensor normalization (views into edgert.adapt.SafeNormalization's rows) when the
+        # daemon adapts; None: the model's, held by the batcher.
+        self.norm_mean: np.ndarray | None = None
+        self.norm_inv_std: np.ndarray | None = None
 
     def restart(self, t0: int, dt: int) -> None:
         self.t_origin, self.dt, self.pos, self.next_start = t0, dt, 0, 0
@@ -104,12 +108,14 @@ def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int,
     n = samples.shape[0]
     i = 0
     cut = 0
+    mean = b.mean if stream.norm_mean is None else stream.norm_mean
+    inv_std = b.inv_std if stream.norm_inv_std is None else stream.norm_inv_std
     while True:
         row = b.n
         first = stream.next_start
         pos, nxt, k, used = kernels.ingest(
-            stream.ring, cap, stream.pos, first, samples[i:] if i else samples, W, H, b.mean,
-            b.inv_std, b.in_scale, b.in_zp, b.buf, b.stats, b.t_start, row, b.max_batch - row,
+            stream.ring, cap, stream.pos, first, samples[i:] if i else samples, W, H, mean,
+            inv_std, b.in_scale, b.in_zp, b.buf, b.stats, b.t_start, row, b.max_batch - row,
             stream.t_origin, stream.dt)
         stream.pos, stream.next_start = pos, nxt
         i += used

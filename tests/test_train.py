@@ -237,6 +237,7 @@ def test_reduced_training_reproduces(tmp_path, kind, data, extra):
     assert train_main(cmd[2:]) == 0
     m2 = json.loads((out2 / "manifest.json").read_text())
     assert m1["files"] == m2["files"]  # bit-identical model files
+    assert m1["float_model"]["file"] == f"t-{kind}_float.keras" in m1["files"]  # for retrain
     assert _comparable(m1) == _comparable(m2)
     loaded = models.load(out2)
     assert set(loaded.variants) == {"dynamic", "b1", "packed"}

@@ -6,6 +6,7 @@ Each dataset module adds its sub-command to ``edgert eval`` with ``add_parser(su
   leave-one-repetition-out and the autoencoder leave-one-healthy-recording-out, from the fold
   models shipped with ``motor-cnn`` and ``motor-ae`` (no TensorFlow needed).
 * ``skab`` (`edgert.evaluate.skab`): SKAB outlier detection (trains per file: needs TensorFlow).
+* ``nab`` (`edgert.evaluate.nab`): NAB with NAB's scoring (trains per file: needs TensorFlow).
 
 ``add_parsers(subparsers)`` registers ``eval`` itself on the ``edgert`` sub-commands.
 """
@@ -15,12 +16,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-DATASETS = ("itsc", "skab")
+DATASETS = ("itsc", "skab", "nab")
 
 
 def add_parsers(subparsers):
     """Adds ``eval`` (with one sub-command per dataset module present) to ``subparsers``."""
-    p = subparsers.add_parser("eval", help="benchmarks through the int8 runtime (itsc, skab)")
+    p = subparsers.add_parser("eval", help="benchmarks through the int8 runtime (itsc, skab, nab)")
     sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for name in DATASETS:
         if importlib.util.find_spec(f"{__name__}.{name}") is None:

@@ -3,6 +3,7 @@
 Usage::
 
     edgert eval skab --data DIR [--json] [--files N] [--method edgeae|convae] [--seed S]
+                     [--adapt off|all|VARIANT,...]   (edgert.evaluate.skab_adapt)
 
 ``DIR`` is SKAB's ``data/`` folder (``valve1/``, ``valve2/``, ``other/``: every CSV with an
 ``anomaly`` column is a labelled file; ``anomaly-free/`` has no labels and is not used by
@@ -383,28 +384,6 @@ def _layers():
     return tf, tf.keras.layers
 
 
-def _shuffle_layer_cls():
-    """Constant-shape reshape ``[.., 1, w, 2f] -> [.., 1, 2w, f]`` (as in edgert.train: Keras'
-    Reshape would compute the batch at run time and make the tensor dynamic)."""
-    tf, L = _layers()
-
-    class Shuffle(L.Layer):
-        def __init__(self, w, f, **kw):
-            super().__init__(**kw)
-            self.w, self.f = w, f
-
-        def call(self, x):
-            return tf.keras.ops.reshape(x, (-1, 1, self.w, self.f))
-
-        def compute_output_shape(self, input_shape):
-            return (input_shape[0], 1, self.w, self.f)
-
-        def get_config(self):
-            return {**super().get_config(), "w": self.w, "f": self.f}
-
-    return Shuffle
-
-
 def build_ae(spec: dict, subpixel: bool = False, batch: int | None = None):
     """A conv autoencoder ``[B, 1, W, C_in] -> [B, 1, W, C_out]`` from a layer list.
 
@@ -415,10 +394,9 @@ def build_ae(spec: dict, subpixel: bool = False, batch: int | None = None):
     ``("drop", rate)``. With ``subpixel=True`` each "up" is its exact sub-pixel equivalent
     (Conv2D with 2 x filters + constant reshape), the form of the dynamic-batch CPU variant.
     """
-    from ..train import _subpixel_taps
+    from ..train import Shuffle, _subpixel_taps
 
     tf, L = _layers()
-    Shuffle = _shuffle_layer_cls()
     W = spec["window"]
     inp = tf.keras.Input(shape=(1, W, spec["c_in"]), batch_size=batch, name="x")
     h, w = inp, W
@@ -549,6 +527,11 @@ def _fit(model, x: np.ndarray, cfg) -> int:
     return len(h.history["loss"])
 
 
+def model_dir_of(workdir: Path, f: SkabFile) -> Path:
+    """Where `_train_file` writes ``f``'s model directory."""
+    return workdir / f.name.replace("/", "_")
+
+
 def _train_file(f: SkabFile, cfg, spec: dict, workdir: Path, tail: int | None):
     """Scaler + model on the training part, int8 conversion, model directory, and every
     window of the file scored through the runtime. Returns (Scored, epochs, backend name)."""
@@ -560,7 +543,7 @@ def _train_file(f: SkabFile, cfg, spec: dict, workdir: Path, tail: int | None):
     model = build_ae(spec)
     epochs = _fit(model, xtr, cfg)
     tfl = int8_dynamic(spec, model, rep_set(xtr, cfg.rep_headroom, cfg.rep_windows, cfg.seed))
-    mdir = write_model_dir(workdir / f.name.replace("/", "_"), spec["name"].replace("_", "-"),
+    mdir = write_model_dir(model_dir_of(workdir, f), spec["name"].replace("_", "-"),
                            tfl, f.columns, mean, std, 1.0, "see edgert.evaluate.skab",
                            {"data": f"SKAB {f.name}, rows 0-{TRAIN_ROWS - 1}",
                             "epochs": epochs, "seed": cfg.seed})
@@ -690,7 +673,11 @@ def channel_ratio(err: np.ndarray, n_train: int, q: float) -> np.ndarray:
     return err / np.where(ref > 0, ref, np.finfo(np.float64).tiny)
 
 
-def run_edgeae(files: list[SkabFile], cfg: EdgeAEConfig, workdir: Path, log=print) -> tuple:
+def run_edgeae(files: list[SkabFile], cfg: EdgeAEConfig, workdir: Path, log=print,
+               hook=None) -> tuple:
+    """Per file: train, score every window through the runtime, decide. ``hook(f, sc,
+    model_dir, scored, cfg, stream_score)``, if given, runs while the model directory exists;
+    its result is kept as the file's ``"adapt"`` (edgert.evaluate.skab_adapt)."""
     drift = channel_drift(files, cfg.window)
     scored = [c for c in range(len(drift)) if drift[c] <= cfg.drift_limit]
     cols = files[0].columns
@@ -716,6 +703,8 @@ def run_edgeae(files: list[SkabFile], cfg: EdgeAEConfig, workdir: Path, log=prin
                          "level": {"skab_flags": lvl > cfg.factor,
                                    "stream_flags": lvl_t > cfg.factor},
                          "runtime_seconds": sc.seconds, "epochs": epochs, "backend": backend})
+        if hook is not None:
+            per_file[-1]["adapt"] = hook(f, sc, model_dir_of(workdir, f), scored, cfg, tail)
         log(f"  {f.name}: {epochs} epochs, {time.time() - t0:.1f} s")
     return per_file, {"drift": [round(float(d), 3) for d in drift],
                       "scored_channels": [cols[c] for c in scored]}
@@ -753,9 +742,10 @@ def summarize(files: list[SkabFile], per_file: list[dict], window: int = WINDOW)
 
 
 def evaluate(data: str | os.PathLike, method: str = "edgeae", files: int | None = None,
-             seed: int = 0, epochs: int | None = None, log=print) -> dict:
+             seed: int = 0, epochs: int | None = None, log=print, hook=None) -> dict:
     """Runs the protocol; returns ``{"skab", "stream", "trivial": {f1, far, mar, tp, fp, fn,
-    tn}, "per_file", "method", "files", "windows_per_s", ...}`` (FAR/MAR in %)."""
+    tn}, "per_file", "method", "files", "windows_per_s", ...}`` (FAR/MAR in %). ``hook``:
+    see `run_edgeae` (edgeae only); its results come back in ``"_per_file_adapt"``."""
     t0 = time.time()
     sk = load_skab(data, files)
     log(f"{len(sk)} labelled files, {sum(f.n_test for f in sk)} test points, method {method}")
@@ -767,13 +757,18 @@ def evaluate(data: str | os.PathLike, method: str = "edgeae", files: int | None 
         raise ValueError(f"unknown method {method!r} (convae, edgeae)")
     if epochs is not None:
         cfg.epochs = int(epochs)
+    if hook is not None and method != "edgeae":
+        raise ValueError("adaptive replay (hook) needs method edgeae")
     extra = {}
     with tempfile.TemporaryDirectory(prefix="edgert-skab-") as tmp:
         if method == "convae":
             per_file = run_convae(sk, cfg, Path(tmp), log=log)
         else:
-            per_file, extra = run_edgeae(sk, cfg, Path(tmp), log=log)
+            per_file, extra = run_edgeae(sk, cfg, Path(tmp), log=log, hook=hook)
     out = summarize(sk, per_file)
+    if hook is not None:
+        out["_per_file_adapt"] = [{"skab_flags": r["skab_flags"], "adapt": r["adapt"]}
+                                  for r in per_file]
     if all("level" in r for r in per_file):
         lv = summarize(sk, [r["level"] for r in per_file])
         out["level"] = {"skab": lv["skab"], "stream": lv["stream"]}
@@ -833,6 +828,10 @@ def _r(v: float, nd: int) -> float:
 
 
 def cmd_skab(args) -> int:
+    if getattr(args, "adapt", "off") != "off":
+        from .skab_adapt import cmd
+
+        return cmd(args)
     try:
         res = evaluate(args.data, method=args.method, files=args.files, seed=args.seed,
                        epochs=args.epochs,
@@ -884,6 +883,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None,
                    help="cap the training epochs (quick runs; default 100 with early stopping)")
+    from .skab_adapt import add_arguments
+
+    add_arguments(p)
     p.set_defaults(fn=cmd_skab)
     return p
 
