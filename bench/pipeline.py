@@ -580,7 +580,7 @@ def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: i
     if len(snaps) < 2:
         raise BenchError(f"only {len(snaps)} daemon stats events in the busy period "
                          f"({len(evs.stats)} in total): stats are not arriving every {stats_interval} s")
-    (ta, a), (tb, b) = snaps[0], snaps[-1]
+    (_, a), (_, b) = snaps[0], snaps[-1]
     du = b["uptime_s"] - a["uptime_s"]
     rate = (b["windows"] - a["windows"]) / du
     mrate = (b["messages"] - a["messages"]) / du
