@@ -235,99 +235,33 @@ def run_bench(settings: Settings, log=_log) -> dict:
         # 1. kernels
         if "kernels" in settings.sections:
             log("edgert bench: kernels (numba vs numpy)")
-            m = LoadMeter()
-            try:
-                if model is not None:
-                    v = model.variants["dynamic"]
-                    W, C, H = model.window, model.n_channels, model.hop
-                    mean, std = model.mean, model.std
-                    inq, outq = (v.input.scale, v.input.zero_point), (v.output.scale, v.output.zero_point)
-                else:
-                    W, C, H = 64, 3, 16
-                    mean, std = [0.0] * 3, [2.0] * 3
-                    inq = outq = (0.03, -1)
-                    settings.notes.append("kernels: no model, used W=64 C=3 H=16, mean 0, std 2, scale 0.03")
-                import numpy as np
-                cases = {f"{W}x{C}": micro.KernelCase(W, C, H, mean, std, inq, outq, settings.kernel_windows)}
-                eW, eC, eH = EXTRA_SHAPE
-                if f"{eW}x{eC}" not in cases:
-                    data = micro.signal_data(eC, 4096).astype(np.float64)
-                    cases[f"{eW}x{eC}"] = micro.KernelCase(eW, eC, eH, data.mean(0), data.std(0), inq, outq,
-                                                          settings.kernel_windows)
-                if settings.kernel_sweep:
-                    sweep = micro.sweep_cases(settings.kernel_windows_sweep, settings.kernel_channels_sweep,
-                                              inq, outq, settings.kernel_windows)
-                    cases.update({k: v for k, v in sweep.items() if k not in cases})
-                from edgert import kernels as _kernels
-                extra = sorted(set(_kernels.__all__) - set(micro.KERNELS) - {"BACKEND", "warmup"})
-                if extra:
-                    settings.notes.append(f"kernels not benchmarked (no input recipe in bench/micro.py): {extra}")
-                kres = micro.bench_kernels(cases, settings.kernel_repeats, settings.kernel_target_s, log=log)
-                kres["machine_load"] = m.stop()
-                result["kernels"] = kres
-            except Exception as exc:  # noqa: BLE001
-                result["errors"]["kernels"] = _err(exc)
+            _section(result, "kernels", lambda: _kernels_section(settings, model, log))
 
         # 2. bare invoke
         if "invoke" in settings.sections:
             log("edgert bench: bare invoke")
-            m = LoadMeter()
-            try:
-                if model is None:
-                    raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
-                ires = micro.bench_invoke(model, settings.invoke_repeats, settings.invoke_target_s,
-                                          max_batch=settings.max_batch, log=log)
-                ires["machine_load"] = m.stop()
-                result["invoke"] = ires
-            except Exception as exc:  # noqa: BLE001
-                result["errors"]["invoke"] = _err(exc)
+            _section(result, "invoke", lambda: micro.bench_invoke(
+                _need_model(settings, result, model), settings.invoke_repeats, settings.invoke_target_s,
+                max_batch=settings.max_batch, log=log))
 
         # 3. pipeline at full speed
         if "pipeline" in settings.sections:
             log(f"edgert bench: pipeline ({settings.sensors} sensors, {settings.block_samples}-sample "
                 f"blocks, {settings.pipeline_s:g} s)")
-            m = LoadMeter()
-            try:
-                if model is None:
-                    raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
-                pres = pipeline.saturate(model, model_arg, settings.pipeline_s, settings.pipeline_settle_s,
-                                         n_sensors=settings.sensors, block=settings.block_samples,
-                                         stats_interval=settings.stats_interval_s,
-                                         backlog_msgs=settings.backlog_msgs, cpu_daemon=settings.cpu_daemon,
-                                         startup_timeout=settings.startup_timeout_s, log=log)
-                pres["machine_load"] = m.stop()
-                result["pipeline"] = pres
+            pres = _section(result, "pipeline", lambda: pipeline.saturate(
+                _need_model(settings, result, model), model_arg, settings.pipeline_s,
+                settings.pipeline_settle_s, n_sensors=settings.sensors, block=settings.block_samples,
+                stats_interval=settings.stats_interval_s, backlog_msgs=settings.backlog_msgs,
+                cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s, log=log))
+            if pres is not None:
                 log(f"  sustained {pres['windows_per_s']:,.0f} windows/s")
-            except Exception as exc:  # noqa: BLE001
-                result["errors"]["pipeline"] = _err(exc)
 
         # 4. latency at half load, fresh daemon
         if "latency" in settings.sections:
-            m = LoadMeter()
-            try:
-                if model is None:
-                    raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
-                if "pipeline" in result:
-                    max_rate, src = result["pipeline"]["windows_per_s"], "pipeline"
-                elif "invoke" in result:
-                    max_rate, src = 0.5 * result["invoke"]["windows_per_s"], "0.5 x bare invoke (no pipeline figure)"
-                else:
-                    raise RuntimeError("no max rate to take a fraction of (pipeline and invoke both missing)")
-                rate = settings.latency_load * max_rate
-                log(f"edgert bench: latency at {settings.latency_load:.0%} load ({rate:,.0f} windows/s, "
-                    f"{settings.latency_s:g} s)")
-                lres = pipeline.paced(model, model_arg, rate, settings.latency_s, n_sensors=settings.sensors,
-                                      block=settings.block_samples, stats_interval=settings.stats_interval_s,
-                                      cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s,
-                                      log=log)
-                lres["load_fraction"] = settings.latency_load
-                lres["max_rate_from"] = src
-                lres["machine_load"] = m.stop()
-                result["latency"] = lres
+            lres = _section(result, "latency", lambda: _latency_section(settings, result, model, model_arg, log))
+            if lres is not None:
                 log(f"  p50 {_fmt(lres['p50_latency_us'], 0)} µs, p99 {_fmt(lres['p99_latency_us'], 0)} µs, "
                     f"rss {_fmt(lres['rss_mb'])} MB")
-            except Exception as exc:  # noqa: BLE001
-                result["errors"]["latency"] = _err(exc)
 
         _more_sections(settings, result, model, model_arg if model is not None else None, log)
     finally:
@@ -347,78 +281,127 @@ def run_bench(settings: Settings, log=_log) -> dict:
     return result
 
 
+def _section(result: dict, name: str, run) -> dict | None:
+    """Run one section: ``run()``'s result, with the machine load meanwhile, goes to
+    ``result[name]``; an exception goes to ``result["errors"][name]`` (the other sections run).
+    Returns the section's result or None."""
+    m = LoadMeter()
+    try:
+        res = run()
+    except Exception as exc:  # noqa: BLE001
+        result["errors"][name] = _err(exc)
+        return None
+    res["machine_load"] = m.stop()
+    result[name] = res
+    return res
+
+
+def _need_model(settings: Settings, result: dict, model):
+    """The model, or the reason it is unavailable as this section's error."""
+    if model is None:
+        raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
+    return model
+
+
+def _kernels_section(settings: Settings, model, log) -> dict:
+    """Numba vs numpy per kernel: the model's shape, the extra shape, and the sweep."""
+    import numpy as np
+
+    from . import micro
+
+    if model is not None:
+        v = model.variants["dynamic"]
+        W, C, H = model.window, model.n_channels, model.hop
+        mean, std = model.mean, model.std
+        inq, outq = (v.input.scale, v.input.zero_point), (v.output.scale, v.output.zero_point)
+    else:
+        W, C, H = 64, 3, 16
+        mean, std = [0.0] * 3, [2.0] * 3
+        inq = outq = (0.03, -1)
+        settings.notes.append("kernels: no model, used W=64 C=3 H=16, mean 0, std 2, scale 0.03")
+    cases = {f"{W}x{C}": micro.KernelCase(W, C, H, mean, std, inq, outq, settings.kernel_windows)}
+    eW, eC, eH = EXTRA_SHAPE
+    if f"{eW}x{eC}" not in cases:
+        data = micro.signal_data(eC, 4096).astype(np.float64)
+        cases[f"{eW}x{eC}"] = micro.KernelCase(eW, eC, eH, data.mean(0), data.std(0), inq, outq,
+                                              settings.kernel_windows)
+    if settings.kernel_sweep:
+        sweep = micro.sweep_cases(settings.kernel_windows_sweep, settings.kernel_channels_sweep,
+                                  inq, outq, settings.kernel_windows)
+        cases.update({k: v for k, v in sweep.items() if k not in cases})
+    from edgert import kernels as _kernels
+    extra = sorted(set(_kernels.__all__) - set(micro.KERNELS) - {"BACKEND", "warmup"})
+    if extra:
+        settings.notes.append(f"kernels not benchmarked (no input recipe in bench/micro.py): {extra}")
+    return micro.bench_kernels(cases, settings.kernel_repeats, settings.kernel_target_s, log=log)
+
+
+def _latency_section(settings: Settings, result: dict, model, model_arg, log) -> dict:
+    """Receipt-to-decision latency at a fraction of the pipeline's (or bare invoke's) rate."""
+    from . import pipeline
+
+    _need_model(settings, result, model)
+    if "pipeline" in result:
+        max_rate, src = result["pipeline"]["windows_per_s"], "pipeline"
+    elif "invoke" in result:
+        max_rate, src = 0.5 * result["invoke"]["windows_per_s"], "0.5 x bare invoke (no pipeline figure)"
+    else:
+        raise RuntimeError("no max rate to take a fraction of (pipeline and invoke both missing)")
+    rate = settings.latency_load * max_rate
+    log(f"edgert bench: latency at {settings.latency_load:.0%} load ({rate:,.0f} windows/s, "
+        f"{settings.latency_s:g} s)")
+    lres = pipeline.paced(model, model_arg, rate, settings.latency_s, n_sensors=settings.sensors,
+                          block=settings.block_samples, stats_interval=settings.stats_interval_s,
+                          cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s, log=log)
+    lres["load_fraction"] = settings.latency_load
+    lres["max_rate_from"] = src
+    return lres
+
+
 def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> None:
     """inference, bus, e2e, startup (see their modules); each failure is recorded, not raised."""
-    def need_model():
-        if model is None:
-            raise RuntimeError(f"model {settings.model!r} unavailable: {result['errors'].get('model')}")
-
     if "inference" in settings.sections:
         from . import inference
         from edgert import models as _models
 
         log("edgert bench: inference (every shipped model, variant, backend, batch)")
-        m = LoadMeter()
-        try:
-            names = settings.inference_models or tuple(_models.shipped())
-            res = inference.bench_inference(names, settings.inference_target_s,
-                                            tuple(settings.inference_batches), log=log)
-            res = {"models": res, "machine_load": m.stop()}
-            result["inference"] = res
-        except Exception as exc:  # noqa: BLE001
-            result["errors"]["inference"] = _err(exc)
+        _section(result, "inference", lambda: {"models": inference.bench_inference(
+            settings.inference_models or tuple(_models.shipped()), settings.inference_target_s,
+            tuple(settings.inference_batches), log=log)})
 
     if "bus" in settings.sections:
         from . import bus
 
         log("edgert bench: bus (ZeroMQ ipc vs tcp, block sizes, copy vs zero-copy receive)")
-        m = LoadMeter()
-        try:
-            C = model.n_channels if model is not None else 3
-            res = bus.bus_sweep(tuple(settings.bus_blocks), tuple(settings.bus_transports),
-                                tuple(settings.bus_modes), channels=C, seconds=settings.bus_s,
-                                cpu_sender=settings.cpu_daemon, log=log)
-            res["machine_load"] = m.stop()
-            result["bus"] = res
-        except Exception as exc:  # noqa: BLE001
-            result["errors"]["bus"] = _err(exc)
+        C = model.n_channels if model is not None else 3
+        _section(result, "bus", lambda: bus.bus_sweep(
+            tuple(settings.bus_blocks), tuple(settings.bus_transports), tuple(settings.bus_modes),
+            channels=C, seconds=settings.bus_s, cpu_sender=settings.cpu_daemon, log=log))
 
     if "e2e" in settings.sections:
         from . import e2e
 
         log(f"edgert bench: end to end ({', '.join(map(str, settings.e2e_sensors))} sensors, load steps "
             f"{', '.join(f'{f:.0%}' for f in settings.e2e_fractions)} of saturation)")
-        m = LoadMeter()
-        try:
-            need_model()
-            res = e2e.load_steps(model, model_arg, tuple(settings.e2e_sensors), tuple(settings.e2e_fractions),
-                                 step_s=settings.e2e_step_s, sat_s=settings.e2e_saturation_s,
-                                 settle=settings.pipeline_settle_s, block=settings.block_samples,
-                                 stats_interval=settings.stats_interval_s, backlog_msgs=settings.backlog_msgs,
-                                 cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s,
-                                 socket=settings.e2e_socket, sndhwm=settings.e2e_sndhwm,
-                                 max_extra_steps=settings.e2e_max_extra_steps, log=log)
-            res["machine_load"] = m.stop()
-            result["e2e"] = res
-        except Exception as exc:  # noqa: BLE001
-            result["errors"]["e2e"] = _err(exc)
+        _section(result, "e2e", lambda: e2e.load_steps(
+            _need_model(settings, result, model), model_arg, tuple(settings.e2e_sensors),
+            tuple(settings.e2e_fractions), step_s=settings.e2e_step_s, sat_s=settings.e2e_saturation_s,
+            settle=settings.pipeline_settle_s, block=settings.block_samples,
+            stats_interval=settings.stats_interval_s, backlog_msgs=settings.backlog_msgs,
+            cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s,
+            socket=settings.e2e_socket, sndhwm=settings.e2e_sndhwm,
+            max_extra_steps=settings.e2e_max_extra_steps, log=log))
 
     if "startup" in settings.sections:
         from . import startup
 
         log(f"edgert bench: start-up (edgert serve -> first decision; cold numba cache, then "
             f"{settings.startup_warm_runs} warm)")
-        m = LoadMeter()
-        try:
-            need_model()
-            res = startup.cold_warm(model, model_arg, warm_runs=settings.startup_warm_runs,
-                                    block=settings.block_samples, stats_interval=settings.stats_interval_s,
-                                    cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_cold_timeout_s,
-                                    cold=settings.startup_cold, log=log)
-            res["machine_load"] = m.stop()
-            result["startup"] = res
-        except Exception as exc:  # noqa: BLE001
-            result["errors"]["startup"] = _err(exc)
+        _section(result, "startup", lambda: startup.cold_warm(
+            _need_model(settings, result, model), model_arg, warm_runs=settings.startup_warm_runs,
+            block=settings.block_samples, stats_interval=settings.stats_interval_s,
+            cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_cold_timeout_s,
+            cold=settings.startup_cold, log=log))
 
 
 def _err(exc: BaseException) -> str:
