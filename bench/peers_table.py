@@ -50,13 +50,9 @@ def render(res: dict) -> str:
             if "error" in r:
                 lines.append(f"  {r['label']:<38}ERROR {r['error']}")
                 continue
-            q, sp = r["quality"], sec["ratios"].get(k, {}).get("speedup")
-            s50 = sec["ratios"].get(k, {}).get("speedup_p50")
-            lines.append(f"  {r['label']:<38}{r['batch']:>5}{_f(r['windows_per_s'], 0):>12}"
-                         f"{_f(r['p99_call_us'], 1):>12}{_f(r['p99_window_us'], 2):>11}"
-                         f"{_f(q['f1']):>7}{_f(q['far'], pct=True):>7}{_f(q['mar'], pct=True):>7}"
-                         f"{'' if sp is None else _f(sp, 1) + 'x':>10}"
-                         f"{'' if s50 is None else _f(s50, 1) + 'x':>8}")
+            c = _cells(sec, k, r, times="x", none="")
+            widths = (-38, 5, 12, 12, 11, 7, 7, 7, 10, 8)
+            lines.append("  " + "".join(f"{x:<{-w}}" if w < 0 else f"{x:>{w}}" for x, w in zip(c, widths)))
         for name, t in sec.get("targets", {}).items():
             if t["value"] is None:
                 lines.append(f"  target {name}: {t['target']}: not measured")
@@ -72,6 +68,16 @@ def render(res: dict) -> str:
         lines.append(f"note: {n}")
     lines.append(f"elapsed {res.get('elapsed_s', 0):.0f} s")
     return "\n".join(lines)
+
+
+def _cells(sec: dict, k: str, r: dict, times: str, none: str) -> list[str]:
+    """One detector's row as formatted cells (label, batch, windows/s, p99 per call and per
+    window, F1, FAR, MAR, speed-up, median-call speed-up), for the text and markdown tables."""
+    q, ratios = r["quality"], sec["ratios"].get(k, {})
+    sp, s50 = ratios.get("speedup"), ratios.get("speedup_p50")
+    return [r["label"], str(r["batch"]), _f(r["windows_per_s"], 0), _f(r["p99_call_us"], 1),
+            _f(r["p99_window_us"], 2), _f(q["f1"]), _f(q["far"], pct=True), _f(q["mar"], pct=True),
+            none if sp is None else _f(sp, 1) + times, none if s50 is None else _f(s50, 1) + times]
 
 
 def render_markdown(res: dict) -> str:
@@ -119,13 +125,7 @@ def render_markdown(res: dict) -> str:
             if "error" in r:
                 out.append(f"| {r['label']} | | | | | | | | error: {r['error'][:80]} | |")
                 continue
-            q, sp = r["quality"], sec["ratios"].get(k, {}).get("speedup")
-            s50 = sec["ratios"].get(k, {}).get("speedup_p50")
-            out.append(f"| {r['label']} | {r['batch']} | {_f(r['windows_per_s'], 0)} | "
-                       f"{_f(r['p99_call_us'], 1)} | {_f(r['p99_window_us'], 2)} | "
-                       f"{_f(q['f1'])} | {_f(q['far'], pct=True)} | {_f(q['mar'], pct=True)} | "
-                       f"{'-' if sp is None else _f(sp, 1) + '×'} | "
-                       f"{'-' if s50 is None else _f(s50, 1) + '×'} |")
+            out.append("| " + " | ".join(_cells(sec, k, r, times="×", none="-")) + " |")
         out.append("")
         for name, t in sec.get("targets", {}).items():
             if t["value"] is not None:
