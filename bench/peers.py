@@ -59,7 +59,6 @@ import copy
 import importlib
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -73,6 +72,7 @@ import numpy as np
 
 from . import sysinfo
 from .peers_table import render, render_markdown
+from .run import _clean
 
 SCHEMA = 1
 PEERS = ("edgert", "river", "iforest", "ecod", "onnxruntime", "tensorflow", "tflite-runtime")
@@ -1045,20 +1045,3 @@ def main(args) -> int:
     if getattr(args, "json", False):
         print(json.dumps(_clean(res), separators=(",", ":")), flush=True)
     return 1 if res["errors"] else 0
-
-
-def _clean(x):
-    """JSON-safe: numpy scalars/arrays -> Python, NaN -> None."""
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if hasattr(x, "item") and callable(x.item):
-        return _clean(x.item())
-    if isinstance(x, Path):
-        return str(x)
-    return x

@@ -690,15 +690,18 @@ def render_more(r: dict) -> list:
 
 
 def _clean(x):
-    """JSON-safe: NaN/inf -> None, tuples -> lists."""
+    """JSON-safe (also for `bench.peers`): NaN/inf -> None, tuples and arrays -> lists,
+    numpy scalars -> Python, paths -> str."""
     if isinstance(x, float):
         return None if math.isnan(x) or math.isinf(x) else x
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):  # numpy scalars
-        return _clean(x.item())
+    if hasattr(x, "tolist") and callable(x.tolist):  # numpy arrays and scalars
+        return _clean(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
     return x
 
 
