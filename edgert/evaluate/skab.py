@@ -827,21 +827,27 @@ def _r(v: float, nd: int) -> float:
     return round(float(v), nd)
 
 
+def guarded(run):
+    """``run(log)`` with progress on stderr; None (after saying why on stderr) for bad data or
+    options, or when TensorFlow, which training needs, is missing."""
+    try:
+        return run(lambda *a: print(*a, file=sys.stderr, flush=True))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"edgert eval skab: {exc}", file=sys.stderr)
+    except ImportError as exc:
+        print(f"edgert eval skab: {exc} (training needs TensorFlow: pip install "
+              "'edgert[train]')", file=sys.stderr)
+    return None
+
+
 def cmd_skab(args) -> int:
     if getattr(args, "adapt", "off") != "off":
         from .skab_adapt import cmd
 
         return cmd(args)
-    try:
-        res = evaluate(args.data, method=args.method, files=args.files, seed=args.seed,
-                       epochs=args.epochs,
-                       log=(lambda *a: print(*a, file=sys.stderr, flush=True)))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"edgert eval skab: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"edgert eval skab: {exc} (training needs TensorFlow: pip install "
-              "'edgert[train]')", file=sys.stderr)
+    res = guarded(lambda log: evaluate(args.data, method=args.method, files=args.files,
+                                       seed=args.seed, epochs=args.epochs, log=log))
+    if res is None:
         return 2
     print(report(res), flush=True)
     if args.json:

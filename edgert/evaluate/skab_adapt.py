@@ -42,7 +42,6 @@ training-part size), not tuned on SKAB's test parts.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,21 +356,17 @@ def add_arguments(p) -> None:
 
 def cmd(args) -> int:
     """``edgert eval skab --adapt ...``: the usual report, then the adaptive rows."""
-    try:
+    def run(log):
         variants = parse_variants(args.adapt)
         if args.method != "edgeae":
             raise ValueError("--adapt needs --method edgeae (its per-channel streaming score)")
         if args.adapt_batch < 1:
             raise ValueError(f"--adapt-batch must be >= 1, got {args.adapt_batch}")
-        res = evaluate(args.data, variants, seed=args.seed, files=args.files, epochs=args.epochs,
-                       batch=args.adapt_batch,
-                       log=(lambda *a: print(*a, file=sys.stderr, flush=True)))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"edgert eval skab: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"edgert eval skab: {exc} (training needs TensorFlow: pip install "
-              "'edgert[train]')", file=sys.stderr)
+        return evaluate(args.data, variants, seed=args.seed, files=args.files, epochs=args.epochs,
+                        batch=args.adapt_batch, log=log)
+
+    res = skab.guarded(run)
+    if res is None:
         return 2
     print(skab.report(res), flush=True)
     print(report(res), flush=True)
