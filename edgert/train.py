@@ -710,12 +710,17 @@ def to_subpixel(cfg: AEConfig, model, batch: int | None = None, check: np.ndarra
                 Wt[0, u, :, r * fo:(r + 1) * fo] = K[0, t].T
         sp.get_layer(f"dec{i}_sp").set_weights([Wt])
     if check is not None:
-        a = np.asarray(model(check, training=False))
-        b = np.asarray(sp(check, training=False))
-        err = float(np.abs(a - b).max())
-        if not err < 1e-4 * max(1.0, float(np.abs(a).max())):
-            raise RuntimeError(f"sub-pixel decoder differs from Conv2DTranspose: {err}")
+        check_subpixel(model, sp, check)
     return sp
+
+
+def check_subpixel(model, sp, check: np.ndarray) -> None:
+    """Raise unless the sub-pixel model ``sp`` gives ``model``'s float outputs on ``check``."""
+    a = np.asarray(model(check, training=False))
+    b = np.asarray(sp(check, training=False))
+    err = float(np.abs(a - b).max())
+    if not err < 1e-4 * max(1.0, float(np.abs(a).max())):
+        raise RuntimeError(f"sub-pixel decoder differs from Conv2DTranspose: {err}")
 
 
 def train_autoencoder(cfg: AEConfig, x_train: np.ndarray, seed: int, verbose: int = 0,

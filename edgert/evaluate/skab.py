@@ -448,7 +448,7 @@ def build_ae(spec: dict, subpixel: bool = False, batch: int | None = None):
 def to_subpixel_model(spec: dict, model, check: np.ndarray | None = None):
     """The ``subpixel=True`` form of ``spec`` carrying the weights of the trained ``model``
     (same mapping as edgert.train.to_subpixel); ``check``: assert equal float outputs."""
-    from ..train import _subpixel_taps
+    from ..train import _subpixel_taps, check_subpixel
 
     sp = build_ae(spec, subpixel=True, batch=None)
     src = {layer.name: layer for layer in model.layers}
@@ -472,11 +472,7 @@ def to_subpixel_model(spec: dict, model, check: np.ndarray | None = None):
         elif ly[0] in ("down", "conv", "code"):
             sp.get_layer(f"l{i}").set_weights(src[f"l{i}"].get_weights())
     if check is not None:
-        a = np.asarray(model(check, training=False))
-        b = np.asarray(sp(check, training=False))
-        err = float(np.abs(a - b).max())
-        if not err < 1e-4 * max(1.0, float(np.abs(a).max())):
-            raise RuntimeError(f"sub-pixel decoder differs from Conv2DTranspose: {err}")
+        check_subpixel(model, sp, check)
     return sp
 
 
