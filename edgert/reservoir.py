@@ -232,8 +232,7 @@ class Reservoir:
                 continue
             # re-quantize from the ring exactly as the scored rows were made: equal rows prove
             # the ring still holds the very samples that were judged normal
-            mean = b.mean if st.norm_mean is None else st.norm_mean  # the sensor's, if adapted
-            inv_std = b.inv_std if st.norm_inv_std is None else st.norm_inv_std
+            mean, inv_std = st.normalization(b)
             kernels.normalize_quantize(st.ring, st.cap, start, W, mean, inv_std, b.in_scale,
                                        b.in_zp, self._scratch, 0)
             same = (self._scratch[:r.size] == b.buf[r]).reshape(r.size, -1).all(axis=1)

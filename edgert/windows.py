@@ -48,6 +48,13 @@ class SensorStream:
         self.norm_mean: np.ndarray | None = None
         self.norm_inv_std: np.ndarray | None = None
 
+    def normalization(self, batcher) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, inv_std) this sensor's windows are normalized with: its own rows when the
+        daemon adapts them (`edgert.adapt`), else the model's, which the batcher holds."""
+        if self.norm_mean is None:
+            return batcher.mean, batcher.inv_std
+        return self.norm_mean, self.norm_inv_std
+
     def restart(self, t0: int, dt: int) -> None:
         self.t_origin, self.dt, self.pos, self.next_start = t0, dt, 0, 0
         self.restarts += 1
@@ -108,8 +115,7 @@ def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int,
     n = samples.shape[0]
     i = 0
     cut = 0
-    mean = b.mean if stream.norm_mean is None else stream.norm_mean
-    inv_std = b.inv_std if stream.norm_inv_std is None else stream.norm_inv_std
+    mean, inv_std = stream.normalization(b)
     while True:
         row = b.n
         first = stream.next_start
