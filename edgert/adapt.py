@@ -78,12 +78,7 @@ class SafeNormalization:
                  hold_s: float = 30.0, probation_s: float = 3.0, stationary_tol: float = 0.1,
                  gain_tol: float = 0.03, max_offset: float = 3.0, max_gain: float = 2.0,
                  track_step: float = 0.002, track_budget: float = 0.05, cooldown_s: float = 600.0):
-        self.base_mean = np.asarray(mean, dtype=np.float64)
-        self.base_std = np.asarray(std, dtype=np.float64)
-        # Constant channels (std 0) normalize to 0; tolerances on them are in raw units.
-        self._unit = np.where(self.base_std > 0, self.base_std, 1.0)
-        C = self.base_mean.size
-        S = int(max_sensors)
+        self.max_sensors = int(max_sensors)
         self.segment_ns = int(segment_s * 1e9)
         self.hold_ns = int(max(hold_s, 2 * segment_s) * 1e9)
         self.probation_ns = int(max(probation_s, segment_s) * 1e9)
@@ -91,6 +86,17 @@ class SafeNormalization:
         self.max_offset, self.max_gain = max_offset, max_gain
         self.track_step, self.track_budget = track_step, track_budget
         self.cooldown_ns = int(cooldown_s * 1e9)
+        self.accepted = 0
+        self.refused = 0
+        self._start(mean, std)
+
+    def _start(self, mean, std) -> None:
+        """Every sensor at the calibrated point of the normalization (mean, std)."""
+        self.base_mean = np.asarray(mean, dtype=np.float64)
+        self.base_std = np.asarray(std, dtype=np.float64)
+        # Constant channels (std 0) normalize to 0; tolerances on them are in raw units.
+        self._unit = np.where(self.base_std > 0, self.base_std, 1.0)
+        C, S = self.base_mean.size, self.max_sensors
         # What the ingest kernel uses (rows are handed to the sensors' streams as views).
         self.mean = np.tile(self.base_mean, (S, 1))
         self.inv_std = np.tile(self._inv(1.0), (S, 1))
@@ -101,7 +107,7 @@ class SafeNormalization:
         self.acc_offset = np.zeros((S, C))
         self._accepted_at = np.full(S, np.iinfo(np.int64).min // 2, dtype=np.int64)
         # The sensor's reference behaviour under the calibrated normalization: mean of window
-        # means and of window stds over its first normal segment (None until then).
+        # means and of window stds over its first normal segment (NaN until then).
         self.ref_mean = np.full((S, C), np.nan)
         self.ref_std = np.full((S, C), np.nan)
         # Segment accumulators.
@@ -117,8 +123,6 @@ class SafeNormalization:
         self.state = np.zeros(S, dtype=np.int8)
         self._hist: dict[int, list] = {}  # sensor -> [(t0, t1, seg mean, seg std)] while sustained
         self._prob: dict[int, list] = {}  # sensor -> [t end, flags, n, previous transform]
-        self.accepted = 0
-        self.refused = 0
 
     # -- per batch (vectorized) ------------------------------------------------
     def learn(self, sensor_idx, win_mean, win_std, flags, t_start) -> list[dict]:
@@ -162,13 +166,7 @@ class SafeNormalization:
         """A new model (hot-swap): its normalization, every sensor back to the calibrated point.
         The `mean` and `inv_std` arrays are refilled in place (streams hold views of rows)."""
         views = self.mean, self.inv_std
-        self.__init__(mean, std, max_sensors=self.mean.shape[0],
-                      segment_s=self.segment_ns / 1e9,
-                      hold_s=self.hold_ns / 1e9, probation_s=self.probation_ns / 1e9,
-                      stationary_tol=self.stationary_tol, gain_tol=self.gain_tol,
-                      max_offset=self.max_offset, max_gain=self.max_gain,
-                      track_step=self.track_step, track_budget=self.track_budget,
-                      cooldown_s=self.cooldown_ns / 1e9)
+        self._start(mean, std)
         views[0][:] = self.mean
         views[1][:] = self.inv_std
         self.mean, self.inv_std = views
