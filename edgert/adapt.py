@@ -171,6 +171,24 @@ class SafeNormalization:
         views[1][:] = self.inv_std
         self.mean, self.inv_std = views
 
+    def forget(self, s: int) -> None:
+        """Sensor slot `s` was freed (the sensor went idle and was evicted): back to the
+        calibrated point with no history, ready for the next sensor that takes the slot.
+        Rows are refilled in place (the next stream holds views of them)."""
+        self.mean[s] = self.base_mean
+        self.inv_std[s] = self._inv(1.0)
+        self.gain[s] = self.acc_gain[s] = 1.0
+        self.offset[s] = self.acc_offset[s] = 0.0
+        self._accepted_at[s] = np.iinfo(np.int64).min // 2
+        self.ref_mean[s] = self.ref_std[s] = np.nan
+        self._n[s] = self._nflag[s] = self._norm_n[s] = 0
+        self._sum_m[s] = self._sum_s[s] = self._norm_m[s] = self._norm_s[s] = 0.0
+        self._t0[s] = -1
+        self._tlast[s] = 0
+        self.state[s] = NORMAL
+        self._hist.pop(s, None)
+        self._prob.pop(s, None)
+
     def describe(self, s: int) -> dict:
         """The sensor's current transform, for events and stats."""
         return {"regime": _STATE_NAMES[self.state[s]], "gain": round(float(self.gain[s]), 5),

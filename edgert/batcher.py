@@ -36,6 +36,7 @@ class Batcher:
         self.t_start = np.zeros(B, dtype=np.int64)  # ns, first sample of the window
         self.seq = np.zeros(B, dtype=np.int64)
         self.t_recv = np.zeros(B, dtype=np.int64)  # perf_counter_ns at receipt
+        self.t_last = np.zeros(B, dtype=np.int64)  # ns, sensor time of the message's last sample
         self.stats = np.zeros((B, C, 6), dtype=np.float32)
         # Further models that see the same windows (a classifier beside the autoencoder): each
         # gets the window quantized with its own normalization into its own input tensor.
@@ -67,13 +68,19 @@ class Batcher:
     def free(self) -> int:
         return self.max_batch - self.n
 
-    def commit_rows(self, k: int, sensor_index: int, seq: int, t_recv: int) -> None:
+    def commit_rows(self, k: int, sensor_index: int, seq: int, t_recv: int, t_last: int = 0) -> None:
         """Record metadata of the k rows the kernels just wrote at ``self.n`` (their t_start
-        included); send the batch if it is full."""
+        included); send the batch if it is full.
+
+        Args:
+          t_last: sensor time (ns) of the last sample of the message that completed the rows,
+            for the queueing delay (0: unknown).
+        """
         a, b = self.n, self.n + k
         self.sensor_idx[a:b] = sensor_index
         self.seq[a:b] = seq
         self.t_recv[a:b] = t_recv
+        self.t_last[a:b] = t_last
         self.n = b
         if b >= self.max_batch:
             self.flush("full")

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, field, fields
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_INT = (1 << 31) - 1  # counts and sizes in the config: refuse absurd values before anything is allocated
+
+# Keys a running daemon applies on SIGHUP (`edgert.daemon.Daemon.reload`); any other changed
+# key is reported as needing a restart.
+RELOADABLE = ("log_level", "publish_scores", "stats_interval_s", "threshold", "risk_q", "drift_interval_s",
+              "drift_threshold", "watch_model_s", "max_delay_us", "max_clock_skew_s", "max_seq_gap",
+              "sensor_idle_s", "sensor_evict_s", "sensors_allowed", "stats_top_n", "drain_s",
+              "adapt_hold_s", "adapt_probation_s")
 
 
 @dataclass
@@ -23,18 +35,30 @@ class Config:
     num_threads: int = 1
     ring_capacity: int = 1024  # samples per sensor ring
     gap_samples: float = 3.0  # t0 jump (in sample periods) that restarts a sensor's windows
-    max_sensors: int = 4096
     threshold: str = "fixed"  # fixed (manifest) | spot | dspot | quantile
     risk_q: float = 1e-4  # SPOT/DSPOT risk: target false-alarm probability per window
     stats_interval_s: float = 1.0
     publish_scores: bool = False  # also publish every window's score: event/scores/<sensor> per batch
-    watch_model_s: float = 1.0
+    watch_model_s: float = 1.0  # check the model directory for a new model this often (0: never)
     drift_interval_s: float = 1.0  # feed per-sensor means to the drift detectors this often (0: off)
-    drift_threshold: float = 50.0  # Page-Hinkley lambda, in standard deviations  # check the model directory for a new model this often (0: never)
+    drift_threshold: float = 50.0  # Page-Hinkley lambda, in standard deviations
     adapt: str = "off"  # off | safe: per-sensor normalization follows the machine (edgert/adapt.py)
     adapt_hold_s: float = 30.0  # a sustained, stationary, common-mode shift is tried after this long
     adapt_probation_s: float = 3.0  # ... and accepted if the model finds it normal for this long
-    rcvhwm: int = 100000
+    # Bounds on what the network can make the daemon hold (docs: README "Reliability").
+    max_queue_mb: float = 64.0  # receive queue budget per connection; sets RCVHWM unless rcvhwm is set
+    rcvhwm: int = 0  # receive high-water mark in messages per connection (0: from max_queue_mb)
+    max_block_samples: int = 65536  # larger blocks are dropped ("too_large"): bounds work per message
+    max_msg_bytes: int = 0  # ZMQ_MAXMSGSIZE: a larger frame disconnects its sender (0: the largest valid block)
+    max_clock_skew_s: float = 86400.0  # t0 farther than this from the daemon's clock is dropped ("clock"; 0: off)
+    max_seq_gap: int = 1 << 20  # a seq jump beyond this is a contradiction, not a loss ("seq_jump")
+    max_sensors: int = 4096
+    sensor_idle_s: float = 600.0  # a sensor silent this long is evicted (its slot and state freed)
+    sensor_evict_s: float = 10.0  # with the table full, a sensor silent this long yields its slot to a new one
+    sensors_allowed: list = field(default_factory=list)  # sensor ids or fnmatch patterns (empty: any id)
+    max_unknown_ids: int = 1024  # ids without a slot whose drops are counted by name; the rest in one bucket
+    stats_top_n: int = 32  # sensors listed in a stats event (most drops first); totals cover all
+    drain_s: float = 1.0  # on SIGTERM, queued blocks are handled for up to this long, the rest counted
     reservoir_dir: str = ""  # keep a reservoir of normal windows here for edgert retrain ("": off)
     reservoir_size: int = 4096  # windows in the on-disk ring (bounded file size)
     reservoir_rate: float = 0.05  # fraction of the normal windows kept
@@ -59,11 +83,31 @@ class Config:
             raise ValueError(f"config field 'risk_q' must be in (0, 1), got {self.risk_q!r}")
         if not 0 < self.reservoir_rate <= 1:
             raise ValueError(f"config field 'reservoir_rate' must be in (0, 1], got {self.reservoir_rate!r}")
+        if str(self.log_level).upper() not in LOG_LEVELS:
+            raise ValueError(f"config field 'log_level' must be one of {', '.join(LOG_LEVELS)}, "
+                             f"got {self.log_level!r}")
+        self.log_level = str(self.log_level).upper()
+        zero_ok = ("max_delay_us", "rcvhwm", "max_msg_bytes")
         for name in ("max_batch", "max_delay_us", "num_threads", "ring_capacity", "max_sensors",
-                     "reservoir_size"):
+                     "reservoir_size", "rcvhwm", "max_block_samples", "max_msg_bytes", "max_seq_gap",
+                     "max_unknown_ids", "stats_top_n"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "max_delay_us" else 1):
-                raise ValueError(f"config field {name!r} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not (0 if name in zero_ok else 1) <= v <= MAX_INT:
+                raise ValueError(f"config field {name!r} must be a positive integer (at most {MAX_INT}), got {v!r}")
+        for name in ("max_queue_mb", "sensor_idle_s", "sensor_evict_s", "max_clock_skew_s", "drain_s",
+                     "stats_interval_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"config field {name!r} must be a finite number >= 0, got {v!r}")
+        if self.max_queue_mb <= 0 or self.stats_interval_s <= 0:
+            raise ValueError("config fields 'max_queue_mb' and 'stats_interval_s' must be > 0")
+        if self.max_block_samples > (1 << 20):
+            raise ValueError(f"config field 'max_block_samples' must be at most {1 << 20} (the wire format's "
+                             f"limit), got {self.max_block_samples}")
+        if not isinstance(self.sensors_allowed, list) or not all(
+                isinstance(x, str) and 1 <= len(x.encode("utf-8")) <= 64 for x in self.sensors_allowed):
+            raise ValueError("config field 'sensors_allowed' must be a list of sensor ids or patterns "
+                             f"(1-64 UTF-8 bytes each), got {self.sensors_allowed!r}")
         return self
 
 

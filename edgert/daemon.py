@@ -3,17 +3,28 @@
 One thread does everything: receive (``copy=False``, payload viewed with ``np.frombuffer``),
 validate, append to the sensor's ring, quantize completed windows into the input tensor, run
 full or due batches, publish anomalies. Bad input is dropped and counted per sensor and
-reason, never raised. SIGTERM/SIGINT stop intake, flush the pending batch, and `run` returns
-the final stats (the CLI prints them as one JSON line).
+reason, never raised; an exception while handling one message is counted (``internal``) and
+logged with its traceback, and the loop goes on.
+
+What the network can make the daemon hold is bounded by its settings: receive queues by a
+byte budget (``max_queue_mb`` → RCVHWM) and a frame size limit (``ZMQ_MAXMSGSIZE``), work per
+message by ``max_block_samples``, sensor state by ``max_sensors`` with idle eviction, counts
+for ids without a slot by ``max_unknown_ids``. SIGTERM/SIGINT stop intake, handle what is
+queued for up to ``drain_s`` (the rest is counted as ``discarded_at_stop``), flush the pending
+batch, and `run` returns the final stats (the CLI prints them as one JSON line). SIGHUP
+reloads what can change live (`reload`).
 """
 
 from __future__ import annotations
 
-import functools
+import fnmatch
 import logging
 import os
+import re
 import signal
+import socket as pysocket
 import time
+from collections import OrderedDict
 
 import numpy as np
 import zmq
@@ -26,12 +37,16 @@ from .config import Config
 from .drift import PageHinkley
 from .events import STAT_NAMES, EventPublisher
 from .scoring import ClassScorer, FixedThreshold, ReconstructionScorer, channel_shares
-from .stats import LatencyHistogram, RateLimitedLog, SensorCounters
+from .stats import BoundedCounts, LatencyHistogram, RateLimitedLog, json_safe, top_by_total
 from .windows import SensorStream, push_block
+from .wire import safe_id
 
 log = logging.getLogger("edgert")
 
 DRAIN = 256  # messages handled per poll wake-up before checking deadlines
+# Receive queue cost of one message beyond its payload: libzmq keeps small messages inside its
+# shared 8 KiB decode buffers, so a queued 768-byte block held 3-7 KB of RSS (measured).
+MSG_OVERHEAD_BYTES = 4096
 
 
 class Daemon:
@@ -40,8 +55,14 @@ class Daemon:
     def __init__(self, cfg: Config, ctx: zmq.Context | None = None):
         self.cfg = cfg
         # Load (or compile) every kernel now, not inside the first message's handling, so the
-        # first decision is not 100-300 ms late.
-        self.warmup_s = kernels.warmup()
+        # first decision is not 100-300 ms late. A first run on a new CPU compiles for tens of
+        # seconds: say so rather than sit silent.
+        progress, timer = _warmup_progress()
+        timer.start()
+        try:
+            self.warmup_s = kernels.warmup(progress=progress)
+        finally:
+            timer.cancel()
         self.model = models.load(cfg.model)
         if self.model.kind != "autoencoder":
             raise ValueError(f"{self.model.dir}: the daemon scores autoencoders; "
@@ -69,13 +90,35 @@ class Daemon:
         if cfg.classifier:
             self._add_classifier(cfg.classifier)
         self.ctx = ctx or zmq.Context.instance()
-        self.counters = SensorCounters()
-        self.latency = LatencyHistogram()
+        self.latency = LatencyHistogram()  # receipt -> decision
+        self.queue_delay = LatencyHistogram()  # sensor time of the block's last sample -> receipt
+        self.queue_delay_unsane = 0  # windows whose sensor clock was ahead of ours (not in the histogram)
         self.rlog = RateLimitedLog()
-        self.streams: dict[str, SensorStream] = {}
-        self.names: list[str] = []
+        # Sensor table: slots 0..max_sensors-1, least recently active first (an idle one is
+        # evicted to make room). `names[i]` is the sensor in slot i (None: free).
+        self.streams: OrderedDict[str, SensorStream] = OrderedDict()
+        self.names: list[str | None] = []
+        self._free: list[int] = []
         self.win_counts = np.zeros(cfg.max_sensors, dtype=np.int64)
         self.anom_counts = np.zeros(cfg.max_sensors, dtype=np.int64)
+        # Counts that survive eviction: totals over every sensor ever seen, and drops of ids
+        # that hold no slot (bounded by max_unknown_ids).
+        self.totals = {"messages": 0, "samples": 0, "windows": 0, "anomalies": 0, "lost_blocks": 0}
+        self.drops_by_reason: dict[str, int] = {}
+        self.notes_by_reason: dict[str, int] = {}
+        self.unknown = BoundedCounts(cfg.max_unknown_ids)
+        self.evicted = 0
+        self.discarded_at_stop = 0
+        self.internal_errors = 0
+        self._allowed = _matcher(cfg.sensors_allowed)
+        self._wall_offset = time.time_ns() - time.perf_counter_ns()  # perf ns -> wall ns
+        self._now_wall = time.time_ns()  # refreshed once per loop wake-up
+        self._reload = False
+        self.reload_config = None  # callable() -> Config, set by the CLI (SIGHUP re-reads the file)
+        self.reloads = 0
+        self._ipc_paths: list[str] = []
+        self._monitor = None
+        self.peer_events = {"connected": 0, "disconnected": 0}
         self._stop = False
         self.batch_errors = 0
         self.lost_windows = 0
@@ -142,7 +185,7 @@ class Daemon:
             ev = {"sensor": sensor, "statistics": which, "recalibrating": recal,
                   "threshold": float(self.threshold.values(np.array([stream]))[0]), "model": self.model.name}
             self.events.publish("drift", sensor, ev)
-            log.info("drift on %s (%s)%s", sensor, ", ".join(which), "; threshold recalibrates" if recal else "")
+            log.info("drift on %s (%s)%s", safe_id(sensor), ", ".join(which), "; threshold recalibrates" if recal else "")
             out.append(ev)
         return out
 
@@ -154,7 +197,7 @@ class Daemon:
         if ev["state"] == "accepted" and hasattr(self.threshold, "recalibrate"):
             self.threshold.recalibrate(s)
         self.events.publish("adapt", sensor, {"sensor": sensor, "model": self.model.name, **ev})
-        log.info("adaptation on %s: %s", sensor, ev)
+        log.info("adaptation on %s: %s", safe_id(sensor), ev)
 
     # -- model hot-swap ---------------------------------------------------------
     def _model_signature(self):
@@ -226,71 +269,206 @@ class Daemon:
                 "sha256": {k: str(v)[:16] for k, v in sorted(files.items())}}
 
     # -- set-up -------------------------------------------------------------
+    def queue_limits(self) -> tuple[int, int]:
+        """(RCVHWM in messages per connection, ZMQ_MAXMSGSIZE in bytes) from the settings.
+
+        The HWM comes from the byte budget ``max_queue_mb`` over the cost of one queued block
+        of a window's worth of f8 samples plus libzmq's per-message overhead; the frame limit
+        from the largest block the daemon accepts (``max_block_samples`` of the model's
+        channels as f8), so a 512 MiB frame disconnects its sender instead of being buffered.
+        """
+        cfg, m = self.cfg, self.model
+        hwm = cfg.rcvhwm or max(16, int(cfg.max_queue_mb * 2**20 // (MSG_OVERHEAD_BYTES + m.window * m.n_channels * 8)))
+        maxmsg = cfg.max_msg_bytes or cfg.max_block_samples * m.n_channels * 8
+        return hwm, maxmsg
+
     def bind(self) -> None:
-        """Bind the input and event sockets (separate from `run` so tests can learn ports)."""
+        """Bind the input and event sockets (separate from `run` so tests can learn ports).
+
+        Raises:
+          OSError when an ipc:// path is held by a live process (a second daemon must not
+          silently take the first one's socket over).
+        """
         kind = zmq.SUB if self.cfg.socket == "sub" else zmq.PULL
+        for ep in (self.cfg.listen, self.cfg.events):
+            _claim_ipc(ep)
         self.sock = self.ctx.socket(kind)
-        self.sock.setsockopt(zmq.RCVHWM, self.cfg.rcvhwm)
+        hwm, maxmsg = self.queue_limits()
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, maxmsg)
         self.sock.setsockopt(zmq.LINGER, 0)
         if kind == zmq.SUB:
             self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.sock.bind(self.cfg.listen)
         self.listen_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.events = EventPublisher(self.ctx, self.cfg.events)
         self.events_endpoint = self.events.endpoint
+        self._ipc_paths = [ep[len("ipc://"):] for ep in (self.listen_endpoint, self.events_endpoint)
+                           if ep.startswith("ipc://")]
+        log.info("receive queue: RCVHWM %d messages per connection (max_queue_mb %g), frames over %d bytes "
+                 "disconnect their sender", hwm, self.cfg.max_queue_mb, maxmsg)
 
     def stop(self, *_args) -> None:
         self._stop = True
 
+    def request_reload(self, *_args) -> None:
+        self._reload = True
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
 
     # -- input ----------------------------------------------------------------
-    def _drop(self, sensor, reason: str, message: str) -> None:
-        self.counters.drop(sensor, reason)
-        self.rlog.warning((sensor, reason), f"dropped block: {message}")
+    def _drop(self, sensor, reason: str, message: str, exc_info=None, seq: int | None = None) -> None:
+        """Count a dropped block against its sensor (or the bounded table of ids without a
+        slot) and its reason; log it, rate-limited, with the id escaped. `seq`, when known,
+        keeps a later seq gap over this block from counting it as lost too."""
+        self.drops_by_reason[reason] = self.drops_by_reason.get(reason, 0) + 1
+        st = self.streams.get(sensor) if sensor is not None else None
+        if st is not None:
+            st.drops[reason] = st.drops.get(reason, 0) + 1
+            if seq is not None:
+                st.dropped(seq)
+            key = (st.index, reason)
+        else:
+            self.unknown.add("?" if sensor is None else sensor, reason)
+            key = ("?", reason)  # one log key per reason for ids without a slot
+        self.rlog.warning(key, f"dropped block: {message}", exc_info=exc_info)
 
-    def _stream(self, sensor: str) -> SensorStream | None:
-        st = self.streams.get(sensor)
-        if st is None:
-            if len(self.names) >= self.cfg.max_sensors:
-                return None
-            st = SensorStream(sensor, len(self.names), self.model.n_channels, self.model.window,
-                              self.model.hop, self.cfg.ring_capacity, self.cfg.gap_samples)
-            st.note = functools.partial(self.counters.note, sensor)
-            if self.norm is not None:
-                st.norm_mean = self.norm.mean[st.index]
-                st.norm_inv_std = self.norm.inv_std[st.index]
-            self.streams[sensor] = st
-            self.names.append(sensor)
+    def _note(self, st: SensorStream, reason: str, n: int = 1) -> None:
+        self.notes_by_reason[reason] = self.notes_by_reason.get(reason, 0) + n
+        st.notes[reason] = st.notes.get(reason, 0) + n
+
+    def _admit(self, sensor: str, now: int) -> SensorStream:
+        """A slot for a sensor seen for the first time (raises WireError when refused).
+
+        With the table full, the least recently active sensor yields its slot if it has been
+        silent for ``sensor_evict_s`` (a flood of one-shot ids cannot lock genuine sensors
+        out); ``sensors_allowed`` refuses unknown ids before they take a slot at all.
+        """
+        cfg = self.cfg
+        if self._allowed is not None and not self._allowed(sensor):
+            raise wire.WireError("not_allowed", "sensor id is not in sensors_allowed", sensor)
+        if self._free:
+            idx = self._free.pop()
+        elif len(self.names) < cfg.max_sensors:
+            idx = len(self.names)
+            self.names.append(None)
+        else:
+            oldest = next(iter(self.streams.values()))
+            if now - oldest.last_seen < cfg.sensor_evict_s * 1e9:
+                raise wire.WireError("too_many_sensors", f"all {cfg.max_sensors} sensor slots active "
+                                     f"within sensor_evict_s ({cfg.sensor_evict_s:g} s)", sensor)
+            self._evict(oldest)
+            idx = self._free.pop()
+        st = SensorStream(sensor, idx, self.model.n_channels, self.model.window, self.model.hop,
+                          cfg.ring_capacity, cfg.gap_samples, cfg.max_seq_gap)
+        st.messages = st.samples = 0
+        st.drops, st.notes = {}, {}
+        st.last_seen = now
+        st.note = lambda reason, n=1, _st=st: self._note(_st, reason, n)
+        if self.norm is not None:
+            st.norm_mean = self.norm.mean[idx]
+            st.norm_inv_std = self.norm.inv_std[idx]
+        self.streams[sensor] = st
+        self.names[idx] = sensor
         return st
 
+    def _evict(self, st: SensorStream) -> None:
+        """Free a sensor's slot and every per-slot state; its counts stay in the totals."""
+        i = st.index
+        b = self.batcher
+        if b.n and (b.sensor_idx[:b.n] == i).any():
+            b.flush("evict")  # its pending windows are scored under its own name first
+        t = self.totals
+        t["messages"] += st.messages
+        t["samples"] += st.samples
+        t["lost_blocks"] += st.lost_blocks
+        t["windows"] += int(self.win_counts[i])
+        t["anomalies"] += int(self.anom_counts[i])
+        self.win_counts[i] = self.anom_counts[i] = 0
+        width = 1 + self.model.n_channels
+        self._drift_acc[i] = 0
+        self._drift_seen[i] = 0
+        self.drift.reset(np.arange(i * width, (i + 1) * width))
+        if hasattr(self.threshold, "forget"):
+            self.threshold.forget(i)
+        if self.norm is not None:
+            self.norm.forget(i)
+        if self.classifier is not None:
+            self.class_counts[i] = 0
+        del self.streams[st.sensor]
+        self.names[i] = None
+        self._free.append(i)
+        self.evicted += 1
+
+    def evict_idle(self, now: int | None = None) -> int:
+        """Evict every sensor silent for ``sensor_idle_s``. Returns how many."""
+        now = time.perf_counter_ns() if now is None else now
+        limit = self.cfg.sensor_idle_s * 1e9
+        n = 0
+        while self.streams:
+            st = next(iter(self.streams.values()))  # least recently active first
+            if now - st.last_seen < limit:
+                break
+            log.info("sensor %s idle for %.0f s: evicted", safe_id(st.sensor), (now - st.last_seen) / 1e9)
+            self._evict(st)
+            n += 1
+        return n
+
     def handle(self, frames, t_recv: int) -> None:
-        """Validate one message and push its samples; every failure is a counted drop."""
+        """Validate one message and push its samples; every failure is a counted drop, and an
+        exception (a bug) is counted as ``internal`` and logged: one message never stops the loop."""
+        try:
+            self._handle(frames, t_recv)
+        except Exception as exc:
+            self.internal_errors += 1
+            sensor = None
+            try:
+                sensor = bytes(frames[0])[:wire.MAX_SENSOR_ID].decode("utf-8", "replace")
+            except Exception:
+                pass
+            self._drop(sensor, "internal", f"{safe_id(sensor)}: internal error while handling a block: {exc!r}",
+                       exc_info=exc)
+
+    def _handle(self, frames, t_recv: int) -> None:
         try:
             blk = wire.decode(frames, check_finite=kernels.count_nonfinite)
         except wire.WireError as exc:
-            self._drop(exc.sensor, exc.reason, str(exc))
+            self._drop(exc.sensor, exc.reason, str(exc), seq=exc.seq)
             return
         sensor = blk.sensor
         n, c = blk.samples.shape
+        cfg = self.cfg
         if c != self.model.n_channels:
-            self._drop(sensor, "channels", f"{sensor}: block has {c} channels, model "
-                       f"{self.model.name} expects {self.model.n_channels} ({', '.join(self.model.channels)})")
+            self._drop(sensor, "channels", f"{safe_id(sensor)}: block has {c} channels, model "
+                       f"{self.model.name} expects {self.model.n_channels} ({', '.join(self.model.channels)})", seq=blk.seq)
             return
-        st = self._stream(sensor)
-        if st is None:
-            self._drop(sensor, "too_many_sensors", f"{sensor}: more than {self.cfg.max_sensors} sensors")
+        if n > cfg.max_block_samples:
+            self._drop(sensor, "too_large", f"{safe_id(sensor)}: block of {n} samples, max_block_samples "
+                       f"is {cfg.max_block_samples}", seq=blk.seq)
             return
+        skew = cfg.max_clock_skew_s
+        if skew and abs(blk.t0 - self._now_wall) > skew * 1e9:
+            self._drop(sensor, "clock", f"{safe_id(sensor)}: t0 is {(blk.t0 - self._now_wall) / 1e9:+.3f} s "
+                       f"from the daemon's clock (max_clock_skew_s {skew:g})", seq=blk.seq)
+            return
+        st = self.streams.get(sensor)
         try:
+            if st is None:
+                st = self._admit(sensor, t_recv)
+            else:
+                self.streams.move_to_end(sensor)
             st.check(blk.seq, blk.t0, blk.dt, n, st.note)
         except wire.WireError as exc:
-            self._drop(sensor, exc.reason, str(exc))
+            self._drop(sensor, exc.reason, str(exc), seq=blk.seq)
             return
-        self.counters.messages[sensor] += 1
-        self.counters.samples[sensor] += n
-        push_block(st, blk.samples, blk.seq, t_recv, self.batcher)
+        st.last_seen = t_recv
+        push_block(st, blk.samples, blk.seq, t_recv, self.batcher, blk.t0 + (n - 1) * blk.dt)
+        st.messages += 1
+        st.samples += n
 
     # -- a batch is due -------------------------------------------------------
     def _on_batch(self, b: Batcher, k: int, reason: str) -> None:
@@ -317,6 +495,16 @@ class Daemon:
             self.first_decision_ns = t_dec
         lat_us = (t_dec - b.t_recv[:k]) * 1e-3
         self.latency.add(lat_us)
+        # Queueing delay: the sensor's time of the message's last sample -> our receipt. Only
+        # where the sensor clock is sane (not ahead of ours): a skewed clock must not pass for
+        # a fast queue.
+        qd_us = (b.t_recv[:k] + self._wall_offset - b.t_last[:k]) * 1e-3
+        sane = qd_us >= 0
+        if sane.all():
+            self.queue_delay.add(qd_us)
+        else:
+            self.queue_delay.add(qd_us[sane])
+            self.queue_delay_unsane += int(k - sane.sum())
         np.add.at(self.win_counts, sidx, 1)
         if self.reservoir is not None:  # before the normalization may change under the rows
             self.reservoir.feed(b, k, flags, self.streams, self.names)
@@ -334,7 +522,7 @@ class Daemon:
             idx = np.flatnonzero(flags)
             np.add.at(self.anom_counts, sidx[idx], 1)
             shares = channel_shares(ch_err[idx])
-            self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k, cls)
+            self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k, cls, qd_us)
 
     def _publish_scores(self, b, sidx, scores, thr, flags, k) -> None:
         """One ``event/scores/<sensor>`` per sensor in the batch: every window's score (for plots)."""
@@ -346,7 +534,7 @@ class Daemon:
                 "score": scores[sel].astype(float).tolist(), "threshold": thr[sel].astype(float).tolist(),
                 "anomaly": flags[sel].tolist(), "model": self.model.name})
 
-    def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k, cls=None) -> None:
+    def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k, cls=None, qd_us=None) -> None:
         m = self.model
         span = (m.window - 1)
         for j, i in enumerate(idx):
@@ -372,23 +560,67 @@ class Daemon:
                 "backend": self.backend.name,
                 "seq": int(b.seq[i]),
                 "latency_us": float(lat_us[i]),
+                "queue_delay_us": float(qd_us[i]) if qd_us is not None and qd_us[i] >= 0 else None,
                 "batch": int(k),
             })
 
     # -- stats ----------------------------------------------------------------
-    def stats(self) -> dict:
-        d = self.counters.as_dict()
-        n = len(self.names)
-        d["windows"] = int(self.win_counts[:n].sum())
-        d["anomalies"] = int(self.anom_counts[:n].sum())
-        d["per_sensor"] = {s: {"windows": int(self.win_counts[i]), "anomalies": int(self.anom_counts[i]),
-                               "restarts": self.streams[s].restarts}
-                           for i, s in enumerate(self.names)}
+    def _sensor_row(self, st: SensorStream) -> dict:
+        i = st.index
+        row = {"windows": int(self.win_counts[i]), "anomalies": int(self.anom_counts[i]),
+               "messages": st.messages, "lost_blocks": st.lost_blocks, "restarts": st.restarts}
         if self.classifier is not None:
             names = self.classifier.class_names
-            for i, s in enumerate(self.names):
-                row = self.class_counts[i]
-                d["per_sensor"][s]["classes"] = {names[j]: int(row[j]) for j in np.flatnonzero(row)}
+            r = self.class_counts[i]
+            row["classes"] = {names[j]: int(r[j]) for j in np.flatnonzero(r)}
+        return row
+
+    def stats(self, top_n: int | None = None) -> dict:
+        """Totals over every sensor ever seen, and the `top_n` sensors (default
+        ``stats_top_n``; most drops first, then most windows) in ``per_sensor``, ``drops`` and
+        ``notes``, so the stats stay small whatever the number of ids. JSON-safe: a figure
+        that does not exist yet (no window scored) is None, never NaN."""
+        top_n = self.cfg.stats_top_n if top_n is None else top_n
+        streams = list(self.streams.values())
+        t = self.totals
+        messages = t["messages"] + sum(st.messages for st in streams)
+        windows = t["windows"] + int(self.win_counts.sum())
+        anomalies = t["anomalies"] + int(self.anom_counts.sum())
+        lost = t["lost_blocks"] + sum(st.lost_blocks for st in streams)
+        dropped = sum(self.drops_by_reason.values())
+        # Which sensors to show: every id with drops competes (slot or not), then activity.
+        drop_rows = {k: dict(v) for k, v in self.unknown.by_id.items()}  # drops before a slot, or without
+        for st in streams:
+            if st.drops:
+                row = drop_rows.setdefault(st.sensor, {})
+                for r, c in st.drops.items():
+                    row[r] = row.get(r, 0) + c
+        drops = top_by_total(drop_rows, top_n)
+        shown = [s for s in drops if s in self.streams]
+        if len(shown) < top_n:
+            rest = sorted((st for st in streams if st.sensor not in drops),
+                          key=lambda st: -int(self.win_counts[st.index]))
+            shown += [st.sensor for st in rest[:top_n - len(shown)]]
+        d = {
+            "v": 1,
+            "messages": messages,
+            "samples": t["samples"] + sum(st.samples for st in streams),
+            "windows": windows,
+            "anomalies": anomalies,
+            "received": messages + dropped,  # messages read off the socket (handled or dropped)
+            "dropped": dropped,
+            "drops_by_reason": dict(self.drops_by_reason),
+            "lost_blocks": lost,
+            "notes_by_reason": dict(self.notes_by_reason),
+            "discarded_at_stop": self.discarded_at_stop,
+            "internal_errors": self.internal_errors,
+            "sensors_active": len(self.streams),
+            "sensors_evicted": self.evicted,
+            "drops": drops,
+            "notes": {s: dict(self.streams[s].notes) for s in shown if self.streams[s].notes},
+            "per_sensor": {s: self._sensor_row(self.streams[s]) for s in shown},
+            "peers": dict(self.peer_events),
+        }
         elapsed = (time.perf_counter_ns() - self.started_ns) * 1e-9 if self.started_ns else 0.0
         d.update({
             "model": self.model.name,
@@ -399,6 +631,7 @@ class Daemon:
             "batch_errors": self.batch_errors,
             "model_swaps": self.model_swaps,
             "model_refusals": self.model_refusals,
+            "reloads": self.reloads,
             "drifts": self.drifts,
             "adaptations": {"accepted": self.norm.accepted, "refused": self.norm.refused}
             if self.norm is not None else None,
@@ -408,17 +641,114 @@ class Daemon:
             "p99_latency_us": self.latency.quantile(0.99),
             "p999_latency_us": self.latency.quantile(0.999),
             "max_latency_us": self.latency.max_us,
+            "queue_delay_p50_us": self.queue_delay.quantile(0.50),
+            "queue_delay_p99_us": self.queue_delay.quantile(0.99),
+            "queue_delay_max_us": self.queue_delay.max_us,
+            "queue_delay_clock_ahead": self.queue_delay_unsane,
             "uptime_s": round(elapsed, 3),
             "kernel_warmup_s": round(self.warmup_s, 3),
             "first_decision_s": round((self.first_decision_ns - self.started_ns) * 1e-9, 6)
             if self.first_decision_ns else None,
-            "windows_per_s": round(d["windows"] / elapsed, 1) if elapsed > 0 else 0.0,
+            "windows_per_s": round(windows / elapsed, 1) if elapsed > 0 else 0.0,
             "events_published": self.events.published if self.events else 0,
             **rss_breakdown(),
         })
-        return d
+        return json_safe(d)
+
+    # -- reload (SIGHUP) ----------------------------------------------------------
+    def reload(self) -> dict:
+        """Re-read the configuration (``reload_config``) and apply what can change live
+        (`config.RELOADABLE`: log level, thresholds, publish_scores, intervals, sensor limits,
+        the allowlist...); look at the model directory now. Keys that need a restart are
+        named, not applied. Publishes ``event/lifecycle/daemon`` with state ``reloaded``.
+
+        Returns:
+          ``{"applied": [...], "needs_restart": [...], "error": str | None}``.
+        """
+        from .config import RELOADABLE
+        from dataclasses import fields as dc_fields
+
+        self.reloads += 1
+        out = {"applied": [], "needs_restart": [], "error": None}
+        try:
+            new = self.reload_config() if self.reload_config is not None else self.cfg
+        except Exception as exc:  # a broken file: keep running on the old settings
+            out["error"] = str(exc)
+            log.warning("reload refused, settings unchanged: %s", exc)
+        else:
+            old = self.cfg
+            changed = [f.name for f in dc_fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+            for key in changed:
+                (out["applied"] if key in RELOADABLE else out["needs_restart"]).append(key)
+            for key in out["applied"]:
+                setattr(old, key, getattr(new, key))
+            if "log_level" in out["applied"]:
+                logging.getLogger().setLevel(old.log_level)
+                log.setLevel(old.log_level)
+            if {"threshold", "risk_q"} & set(out["applied"]):
+                self.batcher.flush("reload")
+                self.threshold = make_threshold(old, self.model.threshold)
+            if "drift_threshold" in out["applied"]:
+                self.drift.threshold = old.drift_threshold
+            if "max_delay_us" in out["applied"]:
+                self.batcher.max_delay_ns = int(old.max_delay_us) * 1000
+            if "sensors_allowed" in out["applied"]:
+                self._allowed = _matcher(old.sensors_allowed)
+            if self.norm is not None and {"adapt_hold_s", "adapt_probation_s"} & set(out["applied"]):
+                self.norm.hold_ns = int(max(old.adapt_hold_s, 2 * self.norm.segment_ns / 1e9) * 1e9)
+                self.norm.probation_ns = int(max(old.adapt_probation_s, self.norm.segment_ns / 1e9) * 1e9)
+            for key in out["needs_restart"]:
+                log.warning("reload: %s changed, but needs a restart to take effect", key)
+        out["model"] = self.check_model() if self.events is not None else None
+        log.info("reloaded: applied %s; needs restart %s", out["applied"] or "nothing", out["needs_restart"] or "nothing")
+        if self.events is not None:
+            self.events.publish("lifecycle", "daemon", {"v": 1, "state": "reloaded", **out})
+        return out
 
     # -- main loop --------------------------------------------------------------
+    def _drain_monitor(self) -> None:
+        """Count peers connecting and leaving (a frame over ZMQ_MAXMSGSIZE shows as a disconnect)."""
+        mon = self._monitor
+        if mon is None:
+            return
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if ev["event"] == zmq.EVENT_ACCEPTED:
+                self.peer_events["connected"] += 1
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                self.peer_events["disconnected"] += 1
+
+    def _drain_at_stop(self, sock) -> None:
+        """Stop intake, handle what is queued for up to ``drain_s``, count the rest."""
+        if self.cfg.socket == "sub":
+            sock.setsockopt(zmq.UNSUBSCRIBE, b"")  # publishers stop sending to us
+        end = time.monotonic() + self.cfg.drain_s
+        perf = time.perf_counter_ns
+        batcher = self.batcher
+        while time.monotonic() < end:
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                return
+            t = perf()
+            self.handle(frames, t)
+            if batcher.n and t >= batcher.t_recv[0] + batcher.max_delay_ns:
+                batcher.flush("deadline")
+        # Out of time: count what is still queued (reading a message is ~1 µs, handling it
+        # ~20 µs); a sender that keeps pushing cannot hold the stop past another drain_s.
+        end = time.monotonic() + max(self.cfg.drain_s, 0.5)
+        while time.monotonic() < end:
+            try:
+                recv_frames(sock)
+            except zmq.Again:
+                return
+            self.discarded_at_stop += 1
+
     def run(self, ready=None, tick=None) -> dict:
         """Serve until stopped. Returns the final stats.
 
@@ -438,14 +768,14 @@ class Daemon:
         next_watch = time.monotonic() + watch if watch > 0 else float("inf")
         drift_every = self.cfg.drift_interval_s
         next_drift = time.monotonic() + drift_every if drift_every > 0 else float("inf")
-        self.events.publish("lifecycle", "daemon", {"state": "started", "model": self.model.name,
+        self.events.publish("lifecycle", "daemon", {"v": 1, "state": "started", "model": self.model.name,
                                                      "backend": self.backend.name, "pid": os.getpid()})
         log.info("serving %s on %s (%s), events on %s, backend %s, kernels %s",
                  self.model.name, self.listen_endpoint, self.cfg.socket, self.events_endpoint,
                  self.backend.name, kernels.BACKEND)
         if ready is not None:
             ready()
-        recv = functools.partial(recv_frames, sock)
+        recv = recv_frames
         perf = time.perf_counter_ns
         while not self._stop:
             due = batcher.deadline_ns()
@@ -454,9 +784,10 @@ class Daemon:
             else:
                 timeout = max(0, min(100, -(-(due - perf()) // 1_000_000)))
             if poller.poll(timeout):
+                self._now_wall = time.time_ns()
                 for _ in range(DRAIN):
                     try:
-                        frames = recv()
+                        frames = recv(sock)
                     except zmq.Again:
                         break
                     t = perf()
@@ -466,6 +797,13 @@ class Daemon:
             batcher.poll()
             if tick is not None:
                 tick()
+            if self._reload:
+                self._reload = False
+                self.reload()
+                drift_every = self.cfg.drift_interval_s
+                next_drift = time.monotonic() + drift_every if drift_every > 0 else float("inf")
+                watch = self.cfg.watch_model_s
+                next_watch = time.monotonic() + watch if watch > 0 else float("inf")
             if time.monotonic() >= next_drift:
                 next_drift = time.monotonic() + drift_every
                 self.check_drift()
@@ -476,16 +814,30 @@ class Daemon:
                 self.reservoir.maybe_flush()  # also while idle: the sidecar's count reaches disk
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
+                self._now_wall = time.time_ns()
+                self._wall_offset = self._now_wall - perf()  # follows clock steps (NTP)
+                self._drain_monitor()
+                self.evict_idle()
                 self.events.publish("stats", "daemon", self.stats())
-        # Stop: no more input; score what is pending, say goodbye.
+        # Stop: no more input; handle what is queued (bounded), score what is pending, say goodbye.
+        self._drain_at_stop(sock)
         sock.close(linger=0)
         batcher.flush("flush")
+        self._drain_monitor()
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
         if self.reservoir is not None:
             self.reservoir.close()
-        final = self.stats()
+        final = self.stats(top_n=len(self.streams) + len(self.unknown.by_id))
         final["latency_histogram"] = self.latency.sparse()  # final only: keeps stats events small
+        final["queue_delay_histogram"] = self.queue_delay.sparse()
         self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
         self.events.close()
+        for path in self._ipc_paths:  # a clean exit leaves no socket file behind
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         self.backend.close()
         if self.cls_backend is not None:
             self.cls_backend.close()
@@ -527,3 +879,58 @@ def rss_mb() -> float:
             return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except OSError:
         return float("nan")
+
+
+def _matcher(patterns):
+    """None (any id) or a predicate for ``sensors_allowed``: exact ids and fnmatch patterns."""
+    if not patterns:
+        return None
+    exact = {p for p in patterns if not any(ch in p for ch in "*?[")}
+    globs = [p for p in patterns if p not in exact]
+    rx = re.compile("|".join(fnmatch.translate(p) for p in globs)) if globs else None
+    return lambda sensor: sensor in exact or (rx is not None and rx.match(sensor) is not None)
+
+
+def _claim_ipc(endpoint: str) -> None:
+    """Refuse an ipc:// path that a live process is listening on; remove a stale socket file.
+
+    libzmq binds ipc paths by unlinking whatever is there, so without this check a second
+    daemon would silently take the first one's socket over.
+    """
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return  # not ipc, or an abstract socket (no file)
+    path = endpoint[len("ipc://"):]
+    if path == "*" or not os.path.exists(path):
+        return
+    s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(path)
+    except OSError:
+        return  # nobody listens: a stale file from a crash; libzmq replaces it
+    finally:
+        s.close()
+    raise OSError(f"{endpoint}: another process is listening on this ipc path (a second edgert serve?); "
+                  "stop it or choose another path")
+
+
+def _warmup_progress():
+    """A kernels.warmup progress callback, and a timer that says, after a second, that
+    kernels are being compiled (a first run on a new CPU takes tens of seconds; a warm cache
+    loads in well under a second and says nothing). Returns (callback, timer)."""
+    import threading
+
+    said = threading.Event()
+
+    def first():
+        said.set()
+        log.info("compiling kernels for this CPU (first run only; later starts load them from the "
+                 "numba cache; `edgert warmup` does it ahead of time)")
+
+    def progress(step, n, name):
+        if said.is_set():
+            log.info("compiling kernels %d/%d: %s", step, n, name)
+
+    timer = threading.Timer(1.0, first)
+    timer.daemon = True
+    return progress, timer

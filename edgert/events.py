@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgpack
 import zmq
 
+SCHEMA_VERSION = 1  # "v" in every event payload (docs/wire-format.md, "Events")
 STAT_NAMES = ("mean", "std", "rms", "peak", "crest", "kurtosis")
 
 
@@ -28,6 +29,8 @@ class EventPublisher:
         self.published = 0
 
     def publish(self, kind: str, sensor: str, payload: dict) -> None:
+        """Publish one event; its payload gets the schema version ``v`` (`SCHEMA_VERSION`)."""
+        payload["v"] = SCHEMA_VERSION
         self.sock.send_multipart([topic(kind, sensor), msgpack.packb(payload)], copy=True)
         self.published += 1
 

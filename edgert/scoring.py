@@ -21,6 +21,9 @@ class Threshold(Protocol):
     def learn(self, sensor_idx: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> None:
         """Observe a batch's scores and decisions."""
 
+    def forget(self, sensor: int) -> None:
+        """Drop what was learned for a sensor slot (the sensor was evicted)."""
+
 
 class FixedThreshold:
     """The manifest's calibrated threshold, the same for every sensor."""
@@ -35,6 +38,9 @@ class FixedThreshold:
         return self._buf[:sensor_idx.size]
 
     def learn(self, sensor_idx, scores, flags) -> None:
+        pass
+
+    def forget(self, sensor: int) -> None:
         pass
 
 

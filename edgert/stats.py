@@ -1,14 +1,15 @@
 """Counters, a latency histogram and a rate-limited logger for the daemon.
 
 Nothing here allocates per sample: latencies go into a fixed log-spaced histogram in one
-vectorized call per batch, counters are plain dict increments per message.
+vectorized call per batch. Counts per id are bounded (`BoundedCounts`), and so are the keys of
+the rate-limited log: hostile ids cannot grow them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -60,50 +61,76 @@ class LatencyHistogram:
         self.max_us = 0.0
 
 
-class SensorCounters:
-    """Per-sensor and per-reason counts of everything that happened to input."""
+OTHER_IDS = "(other ids)"  # the bucket for ids past the limit of `BoundedCounts`
 
-    def __init__(self):
-        self.messages = defaultdict(int)   # sensor -> accepted blocks
-        self.samples = defaultdict(int)    # sensor -> accepted samples
-        self.windows = defaultdict(int)    # sensor -> windows scored
-        self.anomalies = defaultdict(int)  # sensor -> anomalous windows
-        self.drops = defaultdict(lambda: defaultdict(int))  # sensor -> reason -> blocks
-        self.notes = defaultdict(lambda: defaultdict(int))  # sensor -> reason -> count
 
-    def drop(self, sensor: str | None, reason: str) -> None:
-        self.drops[sensor or "?"][reason] += 1
+class BoundedCounts:
+    """Counts per id and reason for at most `max_ids` ids; later ids share one bucket.
 
-    def note(self, sensor: str, reason: str) -> None:
-        self.notes[sensor][reason] += 1
+    For ids the daemon holds no slot for (refused, malformed, never admitted): a flood of
+    one-shot ids must not grow memory or the stats event, so past the limit their counts go
+    to `OTHER_IDS` (totals stay exact).
+    """
 
-    def total_drops(self) -> int:
-        return sum(sum(r.values()) for r in self.drops.values())
+    def __init__(self, max_ids: int = 1024):
+        self.max_ids = int(max_ids)
+        self.by_id: dict[str, dict[str, int]] = {}
 
-    def as_dict(self) -> dict:
-        return {
-            "messages": sum(self.messages.values()),
-            "samples": sum(self.samples.values()),
-            "windows": sum(self.windows.values()),
-            "anomalies": sum(self.anomalies.values()),
-            "dropped": self.total_drops(),
-            "drops": {s: dict(r) for s, r in self.drops.items()},
-            "notes": {s: dict(r) for s, r in self.notes.items()},
-            "sensors": sorted(self.messages),
-        }
+    def add(self, key: str, reason: str, n: int = 1) -> None:
+        row = self.by_id.get(key)
+        if row is None:
+            if len(self.by_id) >= self.max_ids:
+                key = OTHER_IDS
+                row = self.by_id.get(key)
+            if row is None:
+                row = self.by_id[key] = {}
+        row[reason] = row.get(reason, 0) + n
+
+    def clear(self) -> None:
+        self.by_id.clear()
+
+
+def top_by_total(rows: dict, n: int) -> dict:
+    """The `n` entries of ``{id: {reason: count}}`` with the largest total count."""
+    if len(rows) <= n:
+        return {k: dict(v) for k, v in rows.items()}
+    keys = sorted(rows, key=lambda k: -sum(rows[k].values()))[:n]
+    return {k: dict(rows[k]) for k in keys}
+
+
+def json_safe(x):
+    """`x` with every non-finite float replaced by None, recursively (JSON has no NaN: a
+    strict parser such as JavaScript's JSON.parse refuses it)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
 
 
 class RateLimitedLog:
-    """Logs at most `burst` messages per key per `period` seconds, then a summary line."""
+    """Logs at most `burst` messages per key per `period` seconds, then a summary line.
 
-    def __init__(self, period: float = 10.0, burst: int = 3, logger: logging.Logger = log):
+    At most `max_keys` keys are tracked; past that, keys whose period has ended are forgotten
+    and, if none has, a new key shares one overflow key (so a flood of ids stays quiet too).
+    """
+
+    def __init__(self, period: float = 10.0, burst: int = 3, logger: logging.Logger = log,
+                 max_keys: int = 256):
         self.period = period
         self.burst = burst
         self.log = logger
+        self.max_keys = max_keys
         self._state: dict = {}
 
-    def warning(self, key, msg: str) -> None:
+    def warning(self, key, msg: str, exc_info=None) -> None:
         now = time.monotonic()
+        if key not in self._state and len(self._state) >= self.max_keys:
+            self._state = {k: v for k, v in self._state.items() if now - v[0] < self.period}
+            if len(self._state) >= self.max_keys:
+                key = ("overflow", key[1] if isinstance(key, tuple) and len(key) > 1 else "")
         start, n, suppressed = self._state.get(key, (now, 0, 0))
         if now - start >= self.period:
             if suppressed:
@@ -113,7 +140,7 @@ class RateLimitedLog:
                 return
             start, n, suppressed = now, 0, 0
         if n < self.burst:
-            self.log.warning("%s", msg)
+            self.log.warning("%s", msg, exc_info=exc_info)
             self._state[key] = (start, n + 1, suppressed)
         else:
             self._state[key] = (start, n, suppressed + 1)

@@ -94,6 +94,10 @@ class _Isolation:
         self.seen: dict[int, int] = {}
         self.last: dict[int, int] = {}
 
+    def forget(self, s: int) -> None:
+        self.seen.pop(s, None)
+        self.last.pop(s, None)
+
     def learnable(self, s: int, x: np.ndarray, flags: np.ndarray, isolation: int, cap: float) -> np.ndarray:
         """Scores of sensor `s` that may be learned: the normal ones, plus isolated alarms clipped to `cap`."""
         seen = self.seen.get(s, 0)
@@ -184,6 +188,11 @@ class SpotThreshold:
         self._s.pop(int(sensor), None)
         self._z[sensor] = self.calibrated if self.calibrated is not None else math.inf
         self._m[sensor] = 0.0
+
+    def forget(self, sensor: int) -> None:
+        """Sensor slot freed (evicted): no state left for the next sensor that takes it."""
+        self.recalibrate(sensor)
+        self._iso.forget(int(sensor))
 
     # -- per sensor ----------------------------------------------------------
     def _learn_sensor(self, s: int, x: np.ndarray, flags: np.ndarray) -> None:
@@ -276,6 +285,11 @@ class QuantileThreshold:
         self._buf.pop(int(sensor), None)
         self._count[sensor] = self._since[sensor] = 0
         self._z[sensor] = self.calibrated if self.calibrated is not None else math.inf
+
+    def forget(self, sensor: int) -> None:
+        """Sensor slot freed (evicted): no state left for the next sensor that takes it."""
+        self.recalibrate(sensor)
+        self._iso.forget(int(sensor))
 
     def learn(self, sensor_idx, scores, flags):
         sensor_idx = np.asarray(sensor_idx)

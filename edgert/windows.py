@@ -26,10 +26,13 @@ class SensorStream:
       capacity: ring capacity in samples (>= 2 * window).
       gap_samples: a t0 more than this many sample periods away from the expected one is a
         time gap (forward) or a t0 going backwards (an overlap).
+      max_seq_gap: a seq further ahead than this is not a gap (loss) but a contradiction.
     """
 
+    RESTART_AFTER = 8  # consistent contradicting blocks in a row that restart the stream
+
     def __init__(self, sensor: str, index: int, n_channels: int, window: int, hop: int,
-                 capacity: int = 1024, gap_samples: float = 3.0):
+                 capacity: int = 1024, gap_samples: float = 3.0, max_seq_gap: int = 1 << 20):
         self.sensor = sensor
         self.index = index
         self.window = window
@@ -43,6 +46,10 @@ class SensorStream:
         self.pos = 0  # logical samples appended since the last restart
         self.next_start = 0  # logical start of the next window to cut
         self.restarts = 0
+        self.max_seq_gap = int(max_seq_gap)
+        self.lost_blocks = 0  # blocks skipped by seq gaps (lost on the way)
+        self._cand = None  # (next seq, next t0, dt, count) of a run of contradicting blocks
+        self._dropped_ahead: set[int] = set()  # seqs after last_seq that were received but dropped
         # Per-sensor normalization (views into edgert.adapt.SafeNormalization's rows) when the
         # daemon adapts; None: the model's, held by the batcher.
         self.norm_mean: np.ndarray | None = None
@@ -55,6 +62,12 @@ class SensorStream:
             return batcher.mean, batcher.inv_std
         return self.norm_mean, self.norm_inv_std
 
+    def dropped(self, seq: int) -> None:
+        """A block of this sensor with this seq was received and dropped: a later seq gap
+        over it is not a loss (each block is counted once, as dropped or as lost)."""
+        if self.last_seq is not None and seq > self.last_seq and len(self._dropped_ahead) < 256:
+            self._dropped_ahead.add(seq)
+
     def restart(self, t0: int, dt: int) -> None:
         self.t_origin, self.dt, self.pos, self.next_start = t0, dt, 0, 0
         self.restarts += 1
@@ -62,38 +75,77 @@ class SensorStream:
     def check(self, seq: int, t0: int, dt: int, n: int, notes) -> None:
         """Check a block's seq and t0 against the stream; restart windows on a time gap.
 
+        A block that contradicts the stored state (seq not after the last one, a seq jump
+        beyond `max_seq_gap`, t0 before the end of the last block) is dropped, but a run of
+        `RESTART_AFTER` such blocks that are consistent among themselves (contiguous seq and
+        time, same dt) restarts the stream at the last of them: one spoofed or corrupt block
+        can no longer silence a genuine sensor for good.
+
         Args:
-          notes: ``callable(reason)`` for things that are noted, not dropped.
+          seq, t0, dt, n: the block's header fields and sample count (range-checked by `wire`).
+          notes: ``callable(reason, count=1)`` for things that are noted, not dropped
+            (``seq_gap`` carries the number of blocks skipped).
         Raises:
-          WireError("seq_backwards" | "t0_backwards") for a block to drop.
+          WireError("seq_backwards" | "seq_jump" | "t0_backwards") for a block to drop.
         """
         expected_t = self.t_origin + self.pos * self.dt
         tol = self.gap_samples * max(dt, self.dt)
-        if self.last_seq is not None:
-            if seq <= self.last_seq:
+        last = self.last_seq
+        skipped = 0
+        if last is not None:
+            if seq <= last:
                 if self.dt and t0 > expected_t + tol:
                     # seq restarted and time moved on: the sensor rebooted. Accept it.
                     notes("sensor_restart")
-                    self.last_seq = None
+                    last = None
                 else:
-                    raise WireError("seq_backwards", f"seq {seq} after {self.last_seq}", self.sensor)
-            elif seq > self.last_seq + 1:
-                notes("seq_gap")
+                    return self._contradicts(seq, t0, dt, n, notes, "seq_backwards", f"seq {seq} after {last}")
+            elif seq > last + 1:
+                skipped = seq - last - 1
+                if skipped > self.max_seq_gap:
+                    return self._contradicts(seq, t0, dt, n, notes, "seq_jump",
+                                             f"seq {seq} is {skipped} blocks after {last} (max_seq_gap {self.max_seq_gap})")
         if self.dt == 0:
             self.restart(t0, dt)  # first block of this sensor
         elif dt != self.dt:
             notes("dt_change")
             self.restart(t0, dt)
         elif t0 < expected_t - tol:
-            raise WireError("t0_backwards", f"t0 {t0} is {(expected_t - t0) / 1e6:.3f} ms before the end "
-                            f"of the previous block (seq {self.last_seq})", self.sensor)
+            return self._contradicts(seq, t0, dt, n, notes, "t0_backwards",
+                                     f"t0 {t0} is {(expected_t - t0) / 1e6:.3f} ms before the end "
+                                     f"of the previous block (seq {last})")
         elif t0 > expected_t + tol:
             notes("time_gap")
             self.restart(t0, dt)
+        if self._dropped_ahead:
+            skipped -= sum(1 for q in self._dropped_ahead if (last or 0) < q < seq)
+            self._dropped_ahead = {q for q in self._dropped_ahead if q > seq}
+        if skipped > 0:
+            notes("seq_gap", skipped)
+            self.lost_blocks += skipped
         self.last_seq = seq
+        self._cand = None
+
+    def _contradicts(self, seq, t0, dt, n, notes, reason, message):
+        """A block the stored state refuses: drop it, unless it completes a run of
+        `RESTART_AFTER` consistent ones, which restarts the stream there."""
+        c = self._cand
+        count = 1
+        if c is not None and seq == c[0] and dt == c[2] and abs(t0 - c[1]) <= self.gap_samples * dt:
+            count = c[3] + 1
+        if count >= self.RESTART_AFTER:
+            notes("sensor_restart")
+            self.restart(t0, dt)
+            self.last_seq = seq
+            self._cand = None
+            return
+        self._cand = (seq + 1, t0 + n * dt, dt, count)
+        raise WireError(reason, f"{message} ({count} consistent such blocks in a row; "
+                        f"{self.RESTART_AFTER} restart the stream)", self.sensor)
 
 
-def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int, batcher) -> int:
+def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int, batcher,
+               t_last: int = 0) -> int:
     """Append a block to a sensor's ring and hand every completed window to the batcher.
 
     One fused kernel call (`kernels.ingest`) per ring-sized chunk appends the samples and
@@ -107,6 +159,7 @@ def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int,
       t_recv: ns (perf counter) when the message was received.
       batcher: the `edgert.batcher.Batcher` whose input tensor the windows go into (it
         holds the model's normalization and the tensor's quantization).
+      t_last: sensor time (ns) of the block's last sample (for the queueing delay; 0: unknown).
     Returns:
       the number of windows cut.
     """
@@ -131,7 +184,7 @@ def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int,
                 for mi in b.extra:
                     kernels.normalize_quantize(stream.ring, cap, sel, W, mi.mean, mi.inv_std,
                                                mi.in_scale, mi.in_zp, mi.buf, row)
-            b.commit_rows(k, stream.index, seq, t_recv)
+            b.commit_rows(k, stream.index, seq, t_recv, t_last)
             cut += k
         if i >= n and nxt + W > pos:
             return cut

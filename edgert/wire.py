@@ -23,6 +23,9 @@ MAX_SENSOR_ID = 64
 MAX_SAMPLES = 1 << 20  # per block; larger blocks are refused as "huge"
 MAX_CHANNELS = 256
 MAX_HEADER_BYTES = 4096
+INT64_MAX = (1 << 63) - 1  # every time and counter is held as int64 (msgpack carries uint64)
+INT64_MIN = -(1 << 63)
+MAX_DT_NS = 86_400 * 10**9  # one sample a day is the slowest sensor a window of them makes sense for
 F4_MAX = float(np.finfo(np.float32).max)  # samples are held as float32
 
 # Wire dtype code -> little-endian numpy dtype.
@@ -41,18 +44,30 @@ DROP_REASONS = (
     "sensor_id",     # empty, > 64 bytes, or not UTF-8
     "msgpack",       # frame 1 is not a msgpack map
     "version",       # "v" missing or not 1
-    "header",        # a required key missing or of the wrong type
+    "header",        # a required key missing, of the wrong type, or out of int64 range
     "dtype",         # dtype not one of DTYPES
     "shape",         # zero or huge shape, or not [n_samples, n_channels]
     "size",          # payload length != n_samples * n_channels * itemsize
     "nonfinite",     # NaN or Inf in a float block
     "channels",      # channel count does not match the model
     "seq_backwards",  # seq not greater than the last accepted seq
+    "seq_jump",      # seq more than max_seq_gap ahead of the last accepted seq
     "t0_backwards",  # t0 earlier than the end of the last accepted block
-    "dt",            # dt <= 0
-    "too_many_sensors",  # more distinct sensor ids than the daemon's max_sensors
+    "dt",            # dt <= 0 or > one day
+    "clock",         # t0 farther from the daemon's clock than max_clock_skew_s
+    "too_large",     # more samples than the daemon's max_block_samples
+    "too_many_sensors",  # sensor table full of sensors active within sensor_evict_s
+    "not_allowed",   # sensor id not in the daemon's sensors_allowed
+    "auth",          # sensor id sent with a CURVE key that is not bound to it
+    "internal",      # handling the block raised (a bug): counted, logged with its traceback
 )
-NOTE_REASONS = ("seq_gap", "time_gap")
+NOTE_REASONS = ("seq_gap", "time_gap", "dt_change", "sensor_restart")
+
+
+def safe_id(sensor) -> str:
+    """A sensor id as it may appear in a log line: repr-style, so a newline or an escape
+    sequence in a hostile id cannot forge or garble log lines."""
+    return "?" if sensor is None else repr(sensor)
 
 
 class WireError(ValueError):
@@ -63,10 +78,11 @@ class WireError(ValueError):
       sensor: the sensor id when it could be read, else None.
     """
 
-    def __init__(self, reason: str, message: str, sensor: str | None = None):
-        super().__init__(f"{sensor or '?'}: {reason}: {message}")
+    def __init__(self, reason: str, message: str, sensor: str | None = None, seq: int | None = None):
+        super().__init__(f"{safe_id(sensor)}: {reason}: {message}")
         self.reason = reason
         self.sensor = sensor
+        self.seq = seq
 
 
 @dataclass(slots=True)
@@ -111,13 +127,19 @@ def dtype_code(dtype) -> str:
     raise ValueError(f"dtype {dt} is not allowed on the wire (allowed: {', '.join(DTYPES)})")
 
 
-def _int(header: dict, key: str, sensor: str, minimum: int | None = None) -> int:
+def _int(header: dict, key: str, sensor: str, minimum: int = INT64_MIN) -> int:
     value = header.get(key)
     if type(value) is not int:  # bool is an int subclass: refuse it too
-        raise WireError("header", f"field {key!r} must be an integer, got {value!r}", sensor)
-    if minimum is not None and value < minimum:
-        raise WireError("header", f"field {key!r} must be >= {minimum}, got {value}", sensor)
+        raise WireError("header", f"field {key!r} must be an integer, got {_short(value)}", sensor)
+    if not minimum <= value <= INT64_MAX:
+        raise WireError("header", f"field {key!r} must be in {minimum}..{INT64_MAX} (int64), got {value}", sensor)
     return value
+
+
+def _short(value, limit: int = 40) -> str:
+    """repr of a hostile header value, cut short (a 4 KB string must not fill a log line)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "..."
 
 
 def decode(frames, check_finite=None) -> Block:
@@ -148,9 +170,10 @@ def decode(frames, check_finite=None) -> Block:
             sensor = raw_id.decode("utf-8")
         except Exception:  # any problem: the careful path says which
             return _decode_checked(frames, check_finite)
-        if (v == VERSION and type(v) is int and type(seq) is int and seq >= 0 and type(t0) is int
-                and type(dt) is int and dt > 0 and type(n) is int and type(c) is int
-                and 1 <= n <= MAX_SAMPLES and 1 <= c <= MAX_CHANNELS
+        if (v == VERSION and type(v) is int and type(seq) is int and 0 <= seq <= INT64_MAX
+                and type(t0) is int and type(dt) is int and 0 < dt <= MAX_DT_NS
+                and type(n) is int and type(c) is int and 1 <= n <= MAX_SAMPLES and 1 <= c <= MAX_CHANNELS
+                and INT64_MIN <= t0 <= INT64_MAX - n * dt
                 and 1 <= len(raw_id) <= MAX_SENSOR_ID
                 and memoryview(payload).nbytes == n * c * dtype.itemsize):
             samples = np.frombuffer(payload, dtype=dtype).reshape(n, c)
@@ -163,9 +186,9 @@ def decode(frames, check_finite=None) -> Block:
 def _check_finite(samples, check_finite, code, seq, sensor) -> None:
     bad = check_finite(samples)
     if bad:
-        raise WireError("nonfinite", f"{bad} NaN/Inf values in the block (seq {seq})", sensor)
+        raise WireError("nonfinite", f"{bad} NaN/Inf values in the block (seq {seq})", sensor, seq)
     if code == "f8" and np.abs(samples).max() > F4_MAX:
-        raise WireError("nonfinite", f"f8 values beyond float32 range in the block (seq {seq})", sensor)
+        raise WireError("nonfinite", f"f8 values beyond float32 range in the block (seq {seq})", sensor, seq)
 
 
 def _decode_checked(frames, check_finite=None) -> Block:
@@ -196,24 +219,26 @@ def _decode_checked(frames, check_finite=None) -> Block:
     if not isinstance(header, dict):
         raise WireError("msgpack", f"header must be a map, got {type(header).__name__}", sensor)
     if header.get("v") != VERSION or type(header.get("v")) is not int:
-        raise WireError("version", f"field 'v' must be {VERSION}, got {header.get('v')!r}", sensor)
+        raise WireError("version", f"field 'v' must be {VERSION}, got {_short(header.get('v'))}", sensor)
     seq = _int(header, "seq", sensor, 0)
     t0 = _int(header, "t0", sensor)
     dt = _int(header, "dt", sensor)
-    if dt <= 0:
-        raise WireError("dt", f"field 'dt' must be > 0 ns, got {dt}", sensor)
+    if not 0 < dt <= MAX_DT_NS:
+        raise WireError("dt", f"field 'dt' must be 1..{MAX_DT_NS} ns, got {dt}", sensor)
     code = header.get("dtype")
     dtype = DTYPES.get(code) if isinstance(code, str) else None
     if dtype is None:
-        raise WireError("dtype", f"field 'dtype' must be one of {list(DTYPES)}, got {code!r}", sensor)
+        raise WireError("dtype", f"field 'dtype' must be one of {list(DTYPES)}, got {_short(code)}", sensor)
     shape = header.get("shape")
     if (not isinstance(shape, (list, tuple)) or len(shape) != 2
             or any(type(s) is not int for s in shape)):
-        raise WireError("shape", f"field 'shape' must be [n_samples, n_channels], got {shape!r}", sensor)
+        raise WireError("shape", f"field 'shape' must be [n_samples, n_channels], got {_short(shape)}", sensor)
     n, c = shape
     if not (1 <= n <= MAX_SAMPLES and 1 <= c <= MAX_CHANNELS):
         raise WireError("shape", f"field 'shape' {shape} out of range "
                         f"(1..{MAX_SAMPLES} samples, 1..{MAX_CHANNELS} channels)", sensor)
+    if t0 > INT64_MAX - n * dt:
+        raise WireError("header", f"field 't0' {t0} + {n} samples of {dt} ns overflows int64", sensor)
     payload = _buf(frames[2])
     if payload.nbytes != n * c * dtype.itemsize:
         raise WireError("size", f"payload is {payload.nbytes} bytes, shape {shape} of {code} needs "

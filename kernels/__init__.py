@@ -47,7 +47,7 @@ del _why
 _BLOCK_DTYPES = ("<f4", "<f8", "<i2", "<i4", "<u2")
 
 
-def warmup() -> float:
+def warmup(progress=None) -> float:
     """Call every kernel once on tiny arrays so numba compiles (or loads from its cache) each
     specialization the daemon uses. Returns the seconds taken.
 
@@ -55,8 +55,16 @@ def warmup() -> float:
     ``np.frombuffer`` from a message is read-only, which numba types separately). Scalars
     are Python int/float and float arrays float64: a caller passing e.g. a numpy float32
     scale gets another specialization, compiled on its first call.
+
+    Args:
+      progress: optional ``callable(step, n_steps, name)`` called before each kernel group
+        (a first run on a new CPU compiles for tens of seconds: the caller can say so).
+    Returns:
+      seconds taken.
     """
+    say = progress or (lambda *_: None)
     t0 = time.perf_counter()
+    say(1, 3, "ring_append, count_nonfinite")
     cap, C, W = 4, 2, 2
     ring = np.zeros((2 * cap, C), dtype=np.float32)
     for dt in _BLOCK_DTYPES:
@@ -65,6 +73,7 @@ def warmup() -> float:
             block.flags.writeable = writable
             ring_append(ring, cap, 0, block)
             count_nonfinite(block)
+    say(2, 3, "normalize_quantize, recon_error, window_stats")
     starts = np.array([0, 1], dtype=np.int64)
     mean = np.zeros(C, dtype=np.float64)
     inv_std = np.ones(C, dtype=np.float64)
@@ -76,6 +85,7 @@ def warmup() -> float:
     stats = np.zeros((2, C, 6), dtype=np.float32)
     window_stats(ring, cap, starts, W, stats)
     t_start = np.zeros(2, dtype=np.int64)
+    say(3, 3, "ingest")
     for dt in _BLOCK_DTYPES:
         for writable in (True, False):
             block = np.ones((3, C), dtype=dt)

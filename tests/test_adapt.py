@@ -156,7 +156,7 @@ def alarm_rates(scenario, seconds=60, inspect=None, **cfg):
     if BASE is None:
         BASE = itsc_recording("SC_HLT_002").astype(np.float32)
     c = config.load(None, listen="inproc://adapt-in", events="inproc://adapt-ev", drift_interval_s=0,
-                    watch_model_s=0, **cfg)
+                    watch_model_s=0, max_clock_skew_s=0.0, **cfg)  # sensor time runs ahead of ours
     ctx = zmq.Context()
     d = Daemon(c, ctx=ctx)
     d.bind()

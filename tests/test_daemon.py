@@ -36,6 +36,9 @@ class Running:
         else:
             listen, events = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
         self.ctx = zmq.Context()
+        # These tests replay recordings on synthetic sensor clocks (t0 = 0, 10**12, ...): the
+        # clock check is tested on its own (tests/test_hostile.py).
+        cfg.setdefault("max_clock_skew_s", 0.0)
         c = config.load(None, listen=listen, events=events, socket=socket, **cfg)
         self.d = Daemon(c, ctx=self.ctx)
         self.d.bind()
@@ -209,7 +212,7 @@ def test_serve_sigterm_prints_final_stats(tmp_path):
     try:
         pub = SensorPublisher(f"ipc://{tmp_path}/s", "m1", ctx=ctx)
         assert pub.wait_subscribed(60), proc.stderr.read() if proc.poll() is not None else "no subscription"
-        pub.send(itsc_recording(HEALTHY)[:200], 0, 1_000_000)
+        pub.send(itsc_recording(HEALTHY)[:200], time.time_ns(), 1_000_000)
         time.sleep(0.5)
         t = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -149,7 +149,7 @@ def test_serve_notifies_systemd(systemd, tmp_path):
         push.setsockopt(zmq.LINGER, 1000)
         push.connect(listen)
         block = np.zeros((64, 3), np.float32)
-        push.send_multipart([b"m1", wire.encode_header(0, 0, 1_000_000, block), block.tobytes()])
+        push.send_multipart([b"m1", wire.encode_header(0, time.time_ns(), 1_000_000, block), block.tobytes()])
         systemd.receive(1.5)
         after = [(t, m) for t, m in systemd.messages if t >= t_ready]
         dogs = [t for t, m in after if "WATCHDOG=1" in m.splitlines()]

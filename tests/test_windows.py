@@ -26,7 +26,7 @@ class Collect:
     def free(self):
         return self.max_batch - self.n
 
-    def commit_rows(self, k, sensor_index, seq, t_recv):
+    def commit_rows(self, k, sensor_index, seq, t_recv, t_last=0):
         self.windows.extend(self.buf[self.n:self.n + k, 0].copy())
         self.t_starts.extend(int(t) for t in self.t_start[self.n:self.n + k])
         self.seqs.extend([seq] * k)
@@ -44,7 +44,7 @@ def feed(stream, sink, x, block, t0=0, dt=1000, seq0=0):
     seq = seq0
     for i in range(0, x.shape[0], block):
         part = x[i:i + block]
-        stream.check(seq, t0 + i * dt, dt, part.shape[0], lambda r: None)
+        stream.check(seq, t0 + i * dt, dt, part.shape[0], lambda r, n=1: None)
         push_block(stream, part, seq, 0, sink)
         seq += 1
     return seq
@@ -105,23 +105,89 @@ def test_small_jitter_is_not_a_gap():
 
 def test_seq_and_t0_backwards_are_refused():
     st = SensorStream("s", 0, 1, 4, 2)
-    st.check(5, 0, 1000, 10, lambda r: None)
+    st.check(5, 0, 1000, 10, lambda r, n=1: None)
     st.pos = 10
     with pytest.raises(wire.WireError) as ei:
-        st.check(5, 10_000, 1000, 10, lambda r: None)
+        st.check(5, 10_000, 1000, 10, lambda r, n=1: None)
     assert ei.value.reason == "seq_backwards"
     with pytest.raises(wire.WireError) as ei:
-        st.check(6, 0, 1000, 10, lambda r: None)
+        st.check(6, 0, 1000, 10, lambda r, n=1: None)
     assert ei.value.reason == "t0_backwards"
 
 
 def test_seq_gap_is_noted_and_sensor_restart_accepted():
     st = SensorStream("s", 0, 1, 4, 2)
     notes = []
-    st.check(0, 0, 1000, 10, notes.append)
+    note = lambda r, n=1: notes.append((r, n))  # noqa: E731
+    st.check(0, 0, 1000, 10, note)
     st.pos = 10
-    st.check(3, 10_000, 1000, 10, notes.append)
-    assert notes == ["seq_gap"]
+    st.check(3, 10_000, 1000, 10, note)
+    assert notes == [("seq_gap", 2)] and st.lost_blocks == 2  # seqs 1 and 2 were lost
     st.pos = 20
-    st.check(0, 60_000_000_000, 1000, 10, notes.append)  # rebooted: seq 0, a minute later
-    assert notes == ["seq_gap", "sensor_restart", "time_gap"]
+    st.check(0, 60_000_000_000, 1000, 10, note)  # rebooted: seq 0, a minute later
+    assert notes == [("seq_gap", 2), ("sensor_restart", 1), ("time_gap", 1)]
+
+
+def test_a_dropped_block_is_not_also_lost():
+    st = SensorStream("s", 0, 1, 4, 2)
+    st.check(0, 0, 1000, 10, lambda r, n=1: None)
+    st.pos = 10
+    st.dropped(1)  # received, dropped (say NaN): the gap over it is one lost block, not two
+    st.check(3, 10_000, 1000, 10, lambda r, n=1: None)
+    assert st.lost_blocks == 1
+
+
+def spoofed_then_genuine(st, spoof_seq, spoof_t0, n=10, dt=1000):
+    """A genuine stream (seq 0.., t0 0..), one spoofed block, then the genuine stream goes on.
+    Returns the reasons of the genuine blocks' fates after the spoof (None: accepted)."""
+    notes = []
+    note = lambda r, k=1: notes.append(r)  # noqa: E731
+    for seq in range(5):
+        st.check(seq, seq * n * dt, dt, n, note)
+        st.pos += n
+    try:
+        st.check(spoof_seq, spoof_t0, dt, n, note)
+        st.pos = 0  # a spoof that was accepted moved the stream
+    except wire.WireError:
+        pass
+    fates = []
+    for seq in range(5, 25):
+        try:
+            st.check(seq, seq * n * dt, dt, n, note)
+            st.pos += n
+            fates.append(None)
+        except wire.WireError as exc:
+            fates.append(exc.reason)
+    return fates, notes
+
+
+def test_a_spoofed_huge_seq_is_dropped_and_the_sensor_goes_on():
+    st = SensorStream("s", 0, 1, 4, 2)
+    fates, notes = spoofed_then_genuine(st, 1 << 62, 5 * 10 * 1000)
+    assert fates == [None] * 20 and "seq_gap" not in notes
+
+
+def test_a_run_of_consistent_blocks_restarts_a_hijacked_stream():
+    # The spoof is plausible (seq a little ahead, time ahead but within the clock bound), so
+    # it is accepted; the genuine sensor's next blocks contradict it, and the 8th consistent
+    # one in a row restarts the stream: the sensor is not silenced for good.
+    st = SensorStream("s", 0, 1, 4, 2)
+    fates, notes = spoofed_then_genuine(st, 1000, 10**12)
+    assert fates[:7] == ["seq_backwards"] * 7
+    assert fates[7:] == [None] * 13
+    assert "sensor_restart" in notes
+
+
+def test_inconsistent_contradictions_do_not_restart():
+    # Blocks that contradict the state but not consistently among themselves (replayed or
+    # shuffled old blocks) never add up to a restart.
+    st = SensorStream("s", 0, 1, 4, 2)
+    for seq in range(100):
+        st.check(seq, seq * 10_000, 1000, 10, lambda r, k=1: None)
+        st.pos += 10
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        seq = int(rng.integers(0, 99))
+        with pytest.raises(wire.WireError):
+            st.check(seq, seq * 10_000, 1000, 10, lambda r, k=1: None)
+    assert st.last_seq == 99
