@@ -12,19 +12,26 @@ import time
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def cmd_serve(args) -> int:
     from . import config, sdnotify
     from .daemon import Daemon
 
+    def load():
+        return config.load(args.config, listen=args.listen, events=args.events, model=args.model,
+                           backend=args.backend, socket=args.socket, max_batch=args.max_batch,
+                           max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
+                           threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
+                           publish_scores=args.publish_scores or None, adapt=args.adapt,
+                           adapt_hold_s=args.adapt_hold_s, reservoir_dir=args.reservoir_dir,
+                           max_queue_mb=args.max_queue_mb, max_sensors=args.max_sensors,
+                           max_clock_skew_s=args.max_clock_skew_s,
+                           log_level=args.log_level_flag or args.log_level)
+
     try:
-        cfg = config.load(args.config, listen=args.listen, events=args.events, model=args.model,
-                          backend=args.backend, socket=args.socket, max_batch=args.max_batch,
-                          max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
-                          threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
-                          publish_scores=args.publish_scores or None, adapt=args.adapt,
-                          adapt_hold_s=args.adapt_hold_s, reservoir_dir=args.reservoir_dir)
+        cfg = load()
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -37,12 +44,13 @@ def cmd_serve(args) -> int:
         notifier.status(f"failed: {exc}")
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 1
+    d.reload_config = load  # SIGHUP re-reads the file with the same command-line overrides
     d.install_signal_handlers()
     final = d.run(ready=lambda: notifier.ready(f"serving {d.model.name} on {d.listen_endpoint}, "
                                                f"backend {d.backend.name}"),
                   tick=notifier.tick)
     notifier.stopping(f"stopped after {final.get('windows', 0)} windows")
-    print(json.dumps({"final": True, **final}, default=float), flush=True)
+    print(json.dumps({"final": True, **final}, allow_nan=False), flush=True)
     return 0
 
 
@@ -156,32 +164,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgert", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("serve", help="run the daemon")
-    s.add_argument("--listen", help="sensor endpoint to bind (tcp://*:5555, ipc:///run/edgert/sensors)")
-    s.add_argument("--events", help="event PUB endpoint to bind")
-    s.add_argument("--model", help="shipped model name or model directory (default motor-ae)")
+    from .config import Config, LOG_LEVELS
+
+    dflt = Config()
+    s = sub.add_parser("serve", help="run the daemon",
+                       description="Run the daemon: sensor blocks in on --listen, events out on --events. "
+                                   "Every option is also a key of the --config TOML file (command line wins). "
+                                   "SIGTERM/SIGINT: drain, flush, print the final stats as one JSON line, exit 0. "
+                                   "SIGHUP: reload the config file (live keys applied, others named as needing a restart).")
+    s.add_argument("--listen", help=f"sensor endpoint to bind (tcp://*:5555, ipc:///run/edgert/sensors; "
+                                    f"default {dflt.listen})")
+    s.add_argument("--events", help=f"event PUB endpoint to bind (default {dflt.events})")
+    s.add_argument("--model", help=f"shipped model name or model directory (default {dflt.model})")
     s.add_argument("--backend", help="auto|cpu|edgetpu[:device=usb:0]|delegate:PATH[:key=value,…], "
                                      "or a fallback chain A|B (default auto = edgetpu|cpu)")
     s.add_argument("--classifier", help="also classify every window with this classifier model "
                                         "(same window, hop and channels), e.g. motor-cnn")
-    s.add_argument("--socket", choices=["sub", "pull"], help="input socket type (default sub)")
-    s.add_argument("--max-batch", type=int, dest="max_batch")
-    s.add_argument("--max-delay-us", type=int, dest="max_delay_us")
-    s.add_argument("--stats-interval", type=float, dest="stats_interval")
+    s.add_argument("--socket", choices=["sub", "pull"], help=f"input socket type (default {dflt.socket})")
+    s.add_argument("--max-batch", type=int, dest="max_batch",
+                   help=f"windows per backend invoke at most (default {dflt.max_batch})")
+    s.add_argument("--max-delay-us", type=int, dest="max_delay_us",
+                   help=f"a partial batch goes when its oldest window waited this long (default {dflt.max_delay_us})")
+    s.add_argument("--stats-interval", type=float, dest="stats_interval",
+                   help=f"seconds between stats events (default {dflt.stats_interval_s:g})")
     s.add_argument("--threshold", choices=["fixed", "spot", "dspot", "quantile"],
                    help="fixed: the manifest's calibrated threshold (default); spot/dspot: streaming "
                         "peaks-over-threshold per sensor; quantile: rolling quantile per sensor")
-    s.add_argument("--risk-q", type=float, dest="risk_q", help="SPOT risk q (default 1e-4)")
+    s.add_argument("--risk-q", type=float, dest="risk_q", help=f"SPOT risk q (default {dflt.risk_q:g})")
     s.add_argument("--adapt", choices=["off", "safe"],
                    help="safe: each sensor's normalization follows a new operating point (a sustained, "
                         "stationary, common-gain shift the model accepts on probation); off (default)")
     s.add_argument("--adapt-hold", type=float, dest="adapt_hold_s",
-                   help="seconds (sensor time) a shift must hold before it is tried (default 30)")
+                   help=f"seconds (sensor time) a shift must hold before it is tried (default {dflt.adapt_hold_s:g})")
     s.add_argument("--publish-scores", action="store_true", dest="publish_scores",
                    help="also publish every window's score (event/scores/<sensor>), e.g. for replay --events-out")
     s.add_argument("--reservoir", dest="reservoir_dir", metavar="DIR",
                    help="keep a bounded on-disk reservoir of normal windows in DIR for edgert retrain")
-    s.add_argument("--config", help="TOML file with the same keys")
+    s.add_argument("--max-queue-mb", type=float, dest="max_queue_mb",
+                   help=f"receive queue budget per connection, MB (default {dflt.max_queue_mb:g})")
+    s.add_argument("--max-sensors", type=int, dest="max_sensors",
+                   help=f"sensor slots; idle sensors are evicted (default {dflt.max_sensors})")
+    s.add_argument("--max-clock-skew", type=float, dest="max_clock_skew_s", metavar="S",
+                   help=f"drop blocks whose t0 is further than S seconds from this clock; 0: off, e.g. to "
+                        f"replay old timestamps (default {dflt.max_clock_skew_s:g})")
+    s.add_argument("--log-level", dest="log_level", type=str.upper, choices=LOG_LEVELS,
+                   help=f"(default {dflt.log_level})")
+    s.add_argument("-v", "--verbose", action="store_const", const="DEBUG", dest="log_level_flag",
+                   help="log level DEBUG")
+    s.add_argument("-q", "--quiet", action="store_const", const="WARNING", dest="log_level_flag",
+                   help="log level WARNING")
+    s.add_argument("--config", help="TOML file with the same keys (an [edgert] table or top level)")
     s.set_defaults(fn=cmd_serve)
 
     r = sub.add_parser("replay", help="publish recorded samples as a sensor")

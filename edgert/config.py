@@ -33,7 +33,7 @@ class Config:
     max_batch: int = 32
     max_delay_us: int = 1000
     num_threads: int = 1
-    ring_capacity: int = 1024  # samples per sensor ring
+    ring_capacity: int = 0  # samples per sensor ring (0: max(2 x window, 256))
     gap_samples: float = 3.0  # t0 jump (in sample periods) that restarts a sensor's windows
     threshold: str = "fixed"  # fixed (manifest) | spot | dspot | quantile
     risk_q: float = 1e-4  # SPOT/DSPOT risk: target false-alarm probability per window
@@ -87,7 +87,7 @@ class Config:
             raise ValueError(f"config field 'log_level' must be one of {', '.join(LOG_LEVELS)}, "
                              f"got {self.log_level!r}")
         self.log_level = str(self.log_level).upper()
-        zero_ok = ("max_delay_us", "rcvhwm", "max_msg_bytes")
+        zero_ok = ("max_delay_us", "rcvhwm", "max_msg_bytes", "ring_capacity")
         for name in ("max_batch", "max_delay_us", "num_threads", "ring_capacity", "max_sensors",
                      "reservoir_size", "rcvhwm", "max_block_samples", "max_msg_bytes", "max_seq_gap",
                      "max_unknown_ids", "stats_top_n"):

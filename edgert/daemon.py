@@ -119,6 +119,10 @@ class Daemon:
         self._ipc_paths: list[str] = []
         self._monitor = None
         self.peer_events = {"connected": 0, "disconnected": 0}
+        self._backlog = False  # the last wake-up found more than DRAIN messages waiting
+        self._next_trim = 0.0
+        self._rss_low = None
+        self.memory_trims = 0
         self._stop = False
         self.batch_errors = 0
         self.lost_windows = 0
@@ -632,6 +636,7 @@ class Daemon:
             "model_swaps": self.model_swaps,
             "model_refusals": self.model_refusals,
             "reloads": self.reloads,
+            "memory_trims": self.memory_trims,
             "drifts": self.drifts,
             "adaptations": {"accepted": self.norm.accepted, "refused": self.norm.refused}
             if self.norm is not None else None,
@@ -706,21 +711,41 @@ class Daemon:
         return out
 
     # -- main loop --------------------------------------------------------------
+    def _trim_memory(self) -> None:
+        """After a backlog has drained, give the freed receive-queue memory back to the OS.
+
+        glibc keeps freed heap (libzmq's message buffers, in its I/O thread's arena) mapped, so
+        without this RSS stays at its overload peak for good. At most every 10 s, only when
+        the queue is empty (we kept up) and the anonymous RSS is well above its low mark.
+        """
+        now = time.monotonic()
+        if self._backlog or now < self._next_trim or _malloc_trim is None:
+            return
+        anon = rss_breakdown().get("rss_anon_mb")
+        if anon is None:
+            return
+        self._rss_low = anon if self._rss_low is None else min(self._rss_low, anon)
+        if anon > self._rss_low * 1.1 + 8:
+            self._next_trim = now + 10.0
+            _malloc_trim(0)
+            self.memory_trims += 1
+
     def _drain_monitor(self) -> None:
         """Count peers connecting and leaving (a frame over ZMQ_MAXMSGSIZE shows as a disconnect)."""
         mon = self._monitor
         if mon is None:
             return
-        from zmq.utils.monitor import recv_monitor_message
-
         while True:
             try:
-                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+                frames = mon.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if ev["event"] == zmq.EVENT_ACCEPTED:
+            # Frame 0: uint16 event, uint32 value (zmq_socket_monitor); frame 1: the endpoint.
+            # Parsed here: zmq.utils.monitor would import asyncio into the daemon.
+            event = int.from_bytes(frames[0][:2], "little")
+            if event == zmq.EVENT_ACCEPTED:
                 self.peer_events["connected"] += 1
-            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 self.peer_events["disconnected"] += 1
 
     def _drain_at_stop(self, sock) -> None:
@@ -785,10 +810,12 @@ class Daemon:
                 timeout = max(0, min(100, -(-(due - perf()) // 1_000_000)))
             if poller.poll(timeout):
                 self._now_wall = time.time_ns()
+                self._backlog = True
                 for _ in range(DRAIN):
                     try:
                         frames = recv(sock)
                     except zmq.Again:
+                        self._backlog = False
                         break
                     t = perf()
                     self.handle(frames, t)
@@ -818,6 +845,7 @@ class Daemon:
                 self._wall_offset = self._now_wall - perf()  # follows clock steps (NTP)
                 self._drain_monitor()
                 self.evict_idle()
+                self._trim_memory()
                 self.events.publish("stats", "daemon", self.stats())
         # Stop: no more input; handle what is queued (bounded), score what is pending, say goodbye.
         self._drain_at_stop(sock)
@@ -879,6 +907,19 @@ def rss_mb() -> float:
             return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except OSError:
         return float("nan")
+
+
+def _load_malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
 
 
 def _matcher(patterns):

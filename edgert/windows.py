@@ -23,7 +23,7 @@ class SensorStream:
       sensor: sensor id.
       index: small integer id used in batch metadata arrays.
       n_channels, window, hop: from the model manifest.
-      capacity: ring capacity in samples (>= 2 * window).
+      capacity: ring capacity in samples (>= 2 * window; 0: max(2 * window, 256)).
       gap_samples: a t0 more than this many sample periods away from the expected one is a
         time gap (forward) or a t0 going backwards (an overlap).
       max_seq_gap: a seq further ahead than this is not a gap (loss) but a contradiction.
@@ -32,12 +32,14 @@ class SensorStream:
     RESTART_AFTER = 8  # consistent contradicting blocks in a row that restart the stream
 
     def __init__(self, sensor: str, index: int, n_channels: int, window: int, hop: int,
-                 capacity: int = 1024, gap_samples: float = 3.0, max_seq_gap: int = 1 << 20):
+                 capacity: int = 0, gap_samples: float = 3.0, max_seq_gap: int = 1 << 20):
         self.sensor = sensor
         self.index = index
         self.window = window
         self.hop = hop
-        self.cap = max(int(capacity), 2 * window)
+        # Auto (0): room for a window and a few hops beyond it, so a block is appended in few
+        # chunks while a sensor costs kilobytes, not the 24 KB a fixed 1,024-sample ring did.
+        self.cap = max(int(capacity), 2 * window) if capacity else max(2 * window, 256)
         self.ring = np.zeros((2 * self.cap, n_channels), dtype=np.float32)
         self.gap_samples = gap_samples
         self.last_seq: int | None = None
@@ -50,6 +52,7 @@ class SensorStream:
         self.lost_blocks = 0  # blocks skipped by seq gaps (lost on the way)
         self._cand = None  # (next seq, next t0, dt, count) of a run of contradicting blocks
         self._dropped_ahead: set[int] = set()  # seqs after last_seq that were received but dropped
+        self._last_gap = 0  # blocks the last accepted block's seq gap counted as lost
         # Per-sensor normalization (views into edgert.adapt.SafeNormalization's rows) when the
         # daemon adapts; None: the model's, held by the batcher.
         self.norm_mean: np.ndarray | None = None
@@ -120,6 +123,7 @@ class SensorStream:
         if self._dropped_ahead:
             skipped -= sum(1 for q in self._dropped_ahead if (last or 0) < q < seq)
             self._dropped_ahead = {q for q in self._dropped_ahead if q > seq}
+        self._last_gap = max(skipped, 0)
         if skipped > 0:
             notes("seq_gap", skipped)
             self.lost_blocks += skipped
@@ -135,6 +139,12 @@ class SensorStream:
             count = c[3] + 1
         if count >= self.RESTART_AFTER:
             notes("sensor_restart")
+            if self._last_gap:
+                # The state these blocks contradict was set by a block that jumped ahead (a
+                # spoof, or a sensor that went back): the loss its gap implied never happened.
+                notes("seq_gap_retracted", self._last_gap)
+                self.lost_blocks -= self._last_gap
+                self._last_gap = 0
             self.restart(t0, dt)
             self.last_seq = seq
             self._cand = None

@@ -61,7 +61,7 @@ DROP_REASONS = (
     "auth",          # sensor id sent with a CURVE key that is not bound to it
     "internal",      # handling the block raised (a bug): counted, logged with its traceback
 )
-NOTE_REASONS = ("seq_gap", "time_gap", "dt_change", "sensor_restart")
+NOTE_REASONS = ("seq_gap", "seq_gap_retracted", "time_gap", "dt_change", "sensor_restart")
 
 
 def safe_id(sensor) -> str:
