@@ -95,27 +95,33 @@ def paths(directory: str | os.PathLike, model: str) -> tuple[Path, Path]:
     return d / f"{model}.bin", d / f"{model}.json"
 
 
-def encode_ids(sensors, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(length uint32 [k], bytes uint8 [k, 64]) of one sensor id for all k records, or one per
-    record; ReservoirError for an id that is empty or longer than 64 bytes in UTF-8."""
+def encode_id(sensor: str) -> bytes:
+    """The sensor id as stored: UTF-8, 1-64 bytes, else ReservoirError."""
+    raw = str(sensor).encode("utf-8")
+    if not 1 <= len(raw) <= SENSOR_BYTES:
+        raise ReservoirError(f"reservoir: sensor id {sensor!r} is {len(raw)} bytes in UTF-8; "
+                             f"1-{SENSOR_BYTES} fit a record")
+    return raw
+
+
+def put_ids(rec: np.ndarray, sensors) -> None:
+    """Writes one sensor id into all records ``rec``, or one per record (a Python loop per
+    distinct sensor, not per record)."""
     if isinstance(sensors, str):
-        uniq, inv = [sensors], np.zeros(k, np.intp)
-    else:
-        names = list(sensors)
-        if len(names) != k:
-            raise ReservoirError(f"reservoir: {len(names)} sensor ids for {k} windows")
-        uniq, inv = np.unique(np.asarray(names, dtype=object), return_inverse=True)
-    lens = np.zeros(len(uniq), np.uint32)
-    table = np.zeros((len(uniq), SENSOR_BYTES), np.uint8)
-    for i, name in enumerate(uniq):  # per distinct sensor, not per record
-        raw = str(name).encode("utf-8")
-        if not 1 <= len(raw) <= SENSOR_BYTES:
-            raise ReservoirError(f"reservoir: sensor id {name!r} is {len(raw)} bytes in UTF-8; "
-                                 f"1-{SENSOR_BYTES} fit a record")
-        lens[i] = len(raw)
-        table[i, :len(raw)] = np.frombuffer(raw, np.uint8)
+        raw = encode_id(sensors)
+        rec["sensor_len"] = len(raw)
+        rec["sensor"][:, :len(raw)] = np.frombuffer(raw, np.uint8)
+        return
+    names = list(sensors)
+    if len(names) != len(rec):
+        raise ReservoirError(f"reservoir: {len(names)} sensor ids for {len(rec)} windows")
+    uniq, inv = np.unique(np.asarray(names, dtype=object), return_inverse=True)
     inv = inv.reshape(-1)
-    return lens[inv], table[inv]
+    for i, name in enumerate(uniq):
+        raw = encode_id(name)
+        rows = np.flatnonzero(inv == i)
+        rec["sensor_len"][rows] = len(raw)
+        rec["sensor"][rows, :len(raw)] = np.frombuffer(raw, np.uint8)
 
 
 def scan(raw: np.ndarray, data_path) -> tuple[np.ndarray, int]:
@@ -280,12 +286,10 @@ class Reservoir:
             x, t_start = x[-self.size:], t_start[-self.size:]
             self.count += k - self.size
             k = self.size
-        slen, sid = encode_ids(sensors, k)
         new = np.zeros(k, self.dtype)
-        new["seq"] = self.count + 1 + np.arange(k, dtype=np.uint64)
+        put_ids(new, sensors)
+        new["seq"] = np.arange(self.count + 1, self.count + 1 + k, dtype=np.uint64)
         new["t_start"] = t_start
-        new["sensor_len"] = slen
-        new["sensor"] = sid
         new["x"] = x
         new["crc"] = crc32s(new)
         self.rec[(self.count + np.arange(k)) % self.size] = new
