@@ -273,7 +273,12 @@ class Reservoir:
         k = len(x)
         if k == 0:
             return 0
-        self._put(np.asarray(x, np.float32), np.asarray(t_start, np.int64), sensors)
+        x = np.asarray(x, np.float32)
+        if x.shape[1:] != (self.window, len(self.channels)) or not np.isfinite(x).all():
+            raise ReservoirError(f"{self.data_path}: windows must be finite float32 "
+                                 f"[k, {self.window}, {len(self.channels)}], got shape "
+                                 f"{list(x.shape)}")
+        self._put(x, np.asarray(t_start, np.int64), sensors)
         return k
 
     def _put(self, x, t_start, sensors) -> None:

@@ -297,6 +297,10 @@ def test_sensor_ids_are_stored_exactly_and_bounded(tmp_path):
         r.add(windows(1), np.arange(1), "y" * 65)
     with pytest.raises(ReservoirError, match="0 bytes"):
         r.add(windows(1), np.arange(1), "")
+    bad = windows(1)
+    bad[0, 3, 1] = np.nan  # never stored: a later load would refuse the file
+    with pytest.raises(ReservoirError, match="must be finite"):
+        r.add(bad, np.arange(1), "s")
     r.close()
     got = reservoir.load(tmp_path, "m")
     assert got["sensor"].tolist() == ids and got["count"] == 5
