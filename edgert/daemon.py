@@ -223,8 +223,10 @@ class Daemon:
 
         Called between batches. The new model must load and verify (sha256, tensors), be the
         same kind with the same window, hop and channels (so every sensor's windows go on
-        exactly where they were: none dropped, none scored twice), and build a backend that
-        passes its self-test. Otherwise it is refused and the running model keeps running.
+        exactly where they were: none dropped, none scored twice), build a backend that
+        passes its self-test, and pass `edgert.modelcheck.validate_candidate` (threshold
+        within a bounded factor of the running one, sane scores on built-in normal and fault
+        windows). Otherwise it is refused and the running model keeps running.
         Returns "swapped", "refused" or None (nothing changed).
         """
         sig = self._model_signature()
@@ -240,6 +242,13 @@ class Daemon:
                                      f"{getattr(old, field)!r} to {getattr(new, field)!r}; that needs a restart")
             backend = backends.create(self.cfg.backend, new, max_batch=self.cfg.max_batch,
                                       num_threads=self.cfg.num_threads)
+            try:  # threshold within a factor of ours, sane scores on built-in windows
+                from .modelcheck import validate_candidate
+
+                validate_candidate(old, new, backend)
+            except Exception:
+                backend.close()
+                raise
         except Exception as exc:
             self.model_refusals += 1
             log.warning("model update refused, %s keeps running: %s", old.name, exc)

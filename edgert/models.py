@@ -18,6 +18,7 @@ import numpy as np
 
 KINDS = ("autoencoder", "classifier")
 MANIFEST = "manifest.json"
+MAX_NAME_BYTES = 100  # a name becomes file names with suffixes ("_r12_float.keras"); 255 is the limit
 
 
 class ModelError(ValueError):
@@ -107,6 +108,40 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_plain_name(name, where: str, field: str) -> str:
+    """``name`` if it is a plain file name, else ModelError naming ``where`` and ``field``.
+
+    Plain: a non-empty string of at most ``MAX_NAME_BYTES`` bytes in UTF-8, without '/', '\\',
+    '..', NUL or other control characters, not starting with '.'. Model names become file
+    names (the reservoir's ``DIR/<name>.bin``, retrain's ``<name>_r<N>_*``), so ``../../x``
+    would write outside the directory meant.
+    """
+    if not isinstance(name, str):
+        raise ModelError(f"{where}: field {field!r} must be a plain file name (a string), got "
+                         f"{type(name).__name__}")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\\udc80")
+        size = None
+    bad = None
+    if size is None:
+        bad = "is not valid UTF-8"
+    elif size == 0:
+        bad = "is empty"
+    elif size > MAX_NAME_BYTES:
+        bad = f"longer than {MAX_NAME_BYTES} bytes"
+    elif "/" in name or "\\" in name:
+        bad = "contains a path separator"
+    elif ".." in name or name.startswith("."):
+        bad = "contains '..' or starts with '.'"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        bad = "contains NUL or a control character"
+    if bad:
+        shown = name if len(name) <= 120 else name[:120] + "…"
+        raise ModelError(f"{where}: field {field!r} must be a plain file name, {shown!r} {bad}")
+    return name
+
+
 def _req(d: dict, key: str, where: str, types):
     if key not in d:
         raise ModelError(f"{where}: missing field {key!r}")
@@ -154,7 +189,7 @@ def load(name_or_path, verify: bool = True) -> Model:
     if not isinstance(m, dict):
         raise ModelError(f"{mpath}: must be a JSON object")
     where = str(mpath)
-    name = _req(m, "name", where, str)
+    name = check_plain_name(_req(m, "name", where, str), where, "name")
     kind = _req(m, "kind", where, str)
     if kind not in KINDS:
         raise ModelError(f"{where}: field 'kind' must be one of {KINDS}, got {kind!r}")
@@ -182,14 +217,17 @@ def load(name_or_path, verify: bool = True) -> Model:
     if kind == "classifier" and (not isinstance(class_names, list) or not class_names):
         raise ModelError(f"{where}: field 'class_names' must be a non-empty list for a classifier")
     files = _req(m, "files", where, dict)
+    for fname in files:
+        check_plain_name(fname, where, "files")
+    fm = m.get("float_model")
+    if isinstance(fm, dict) and "file" in fm:
+        check_plain_name(fm["file"], where, "float_model.file")
     variants = {}
     for vname, vd in _req(m, "variants", where, dict).items():
         vw = f"{where}: variants.{vname}"
         if not isinstance(vd, dict):
             raise ModelError(f"{vw}: must be a map")
-        fname = _req(vd, "file", vw, str)
-        if "/" in fname or fname.startswith("."):
-            raise ModelError(f"{vw}: field 'file' must be a plain file name, got {fname!r}")
+        fname = check_plain_name(_req(vd, "file", vw, str), vw, "file")
         batch = vd.get("batch")
         batch = None if batch == "dynamic" else batch
         if batch is not None and (not isinstance(batch, int) or batch < 1):

@@ -8,8 +8,10 @@ Usage::
 Steps:
 
 1. Load the running model directory (sha256 verified) and its float Keras model
-   (``float_model`` in the manifest, written by ``edgert train``), and the reservoir of raw
-   normal windows the daemon kept for it (``edgert serve --reservoir DIR``, ``edgert.reservoir``).
+   (``float_model`` in the manifest, written by ``edgert train``; a ``.keras`` file loaded with
+   ``safe_mode=True``, anything else such as ``.h5`` refused before TensorFlow is imported),
+   and the reservoir of raw normal windows the daemon kept for it (``edgert serve
+   --reservoir DIR``, ``edgert.reservoir``).
 2. Split the reservoir, oldest first, into blocks of consecutive records; of every 5 blocks, 4
    train and 1 is held back for validation (blocks, not single windows, so overlapping
    neighbours rarely straddle the two roles).
@@ -170,6 +172,8 @@ def ae_config(manifest: dict):
 
 
 def float_model_path(model: models.Model) -> Path:
+    """The float Keras model a retrain fine-tunes: listed in the manifest's ``files`` (so its
+    sha256 was verified) and a ``.keras`` file (`check_keras_file`). Needs no TensorFlow."""
     fm = model.manifest.get("float_model")
     if not isinstance(fm, dict) or not isinstance(fm.get("file"), str):
         raise models.ModelError(
@@ -180,7 +184,23 @@ def float_model_path(model: models.Model) -> Path:
     if fm["file"] not in model.manifest.get("files", {}):
         raise models.ModelError(f"{model.dir}/manifest.json: field 'files' has no sha256 for "
                                 f"{fm['file']}")
-    return p
+    return check_keras_file(p)
+
+
+def check_keras_file(path: Path) -> Path:
+    """``path`` if it names a Keras v3 ``.keras`` archive, else ModelError naming it.
+
+    Only that format honours ``safe_mode=True`` (no Python code, e.g. a ``Lambda`` layer's
+    bytecode, is deserialized on load); a legacy ``.h5`` or a SavedModel directory runs
+    whatever it carries. Checked before TensorFlow is imported.
+    """
+    if Path(path).suffix != ".keras":
+        raise models.ModelError(
+            f"{path}: the float model must be a Keras v3 '.keras' file (loaded with "
+            f"safe_mode=True); '{Path(path).suffix or Path(path).name}' is refused (a legacy "
+            ".h5 or SavedModel can run arbitrary code when loaded); re-save it with "
+            "model.save('NAME.keras') in a trusted environment")
+    return Path(path)
 
 
 def fine_tune(cfg, path: Path, x: np.ndarray, epochs: int, seed: int, lr: float,
@@ -188,9 +208,11 @@ def fine_tune(cfg, path: Path, x: np.ndarray, epochs: int, seed: int, lr: float,
     """Loads the float model and fits it on normalized windows ``x [n, 1, W, C]``."""
     from .train import Progress, _tf, set_seed
 
+    check_keras_file(path)  # before TensorFlow: an .h5 never reaches the loader
     tf = _tf()
     set_seed(seed)
-    model = tf.keras.models.load_model(path, compile=False)
+    # safe_mode=True explicitly (Keras' default today): no code deserialized from the archive
+    model = tf.keras.models.load_model(path, compile=False, safe_mode=True)
     want = (None, 1, cfg.window, len(cfg.channels))
     if tuple(model.input_shape) != want:
         raise models.ModelError(f"{path}: input shape {model.input_shape}, expected {want}")
@@ -341,14 +363,14 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
                         write_manifest, write_model_dir)
 
     t0 = time.time()
-    _tf()  # sets TensorFlow's environment (oneDNN off) before its first import
     if out and Path(out).exists() and any(Path(out).iterdir()):
         raise ValueError(f"--out {out}: directory exists and is not empty")
     old = models.load(model_dir)
     if old.kind != "autoencoder":
         raise models.ModelError(f"{old.dir}/manifest.json: field 'kind' is {old.kind!r}; "
                                 "edgert retrain fine-tunes autoencoders")
-    fpath = float_model_path(old)
+    fpath = float_model_path(old)  # a .keras file, checked before TensorFlow is imported
+    _tf()  # sets TensorFlow's environment (oneDNN off) before its first import
     cfg = ae_config(old.manifest)
     res = reservoir.load(reservoir_dir, old.name, window=old.window, channels=old.channels)
     x = res["x"]
@@ -473,6 +495,11 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
 def cmd_retrain(args) -> int:
     from .train import _require_tensorflow
 
+    try:  # the model's own faults first (no TensorFlow needed to find them)
+        float_model_path(models.load(args.model))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"edgert retrain: {exc}", file=sys.stderr)
+        return 2
     try:
         _require_tensorflow()
     except ImportError as exc:

@@ -89,3 +89,80 @@ def test_swap_refuse_and_keep_counting(tmp_path, model_dir):
     assert final["model_swaps"] == 1 and final["model_refusals"] >= 2
     assert final["windows"] == 5 * per  # every window scored exactly once across swap and refusals
     assert final["batch_errors"] == 0 and final["dropped"] == 0
+
+
+def test_swap_refuses_a_candidate_that_turns_detection_off(tmp_path, model_dir):
+    """A manifest that loads and verifies but whose threshold (1e9) would silently turn
+    detection off is refused with the cause, as is one whose normalization makes every healthy
+    window an anomaly; a sane recalibration still swaps, and faults are flagged throughout."""
+    r = Running(tmp_path, "ipc", "sub", model=str(model_dir), watch_model_s=0.1)
+    per = windows_per_recording(r.d.model)
+    old_thr = r.d.model.threshold
+    t0 = 10**18
+    try:
+        # 1. threshold 1e9: refused, naming the manifest, the field and the bound
+        publish_manifest(model_dir, lambda m: m.__setitem__("threshold", 1e9))
+        assert wait_for(r, lambda: model_events(r, "refused")), r.events[-3:]
+        why = model_events(r, "refused")[0]["reason"]
+        assert "manifest.json: field 'threshold' is 1e+09" in why and "4x" in why, why
+        assert model_events(r, "refused")[0]["running"]["threshold"] == old_thr
+        stream(r, "m1", ["SC_A3_B0_C0_001"], t0=t0)  # a fault: still flagged, old threshold
+        assert r.wait_windows(per)
+        r.collect(0.3)
+        flagged = [p for k, s, p in r.events if k == "anomaly"]
+        assert len(flagged) > 0.5 * per and all(p["threshold"] == pytest.approx(old_thr)
+                                               for p in flagged)
+
+        # 2. a threshold in range but a normalization that flags every healthy window
+        def shift_mean(m):
+            m["threshold"] = old_thr * 1.5
+            m["normalization"]["mean"] = [v + 3 * s for v, s in zip(
+                m["normalization"]["mean"], m["normalization"]["std"])]
+        publish_manifest(model_dir, shift_mean)
+        assert wait_for(r, lambda: len(model_events(r, "refused")) >= 2)
+        why = model_events(r, "refused")[1]["reason"]
+        assert "flags 100% of 295 windows of the shipped healthy ITSC recordings" in why, why
+
+        # 3. a sane recalibration (2x, the normalization as shipped): swapped
+        shipped = json.loads((models.resolve("motor-ae") / "manifest.json").read_text())
+        publish_manifest(model_dir, lambda m: m.update(threshold=old_thr * 2,
+                                                       normalization=shipped["normalization"]))
+        assert wait_for(r, lambda: model_events(r, "swapped")), r.events[-3:]
+        assert model_events(r, "swapped")[0]["running"]["threshold"] == old_thr * 2
+        stream(r, "m1", [HEALTHY, "SC_A3_B0_C0_002"], t0=t0 + 10 * 10**9)
+        assert r.wait_windows(3 * per)
+        r.collect(0.3)
+    finally:
+        final = r.close()
+    assert final["model_swaps"] == 1 and final["model_refusals"] == 2
+    assert final["windows"] == 3 * per and final["dropped"] == 0
+
+
+def test_validate_candidate_gates(model_dir, monkeypatch):
+    """The gates one by one, through the candidate's own backend: the threshold factor both
+    ways, healthy windows flagged, and the fault-detection gate naming the weakest kinds."""
+    import dataclasses
+
+    from edgert import backends, modelcheck
+
+    m = models.load(model_dir)
+    be = backends.create("cpu", m, max_batch=32)
+    try:
+        ok = modelcheck.validate_candidate(m, m, be)
+        assert ok["normal_flagged"] <= 0.05 and ok["injected_detected"] >= 0.9
+        assert ok["itsc_faults_detected"] >= 0.9
+        for f in (1 / 4.5, 4.5, 1e-9 / m.threshold):
+            with pytest.raises(modelcheck.CandidateError, match="field 'threshold'"):
+                modelcheck.validate_candidate(m, dataclasses.replace(m, threshold=m.threshold * f),
+                                              be)
+        assert modelcheck.validate_candidate(m, dataclasses.replace(m, threshold=m.threshold * 3.9),
+                                             be)["threshold_ratio"] == 3.9
+        monkeypatch.setattr(modelcheck, "MIN_FAULT_DETECTED", 0.9)
+        with pytest.raises(modelcheck.CandidateError,
+                           match=r"detects \d+% of injected faults .*lowest: imbalance"):
+            modelcheck.validate_candidate(m, dataclasses.replace(m, threshold=m.threshold * 3), be)
+        # another sensor set: edgert ships no windows of it, the threshold gate alone applies
+        other = dataclasses.replace(m, channels=["x", "y", "z"], threshold=m.threshold * 3)
+        assert modelcheck.validate_candidate(m, other, be)["normal_flagged"] is None
+    finally:
+        be.close()

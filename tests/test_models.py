@@ -126,3 +126,43 @@ def test_backend_survives_model_file_replaced_on_disk(model_dir):
     be.close()
     with pytest.raises(Exception, match="sha256"):
         create("cpu", m, max_batch=4)
+
+
+def _rename_file(m, old, new):
+    m["files"][new] = m["files"].pop(old)
+
+
+BAD_NAMES = ["../../x", "a/b", "..", ".x", "", "a\x00b", "a\nb", "a\\b", "n" * 101, 7]
+NAME_FIELDS = ["name", "variants.dynamic.file", "files", "float_model.file"]
+
+
+@pytest.mark.parametrize("field, bad", [(f, b) for f in NAME_FIELDS for b in BAD_NAMES
+                                        if isinstance(b, str) or f != "files"])  # keys: str
+def test_names_that_become_file_names_must_be_plain(model_dir, bad, field):
+    """``name`` and every file name a manifest lists become paths (the reservoir's
+    ``<name>.bin``, the files read and sha256-verified): ``../../x`` would reach outside the
+    directory. Refused naming the manifest and the field."""
+    def change(m):
+        if field == "name":
+            m["name"] = bad
+        elif field == "variants.dynamic.file":
+            m["variants"]["dynamic"]["file"] = bad
+        elif field == "files":
+            m["files"][bad] = "0" * 64
+        else:
+            m["float_model"]["file"] = bad
+    edit(model_dir, change)
+    with pytest.raises(models.ModelError) as ei:
+        models.load(model_dir, verify=False)
+    msg = str(ei.value)
+    assert f"{model_dir / 'manifest.json'}" in msg
+    want = {"variants.dynamic.file": "variants.dynamic: field 'file'"}.get(field, f"field '{field}'")
+    assert want in msg
+    assert "plain file name" in msg or "wrong type" in msg
+
+
+def test_plain_names_accepted(model_dir):
+    for ok in ("motor-ae", "m.v2", "Motor_AE 3", "ü" * 50):
+        assert models.check_plain_name(ok, "w", "name") == ok
+    edit(model_dir, lambda m: m.__setitem__("name", "motor-ae.v2"))
+    assert models.load(model_dir).name == "motor-ae.v2"

@@ -193,3 +193,67 @@ def test_publish_manifest_last_keeps_previous_generation(tmp_path):
     assert set(shipped) <= names  # the original files are never removed (rollback)
     assert {f"motor-ae_r{g}_dyn.tflite" for g in (2, 3)} <= names
     assert "motor-ae_r1_dyn.tflite" not in names
+
+
+def _with_float_model_named(tmp_path, fname):
+    """A copy of motor-ae whose float model file is ``fname`` (same bytes, sha256 recorded)."""
+    d = tmp_path / "model"
+    shutil.copytree(models.resolve("motor-ae"), d, ignore=shutil.ignore_patterns("folds"))
+    m = json.loads((d / "manifest.json").read_text())
+    old = m["float_model"]["file"]
+    (d / old).rename(d / fname)
+    m["files"][fname] = m["files"].pop(old)
+    m["float_model"]["file"] = fname
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+@pytest.mark.parametrize("fname", ["motor-ae_float.h5", "motor-ae_float.hdf5",
+                                   "motor-ae_float.keras.h5", "motor-ae_float"])
+def test_float_model_other_than_keras_refused_before_tensorflow(tmp_path, monkeypatch, capsys,
+                                                                fname):
+    """Only a Keras v3 ``.keras`` archive honours safe_mode; a legacy ``.h5`` runs what it
+    carries when loaded. Refused naming the file, before TensorFlow is imported (here it
+    cannot be: importing it raises)."""
+    from edgert.cli import main
+    from edgert.retrain import retrain
+
+    d = _with_float_model_named(tmp_path, fname)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
+    with pytest.raises(models.ModelError, match=rf"{fname}: the float model must be a Keras v3 "
+                                                r"'\.keras' file"):
+        retrain(d, tmp_path / "res", log=lambda *a: None)
+    rc = main(["retrain", "--model", str(d), "--reservoir", str(tmp_path / "res")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{d / fname}: the float model must be" in err
+    assert "pip install" not in err and len(err.strip().splitlines()) == 1
+
+
+@needs_tf
+def test_fine_tune_loads_with_safe_mode_and_refuses_code_in_the_archive(tmp_path, monkeypatch):
+    """``safe_mode=True`` is passed explicitly (not left to Keras' default), and it bites: an
+    archive with a Python lambda inside is refused at load."""
+    import tensorflow as tf
+
+    from edgert.retrain import ae_config, fine_tune
+
+    m = models.load("motor-ae")
+    cfg = ae_config(m.manifest)
+    seen = []
+    real = tf.keras.models.load_model
+
+    def spy(*a, **kw):
+        seen.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tf.keras.models, "load_model", spy)
+    x = np.random.default_rng(0).normal(size=(64, 1, 64, 3)).astype(np.float32)
+    fine_tune(cfg, m.dir / m.manifest["float_model"]["file"], x, 1, 0, 1e-4)
+    assert seen and seen[-1].get("safe_mode") is True
+
+    inp = tf.keras.Input((1, 64, 3))
+    evil = tf.keras.Model(inp, tf.keras.layers.Lambda(lambda t: t * 2.0)(inp))
+    evil.save(tmp_path / "evil.keras")
+    with pytest.raises(ValueError, match="safe_mode"):
+        fine_tune(cfg, tmp_path / "evil.keras", x, 1, 0, 1e-4)
+    assert seen[-1].get("safe_mode") is True
