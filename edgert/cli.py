@@ -38,6 +38,10 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         return f"{h} (default: %(default)s)"
 
 
+def _show(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
 def _number(kind, lo=None, hi=None, lo_open=False, what=""):
     """An argparse type: a finite `kind` number within [lo, hi] (lo excluded when lo_open)."""
 
@@ -49,9 +53,9 @@ def _number(kind, lo=None, hi=None, lo_open=False, what=""):
         if kind is float and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if lo is not None and (v <= lo if lo_open else v < lo):
-            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo:g}{what}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {_show(lo)}{what}, got {text}")
         if hi is not None and v > hi:
-            raise argparse.ArgumentTypeError(f"must be <= {hi:g}{what}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be <= {_show(hi)}{what}, got {text}")
         return v
 
     parse.__name__ = "integer" if kind is int else "number"

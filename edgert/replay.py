@@ -404,21 +404,24 @@ class EventRecorder:
         self.n_stats = 0
 
     def poll(self, timeout_ms: int = 0) -> int:
-        """Take every event waiting (waiting up to timeout_ms for the first). Returns how many."""
+        """Take every event waiting (waiting up to timeout_ms for the first). Returns how many
+        were the sensor's own (scores, anomalies; the periodic stats are not counted)."""
         from .events import decode
 
-        n = 0
-        while self.sock.poll(timeout_ms if n == 0 else 0):
+        got = n = 0
+        while self.sock.poll(timeout_ms if got == 0 else 0):
             kind, sensor, p = decode(self.sock.recv_multipart())
+            got += 1
             if kind == "scores":
                 for t, s, th, a in zip(p["t_start"], p["score"], p["threshold"], p["anomaly"]):
                     self.scores[t] = (s, th, a)
+                n += 1
             elif kind == "anomaly":
                 self.anomalies[p["t_start"]] = p
+                n += 1
             elif kind == "stats" and sensor == "daemon":
                 self.stats = self.stats[-3:] + [(time.monotonic(), p)]
                 self.n_stats += 1
-            n += 1
         return n
 
     def wait_stats(self, timeout_s: float) -> dict | None:
@@ -449,10 +452,12 @@ class EventRecorder:
         return last
 
     def drain(self, quiet_s: float = 0.5, max_s: float = 10.0) -> None:
-        """Poll until no event arrived for quiet_s (at most max_s)."""
+        """Poll until none of the sensor's events arrived for quiet_s (at most max_s)."""
         end = time.monotonic() + max_s
-        while time.monotonic() < end and self.poll(int(quiet_s * 1000)):
-            pass
+        quiet_end = time.monotonic() + quiet_s
+        while time.monotonic() < min(end, quiet_end):
+            if self.poll(int(max(0.0, min(end, quiet_end) - time.monotonic()) * 1000) + 1):
+                quiet_end = time.monotonic() + quiet_s
 
     def write_csv(self, path: str, spans: list, dt: int, segment_lengths: list, window: int | None = None) -> int:
         """One row per window: segment, sample index within it, times (first and last sample,
@@ -578,7 +583,8 @@ def _send(args, model, data, pub, rec) -> int:
     status = 0
     if rec is not None:
         final = rec.settle(10.0 if base is not None else 3.0)
-        rec.drain(quiet_s=0.3)
+        if final is None:  # no stats to say the daemon is done: wait for its events to stop
+            rec.drain(quiet_s=0.5)
         got = _sensor_counts(final, args.sensor) if final else None
         if got is not None:
             was = _sensor_counts(base, args.sensor) if base else {"drops": {}, "windows": 0}
