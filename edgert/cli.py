@@ -1,7 +1,8 @@
 # PYTHON_ARGCOMPLETE_OK  (argcomplete, if installed, completes `edgert` commands and options)
 """``edgert`` command line; ``edgert -h`` lists the commands, ``edgert COMMAND -h`` their options.
 
-Errors in arguments or input are one line on stderr and exit status 2 (no traceback).
+A bad argument, or input a command checks (files, models, endpoints), is one line on stderr
+naming the option, file or field, and exit status 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import math
 import re
 import sys
-import time
 
 ENDPOINT = re.compile(r"^(tcp|ipc|inproc|ws|wss|pgm|epgm|norm|vmci|udp)://.+")
 SUMMARY = "edge inference runtime for real-time anomaly detection on sensor streams"

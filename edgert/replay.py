@@ -487,6 +487,15 @@ class EventRecorder:
         self.sock.close(linger=0)
 
 
+def expected_windows(lengths: list, window: int, hop: int, contiguous: bool = False, repeat: int = 1) -> int:
+    """Windows the daemon cuts from segments of these lengths sent `repeat` times: each segment
+    restarts the windows (a time gap between them), unless `contiguous` (one long stream)."""
+    def per(n: int) -> int:
+        return (n - window) // hop + 1 if n >= window else 0
+
+    return per(sum(lengths) * repeat) if contiguous else sum(per(n) for n in lengths) * repeat
+
+
 def _err(msg: str) -> None:
     print(f"edgert replay: {msg}", file=sys.stderr, flush=True)
 
@@ -590,9 +599,18 @@ def _send(args, model, data, pub, rec) -> int:
             was = _sensor_counts(base, args.sensor) if base else {"drops": {}, "windows": 0}
             drops = {r: n - was["drops"].get(r, 0) for r, n in got["drops"].items() if n > was["drops"].get(r, 0)}
             summary.update(windows=got["windows"] - was["windows"], dropped=sum(drops.values()))
+            want = expected_windows([d.shape[0] for d in data], model.window, model.hop,
+                                    contiguous=args.gap * args.rate <= 3, repeat=args.repeat)
             if drops:
                 _err(_drop_message(args.sensor, drops, model))
                 status = 1
+            elif summary["windows"] == 0 and want > 0:
+                _err(f"the daemon scored none of the {want} windows of sensor {args.sensor} and dropped nothing: "
+                     "the blocks never reached it")
+                status = 1
+            elif summary["windows"] < want:
+                _err(f"warning: the daemon scored {summary['windows']} of the {want} windows sent, with no "
+                     "drops counted: blocks were lost on the way (the daemon's receive high-water mark?)")
         elif base is not None:
             _err("warning: no stats event from the daemon after the last block: its drops were not checked")
         if args.events_out:
