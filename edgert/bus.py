@@ -2,7 +2,8 @@
 
 Sensors connect; the daemon binds. With ``pub`` the sensor uses an XPUB socket so it can wait
 until the daemon's subscription has arrived (a plain PUB drops what it sends before that);
-with ``push`` messages queue until the connection is up.
+with ``push`` the socket queues only to a completed connection (ZMQ_IMMEDIATE), so with no
+daemon, or a daemon whose input is not PULL, nothing is queued into the void: the sensor waits.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class SensorPublisher:
         self.sock = self.ctx.socket(zmq.XPUB if kind == "pub" else zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        if kind == "push":
+            self.sock.setsockopt(zmq.IMMEDIATE, 1)  # before connect: it applies to new connections
         self.sock.connect(endpoint)
         self.sensor = sensor
         self._id = sensor.encode("utf-8")
@@ -41,9 +44,13 @@ class SensorPublisher:
         self.sent = 0
 
     def wait_subscribed(self, timeout: float = 5.0) -> bool:
-        """For ``pub``: block until a subscriber's subscription arrives. True if it did."""
+        """Block until a daemon can take blocks. True if one can.
+
+        ``pub``: until a subscriber's subscription arrives. ``push``: until a connection has
+        completed its ZeroMQ handshake (a SUB daemon's never does; nothing listening, neither).
+        """
         if self.kind != "pub":
-            return True
+            return bool(self.sock.poll(int(timeout * 1000), zmq.POLLOUT))
         if self.sock.poll(int(timeout * 1000), zmq.POLLIN):
             self.sock.recv()  # the subscription message itself
             return True

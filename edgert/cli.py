@@ -1,12 +1,81 @@
-"""``edgert`` command line: serve, replay, demo, models, bench, warmup."""
+# PYTHON_ARGCOMPLETE_OK  (argcomplete, if installed, completes `edgert` commands and options)
+"""``edgert`` command line; ``edgert -h`` lists the commands, ``edgert COMMAND -h`` their options.
+
+A bad argument, or input a command checks (files, models, endpoints), is one line on stderr
+naming the option, file or field, and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
+import re
 import sys
-import time
+
+ENDPOINT = re.compile(r"^(tcp|ipc|inproc|ws|wss|pgm|epgm|norm|vmci|udp)://.+")
+SUMMARY = "edge inference runtime for real-time anomaly detection on sensor streams"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``edgert CMD: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows ``(default: X)`` after an option's help unless it says its default already or
+    has none worth showing (None, False)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if (not action.option_strings or d is None or d is False or d is argparse.SUPPRESS
+                or "default" in h.lower() or not h):
+            return h
+        return f"{h} (default: %(default)s)"
+
+
+def _show(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def _number(kind, lo=None, hi=None, lo_open=False, what=""):
+    """An argparse type: a finite `kind` number within [lo, hi] (lo excluded when lo_open)."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {_show(lo)}{what}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {_show(hi)}{what}, got {text}")
+        return v
+
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+def _sensor_id(text: str) -> str:
+    from .wire import MAX_SENSOR_ID
+
+    n = len(text.encode("utf-8"))
+    if not 1 <= n <= MAX_SENSOR_ID:
+        raise argparse.ArgumentTypeError(f"a sensor id is 1-{MAX_SENSOR_ID} UTF-8 bytes, got {n}")
+    return text
+
+
+def _endpoint(text: str) -> str:
+    if not ENDPOINT.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ZeroMQ endpoint (e.g. tcp://127.0.0.1:5555, "
+                                         "ipc:///run/edgert/sensors)")
+    return text
 
 
 def _setup_logging(level: str) -> None:
@@ -55,42 +124,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .bus import SensorPublisher
-    from .replay import load_samples, replay
+    from .replay import main as replay_main
 
-    try:
-        data = [load_samples(f, args.columns.split(",") if args.columns else None) for f in args.files]
-    except ValueError as exc:
-        print(f"edgert replay: {exc}", file=sys.stderr)
-        return 2
-    segments = data * args.repeat
-    pub = SensorPublisher(args.to, args.sensor, kind=args.socket)
-    if not pub.wait_subscribed(args.wait):
-        print(f"edgert replay: no daemon subscribed on {args.to} within {args.wait} s", file=sys.stderr)
-        return 1
-    rec = None
-    if args.events_out:
-        from .replay import EventRecorder
-        if not args.events:
-            print("edgert replay: --events-out needs --events ENDPOINT (the daemon's event socket)", file=sys.stderr)
-            return 2
-        rec = EventRecorder(args.events, args.sensor)
-        time.sleep(0.3)  # let the subscription reach the daemon before the first window is scored
-    res = replay(segments, pub, args.rate, block=args.block, speed=args.speed,
-                 realtime=not args.fast, gap_s=args.gap, t0_ns=args.t0,
-                 on_block=(lambda *_: rec.poll(0)) if rec else None)
-    pub.close()
-    if rec is not None:
-        rec.drain()
-        n = rec.write_csv(args.events_out, res["spans"], res["dt"], [d.shape[0] for d in segments])
-        rec.close()
-        print(f"edgert replay: {n} scored windows ({len(rec.anomalies)} anomalies) written to "
-              f"{args.events_out}", file=sys.stderr)
-        if n == 0:
-            print("edgert replay: no scores arrived: start the daemon with --publish-scores", file=sys.stderr)
-    print(json.dumps({"sensor": args.sensor, "blocks": res["blocks"], "samples": res["samples"],
-                      "seconds": round(res["seconds"], 3)}), flush=True)
-    return 0
+    return replay_main(args)
 
 
 def cmd_report(args) -> int:
@@ -144,8 +180,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_backends(args) -> int:
+    from . import models
     from .backends.report import main as report
 
+    try:  # the manifest only: whether the runtime can run it is what the report tells
+        models.load(args.model, verify=False)
+    except models.ModelError as exc:
+        print(f"edgert backends: --model: {exc}", file=sys.stderr)
+        return 2
     return report(as_json=args.json, model=args.model)
 
 
@@ -161,8 +203,12 @@ def cmd_warmup(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgert", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    """The ``edgert`` parser: every sub-command, one-line errors, defaults shown in help."""
+    from . import __version__
+
+    p = _Parser(prog="edgert", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"edgert {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     from .config import Config, LOG_LEVELS
 
@@ -216,46 +262,74 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML file with the same keys (an [edgert] table or top level)")
     s.set_defaults(fn=cmd_serve)
 
-    r = sub.add_parser("replay", help="publish recorded samples as a sensor")
-    r.add_argument("files", nargs="+", metavar="FILE", help="CSV, NPZ, or itsc:NAME (shipped)")
-    r.add_argument("--to", required=True, help="daemon endpoint")
-    r.add_argument("--sensor", required=True, help="sensor id")
-    r.add_argument("--rate", type=float, required=True, help="sample rate, Hz")
-    r.add_argument("--block", type=int, default=64, help="samples per message")
-    r.add_argument("--speed", type=float, default=1.0, help="wall-clock speed-up")
-    r.add_argument("--fast", action="store_true", help="send as fast as possible")
-    r.add_argument("--repeat", type=int, default=1, help="replay the file list this many times")
-    r.add_argument("--gap", type=float, default=1.0, help="sensor-time gap between files, s")
-    r.add_argument("--t0", type=int, help="ns timestamp of the first sample (default now)")
-    r.add_argument("--columns", help="comma-separated column names or indices")
-    r.add_argument("--socket", choices=["pub", "push"], default="pub")
-    r.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the daemon")
-    r.add_argument("--events", help="the daemon's event endpoint (for --events-out)")
-    r.add_argument("--events-out", dest="events_out",
-                   help="write every window's score, threshold, flag and explanation here (CSV); "
-                        "the daemon must run with --publish-scores")
+    r = sub.add_parser("replay", help="publish recorded samples as a sensor", fromfile_prefix_chars="@",
+                       description="Publish CSV/NPZ files or shipped recordings as one sensor would. Columns "
+                                   "are matched to the model's channels by name (a CSV header, an NPZ "
+                                   "'channels' array) and reordered; headerless files are sent in file order "
+                                   "once their column count matches. A time column (time, timestamp, t, "
+                                   "datetime, or --time-column) is skipped: the rate is --rate. @LIST reads "
+                                   "arguments from the file LIST, one per line.")
+    r.add_argument("files", nargs="*", metavar="FILE", help="CSV, NPZ/NPY, or itsc:NAME (shipped; see --list)")
+    r.add_argument("--list", action="store_true", help="name the shipped recordings and exit")
+    r.add_argument("--to", type=_endpoint, metavar="EP", help="the daemon's sensor endpoint (its --listen), e.g. "
+                                                "tcp://127.0.0.1:5555 (required)")
+    r.add_argument("--sensor", type=_sensor_id, metavar="ID", help="sensor id, 1-64 UTF-8 bytes (required)")
+    r.add_argument("--rate", type=_number(float, 0, 1e9, lo_open=True, what=" Hz"), metavar="HZ",
+                   help="sample rate, Hz (required)")
+    r.add_argument("--model", default="motor-ae", metavar="NAME|DIR",
+                   help="the daemon's model (shipped name or directory): its channels order the columns")
+    r.add_argument("--columns", metavar="COLS", help="comma-separated column names or 0-based indices to send, in the "
+                                     "model's channel order (instead of matching header names)")
+    r.add_argument("--time-column", dest="time_column", metavar="NAME",
+                   help="a time column to skip (name or 0-based index); time, timestamp, t and datetime "
+                        "are recognised without it")
+    r.add_argument("--block", type=_number(int, 1, 1 << 20), default=64, metavar="N", help="samples per message")
+    r.add_argument("--speed", type=_number(float, 0, 1e6, lo_open=True), default=1.0, metavar="X",
+                   help="wall-clock speed-up over real time")
+    r.add_argument("--fast", action="store_true", help="send as fast as the socket takes blocks (ignores --speed)")
+    r.add_argument("--repeat", type=_number(int, 1, 1_000_000), default=1, metavar="N",
+                   help="replay the file list this many times")
+    r.add_argument("--gap", type=_number(float, 0, 31_536_000, what=" s"), default=1.0, metavar="S",
+                   help="sensor-time gap between files, s (the daemon restarts its windows there)")
+    r.add_argument("--t0", type=_number(int, 0, 1 << 62), metavar="NS",
+                   help="timestamp of the first sample, ns since the Unix epoch (default: now)")
+    r.add_argument("--socket", choices=["pub", "push"], default="pub",
+                   help="pub for a daemon whose input is SUB (edgert serve unless --socket pull), "
+                        "push for a PULL daemon")
+    r.add_argument("--wait", type=_number(float, 0, 3600, lo_open=True, what=" s"), default=10.0, metavar="S",
+                   help="seconds to wait for the daemon to take the connection")
+    r.add_argument("--events", type=_endpoint, metavar="EP",
+                   help="the daemon's event endpoint: replay then reads its stats and fails on dropped blocks")
+    r.add_argument("--events-out", dest="events_out", metavar="CSV",
+                   help="write every window's score, threshold, flag and explanation here; needs --events "
+                        "and a daemon run with --publish-scores")
     r.set_defaults(fn=cmd_replay)
 
     d = sub.add_parser("demo", help="daemon + a replaying sensor on shipped data")
-    d.add_argument("--seconds", type=float, default=10.0)
-    d.add_argument("--speed", type=float, default=10.0, help="replay speed-up over the 1 kHz recordings")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--seconds", type=_number(float, 0, 3600, lo_open=True, what=" s"), default=10.0, metavar="S",
+                   help="about how long the sensor replays, wall-clock seconds")
+    d.add_argument("--speed", type=_number(float, 0, 100, lo_open=True), default=10.0, metavar="X",
+                   help="replay speed-up over the 1 kHz recordings")
+    d.add_argument("--json", action="store_true", help="progress on stderr; last line on stdout: the result as JSON")
     d.set_defaults(fn=cmd_demo)
 
     rp = sub.add_parser("report", help="plot signal, score, threshold and flagged spans from replay --events-out")
     rp.add_argument("events", metavar="EVENTS", help="CSV written by edgert replay --events-out")
-    rp.add_argument("--data", help="the replayed input (CSV/NPZ/itsc:NAME) to draw the signal")
-    rp.add_argument("--segment", type=int, default=0, help="which replayed file to draw (default 0)")
-    rp.add_argument("--png", help="write the figure here (default EVENTS.png)")
+    rp.add_argument("--data", metavar="FILE", help="the replayed input (CSV/NPZ/itsc:NAME) to draw the signal")
+    rp.add_argument("--segment", type=_number(int, 0, 1_000_000), default=0, metavar="N", help="which replayed file to draw (0: the first)")
+    rp.add_argument("--png", metavar="OUT", help="write the figure here (default: EVENTS with .png)")
+    rp.add_argument("--unit", default="", help="unit of the signal for its axis label, e.g. A (default: none)")
+    rp.add_argument("--window", type=_number(int, 1, 1 << 20), metavar="N",
+                    help="window length, samples, for CSVs without t_end_ns (default 64)")
     rp.set_defaults(fn=cmd_report)
 
     m = sub.add_parser("models", help="list shipped models")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="one JSON array instead of text")
     m.set_defaults(fn=cmd_models)
 
-    b = sub.add_parser("bench", help="latency microbenchmarks")
-    b.add_argument("--quick", action="store_true")
-    b.add_argument("--json", action="store_true")
+    b = sub.add_parser("bench", help="benchmark suite: kernels, inference, bus, end to end; CI gate")
+    b.add_argument("--quick", action="store_true", help="the CI gate: the first four sections, short runs")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.add_argument("--out", help="write the JSON result here")
     b.add_argument("--update-baseline", action="store_true", dest="update_baseline",
                    help="rewrite bench/baseline.json from this run's ratios")
@@ -271,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_peer_arguments(b)
 
     bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")
-    bk.add_argument("--json", action="store_true")
-    bk.add_argument("--model", default="motor-ae", help="model whose variants to check (default motor-ae)")
+    bk.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    bk.add_argument("--model", default="motor-ae", metavar="NAME|DIR", help="model whose variants to check (shipped name or directory)")
     bk.set_defaults(fn=cmd_backends)
 
     w = sub.add_parser("warmup", help="compile the numba kernels and check the models load")
@@ -288,11 +362,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub)
     from .retrain import add_parsers as add_retrain_parsers
     add_retrain_parsers(sub)
+    _finish(p, sub)
     return p
 
 
+def _finish(p: argparse.ArgumentParser, sub) -> None:
+    """Name every command in the top-level description and show defaults in every command's
+    help (serve's help is left as its module writes it)."""
+    names = list(sub.choices)
+    p.description = (f"edgert: {SUMMARY}.\n\ncommands: {', '.join(names)}\n"
+                     "(edgert COMMAND -h shows a command's options and their defaults)")
+
+    def walk(parser):
+        parser.formatter_class = _DefaultsFormatter
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for child in a.choices.values():
+                    walk(child)
+
+    for name, child in sub.choices.items():
+        if name != "serve":
+            walk(child)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:  # optional: shell completion when argcomplete is installed (a no-op outside completion)
+        import argcomplete
+    except ImportError:
+        pass
+    else:
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -35,6 +35,17 @@ def _say(as_json: bool, msg: str) -> None:
 
 def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
              model: str = "motor-ae", classifier: str | None = "motor-cnn") -> int:
+    """Run the demo; returns the exit status (0 when both processes ran to the end).
+
+    Args:
+      seconds: about how long the sensor replays (wall clock), > 0.
+      speed: replay speed-up over the 1 kHz recordings, > 0.
+    Raises:
+      ValueError when seconds or speed is not a positive finite number.
+    """
+    for name, v in (("seconds", seconds), ("speed", speed)):
+        if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
     m = models.load(model)
     if classifier and classifier not in models.shipped():
         classifier = None
@@ -72,7 +83,9 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
         if daemon.poll() is not None or time.monotonic() > t_wait:
             _say(as_json, "edgert demo: the daemon did not start:\n" + daemon.communicate()[1][-3000:])
             return 1
-    sensor = subprocess.Popen(py + ["replay", *files, "--to", listen, "--sensor", "motor-1",
+    with open(f"{tmp}/files", "w") as fh:  # an argument list can be too long for exec; a @file cannot
+        fh.write("\n".join(files) + "\n")
+    sensor = subprocess.Popen(py + ["replay", f"@{tmp}/files", "--to", listen, "--sensor", "motor-1",
                                     "--rate", str(RATE_HZ), "--speed", str(speed), "--block", "64",
                                     "--gap", str(GAP_S), "--t0", str(t0), "--wait", "60"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -484,7 +484,7 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--publish", action="store_true",
                    help="publish the candidate into --model when every check passes")
     p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (training and splits)")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="allowed drop of a fault detection rate (default 0.05)")
     p.add_argument("--json", action="store_true", help="last line: the result as JSON")

@@ -2225,7 +2225,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "optional labels [n]; or one array per recording), or a directory of "
                         "class folders of headerless CSV files (ITSC layout). Default: the "
                         "ITSC copy shipped in edgert.data")
-    p.add_argument("--kind", choices=["autoencoder", "classifier"], default="autoencoder")
+    p.add_argument("--kind", choices=["autoencoder", "classifier"], default="autoencoder",
+                   help="autoencoder: trained on normal data, scores reconstruction error; classifier: names the class")
     p.add_argument("--window", type=int, default=64, help="W, samples (default 64)")
     p.add_argument("--hop", type=int, default=16, help="H, samples (default 16)")
     p.add_argument("--channels", default=None,
@@ -2240,7 +2241,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the last one)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--name", default=None, help="model name (default: the --out directory's name)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (training and splits)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs (default 150 autoencoder, 20 classifier)")
     p.add_argument("--cv", type=int, default=None,

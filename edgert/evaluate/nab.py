@@ -528,7 +528,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(no TensorFlow needed then)")
     p.add_argument("--profile", action="append", choices=list(PROFILE_KEYS), default=None,
                    help="score only these profiles (repeatable; default all three)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (training and splits)")
     p.add_argument("--epochs", type=int, default=None,
                    help="cap the training epochs (quick runs; default 60 with early stopping)")
     p.set_defaults(fn=cmd_nab)

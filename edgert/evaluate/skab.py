@@ -882,7 +882,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["edgeae", "convae"], default="edgeae",
                    help="edgeae (default): per-channel bottleneck AE, drift-aware channels; "
                         "convae: SKAB's Conv-AE baseline")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (training and splits)")
     p.add_argument("--epochs", type=int, default=None,
                    help="cap the training epochs (quick runs; default 100 with early stopping)")
     from .skab_adapt import add_arguments
