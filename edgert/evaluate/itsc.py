@@ -136,22 +136,23 @@ def attribution_for(recs: dict, normal: Sequence[str], mean, std, window: int, h
 def write_attribution(model_dir, recs: dict, command: str, log=None) -> list[Path]:
     """(Re)computes the ``attribution`` field (`attribution_for`) of ``model_dir`` and of each
     of its folds from the manifest's own training recordings (``fold.train``, else
-    ``training.train_recordings``) and normalization, and writes it into the manifest
-    (atomically; the field goes after ``calibration``; nothing else changes). Returns the
-    manifests written."""
+    ``training.train_recordings``) and normalization, and writes it into the manifests (all
+    computed first, then each written atomically; the field goes after ``calibration``;
+    nothing else changes). Returns the manifests written."""
     from edgert.train import write_manifest
 
-    written = []
+    todo = []
     for d in [Path(model_dir), *fold_dirs(model_dir)]:
         mpath = d / "manifest.json"
         m = json.loads(mpath.read_text())
-        normal = (m.get("fold") or {}).get("train") or (m.get("training") or {}).get("train_recordings")
-        if not normal:
-            raise ValueError(f"{mpath}: no field 'fold.train' or 'training.train_recordings' "
-                             "naming the normal recordings")
         if m.get("kind") != "autoencoder":
             raise ValueError(f"{mpath}: field 'kind' is {m.get('kind')!r}; the attribution "
                              "explains an autoencoder's anomaly events")
+        normal = ((m.get("fold") or {}).get("train")
+                  or (m.get("training") or {}).get("train_recordings"))
+        if not normal:
+            raise ValueError(f"{mpath}: no field 'fold.train' or 'training.train_recordings' "
+                             "naming the normal recordings")
         norm = m["normalization"]
         field = attribution_for(recs, normal, norm["mean"], norm["std"], m["window"], m["hop"],
                                 m["sample_rate_hz"])
@@ -163,13 +164,14 @@ def write_attribution(model_dir, recs: dict, command: str, log=None) -> list[Pat
             if k == "calibration":
                 out["attribution"] = field
         out.setdefault("attribution", field)
-        write_manifest(d, out)
-        written.append(mpath)
+        todo.append((d, out))
         if log:
             log(f"  {mpath}: attribution f0 {field['f0_hz']} Hz, fault angle "
                 f"{field['fault_angle_deg']} deg (balanced hit rate "
                 f"{(field['fault_fit'] or {}).get('balanced_hit_rate')}) from {', '.join(normal)}")
-    return written
+    for d, out in todo:
+        write_manifest(d, out)
+    return [d / "manifest.json" for d, _ in todo]
 
 
 def _models_dir(name_or_path) -> Path:
@@ -262,7 +264,8 @@ class RuntimeScorer:
                     detail["raw_shares"][i:i + k] = scoring.channel_shares(ch_err)
                     detail["shares"][i:i + k] = self.scorer.shares(self.buf, ch_err, rows)
                     if att is not None:
-                        detail["departure"][i:i + k] = att.departure(self.scorer.windows(self.buf, rows))
+                        detail["departure"][i:i + k] = att.departure(
+                            self.scorer.windows(self.buf, rows))
                     t_extra += time.perf_counter() - t1
         dt = time.perf_counter() - t0 - t_extra
         if want and len(starts):
