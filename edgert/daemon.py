@@ -36,7 +36,7 @@ from .adapt import SafeNormalization
 from .config import Config
 from .drift import PageHinkley
 from .events import STAT_NAMES, EventPublisher
-from .scoring import ClassScorer, FixedThreshold, ReconstructionScorer, channel_shares
+from .scoring import ClassScorer, FixedThreshold, ReconstructionScorer
 from .stats import BoundedCounts, LatencyHistogram, RateLimitedLog, json_safe, top_by_total
 from .windows import SensorStream, push_block
 from .wire import safe_id
@@ -534,7 +534,7 @@ class Daemon:
         if flags.any():
             idx = np.flatnonzero(flags)
             np.add.at(self.anom_counts, sidx[idx], 1)
-            shares = channel_shares(ch_err[idx])
+            shares = self.scorer.shares(b.buf, ch_err, idx)  # attribution (scoring.py)
             self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k, cls, qd_us)
 
     def _publish_scores(self, b, sidx, scores, thr, flags, k) -> None:

@@ -259,6 +259,8 @@ def load(name_or_path, verify: bool = True) -> Model:
             raise ModelError(f"{where}: field 'files' has no sha256 for {fname}")
     if not variants:
         raise ModelError(f"{where}: field 'variants' is empty")
+    from .scoring import PhasorAttribution  # the optional 'attribution' field, checked here
+    PhasorAttribution.from_manifest(m, len(channels), window, where)
     model = Model(name, d, kind, window, hop, list(channels), mean, std, threshold,
                   class_names, variants, m)
     if verify:

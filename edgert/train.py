@@ -1504,6 +1504,8 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
             "quantile_value": _r(cal["quantile_value"], 6),
             "per_recording_max": {r: _r(v.max(), 6) for r, v in cal["per_recording"].items()},
         },
+        **_attribution(itsc, recs, label_of, cfg.train_recordings, mean, std, cfg,
+                       command or _default_command(out, seed, None, "autoencoder", cfg)),
         "class_names": None,
     }
     fidelity = {
@@ -1563,6 +1565,8 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
                                 "recordings": list(others), "quantile": cfg.quantile,
                                 "factor": cfg.factor,
                                 "quantile_value": _r(f_cal["quantile_value"], 6)},
+                **_attribution(itsc, recs, label_of, others, f_mean, f_std, cfg,
+                               command or _default_command(out, seed, None, "autoencoder", cfg)),
                 "class_names": None,
                 "variants": {"dynamic": _variant_entry(fname, m8, "dynamic")},
                 "fold": {"held_out": [h], "train": list(others), "seed": seed,
@@ -1589,6 +1593,20 @@ def train_motor_ae(out: str | os.PathLike, seed: int = 0, data: str | os.PathLik
     write_manifest(out, manifest)
     log(f"wrote {out} in {time.time() - t0:.0f} s; threshold {threshold:.6g}")
     return manifest
+
+
+def _attribution(itsc: bool, recs: dict, label_of: dict, normal, mean, std, cfg,
+                 command) -> dict:
+    """``{"attribution": field}`` for an ITSC-like model (`edgert.evaluate.itsc.attribution_for`:
+    normal phasors from ``normal``, fault angle from the single-phase fault recordings), else {}."""
+    if not itsc or not cfg.sample_rate_hz:
+        return {}
+    from .evaluate.itsc import attribution_for
+
+    field = attribution_for({n: (x, label_of[n]) for n, x in recs.items()}, list(normal), mean,
+                            std, cfg.window, cfg.hop, cfg.sample_rate_hz)
+    field["command"] = command
+    return {"attribution": field}
 
 
 def _packed_vs_b1(packed: Int8Model, b1: Int8Model, xn: np.ndarray) -> dict:

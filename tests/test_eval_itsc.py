@@ -1,6 +1,7 @@
 """``edgert eval itsc``: the shipped fold models through the int8 runtime path (no TF)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,7 @@ def test_cli_json_last_line(capsys):
         assert key in last
     assert len(last["folds"]) == 5 and last["windows_per_s"] > 0
     assert {"false_alarm_rate", "detection_rate", "windows_per_s"} <= set(last["ae"])
+    assert last["ae"]["attribution"]["per_class"]["SC_A3_B0_C0"]["attribution"] == 1.0
     text = "\n".join(lines[:-1])
     assert "confusion matrix" in text and "windows/s" in text
     for n in MISLABELLED | CHANGES_CLASS:
@@ -113,3 +115,87 @@ def test_missing_folds_is_an_error(tmp_path, capsys):
     empty.mkdir()
     assert itsc.main(["--cnn", str(empty), "--no-ae"]) == 2
     assert "no fold models" in capsys.readouterr().err
+
+
+def test_attribution_names_the_faulty_phase_per_recording():
+    """The shipped motor-ae (what the daemon runs) through the runtime path: in every recording
+    with one faulty phase whose signal carries its label, >= 95 % of the flagged windows name
+    the faulty phase first (ITSC phase A -> ia, B -> ib, C -> ic); the reconstruction error's
+    shares named ia in none of the phase-A short circuits' windows (severity 3 and 4)."""
+    sc = itsc.RuntimeScorer("motor-ae")
+    thr = sc.model.threshold
+    new, old, checked = {}, {}, set()
+    for n in itsc_names():
+        phase = itsc.faulty_phase(itsc_class(n))
+        if phase is None:
+            continue
+        d = {}
+        s, _, _ = sc.run(itsc_recording(n), d)
+        f = s > thr
+        if f.sum() < 10:  # the two healthy-looking recordings are not flagged
+            assert n in MISLABELLED
+            continue
+        checked.add(itsc_class(n))
+        new[n] = float((d["shares"][f].argmax(axis=1) == phase).mean())
+        old[n] = float((d["raw_shares"][f].argmax(axis=1) == phase).mean())
+    assert len(checked) == 12
+    assert {n for n, v in new.items() if v < 0.95} <= MISLABELLED
+    assert all(v < 0.1 for n, v in old.items() if n.startswith(("SC_A3", "SC_A4")))
+    for n in ("SC_A3_B0_C0_001", "SC_A0_B4_C0_002", "SC_A0_B0_C3_003"):
+        assert new[n] == 1.0
+
+
+def test_attribution_table(result, capsys):
+    """``edgert eval itsc``'s attribution table: per single-phase class, the fold models'
+    flagged windows and the share naming the faulty phase, old (error shares) and new (also
+    with the fault angle refitted without the window's repetition)."""
+    att = result["autoencoder"]["attribution"]
+    per = att["per_class"]
+    assert len(per) == 12 and all(e["flagged"] > 0 for e in per.values())
+    # a class whose flagged recordings all carry their label: >= 99 % either way
+    with_suspect = {"SC_A0_B1_C0", "SC_A1_B0_C0"}  # SC_A0_B1_C0_005, SC_A1_B0_C0_005
+    for c, e in per.items():
+        if c not in with_suspect:
+            assert e["attribution"] >= 0.99 and e["attribution_loro"] >= 0.99, (c, e)
+    assert per["SC_A3_B0_C0"]["raw_error"] < 0.05 and per["SC_A4_B0_C0"]["raw_error"] < 0.05
+    assert all(60 <= a <= 110 for a in att["loro_fault_angles"])
+    print(itsc.report(result))
+    text = capsys.readouterr().out
+    assert "attribution: flagged windows" in text and "error shares (old)" in text
+
+
+def test_write_attribution_reproduces_the_shipped_fields(tmp_path):
+    """The shipped ``attribution`` fields are what ``--write-attribution`` computes (a copy of
+    motor-ae with the field removed gets it back, equal), and what ``edgert train`` would write
+    (the same function from the same recordings and normalization)."""
+    from edgert.train import AEConfig, _attribution
+
+    src = models.resolve("motor-ae")
+    d = tmp_path / "motor-ae"
+    shutil.copytree(src, d)
+    paths = [d / "manifest.json", *sorted((d / "folds").glob("*/manifest.json"))]
+    for p in paths:
+        m = json.loads(p.read_text())
+        m.pop("attribution")
+        p.write_text(json.dumps(m, indent=2) + "\n")
+    recs = itsc.load_itsc()
+    written = itsc.write_attribution(d, recs, "cmd")
+    assert written == [paths[0], *sorted(paths[1:])]
+    for p in paths:
+        shipped = (src / p.relative_to(d)).read_text()
+        got = json.loads(p.read_text())
+        want = json.loads(shipped)
+        assert got["attribution"].pop("command") == "cmd"
+        assert want["attribution"].pop("command").startswith("edgert eval itsc --write-attribution")
+        assert got == want
+        assert list(got) == list(want)  # same place in the manifest
+    models.load(d)  # sha256 of the model files untouched: still verifies
+    m = json.loads((src / "manifest.json").read_text())
+    cfg = AEConfig(window=m["window"], hop=m["hop"], sample_rate_hz=m["sample_rate_hz"])
+    field = _attribution(True, {n: x for n, (x, _) in recs.items()},
+                         {n: c for n, (_, c) in recs.items()}, m["training"]["train_recordings"],
+                         np.array(m["normalization"]["mean"]), np.array(m["normalization"]["std"]),
+                         cfg, "cmd")["attribution"]
+    field.pop("command")
+    m["attribution"].pop("command")
+    assert field == m["attribution"]

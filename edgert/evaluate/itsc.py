@@ -3,6 +3,7 @@
 Usage::
 
     edgert eval itsc [--data DIR|FILE.npz] [--cnn MODEL_DIR] [--ae MODEL_DIR] [--json]
+                     [--write-attribution]
 
 Data: the ITSC copy shipped in ``edgert.data`` (default), an ITSC-layout directory (class
 folders of headerless CSV files, e.g. ``../shared/data/ITSC``) or an ``.npz`` with one array per
@@ -35,6 +36,15 @@ the fold model and its threshold, calibrated leave-one-recording-out, made from 
 four): the false-alarm rate on the healthy recording the fold never saw, and the detection
 rate of every fault class (fraction of its windows above the threshold).
 
+Attribution (with (b)): for every recording with one faulty phase (``SC_A*_B0_C0`` -> ia,
+``SC_A0_B*_C0`` -> ib, ``SC_A0_B0_C*`` -> ic), the share of each fold's flagged windows whose
+top channel (what anomaly events name first) is the faulty phase: from the reconstruction
+error's shares (``scoring.channel_shares``, the old way) and from the model's ``attribution``
+field (``ReconstructionScorer.shares``, what the daemon publishes), the latter also with the
+fault angle refitted without the window's repetition (so no figure rests on an angle fitted on
+the windows it scores). ``--write-attribution`` first (re)computes that field for the ``--ae``
+directory and its folds (`write_attribution`) and writes it into their manifests.
+
 (c) Timing: windows/s through the runtime (quantize + invoke + score, after a warm-up) for
 each evaluation and fold, on this machine, one interpreter thread.
 
@@ -59,6 +69,17 @@ __all__ = ["RuntimeScorer", "load_itsc", "eval_classifier", "eval_autoencoder", 
 
 MAX_BATCH = 32
 _REC = re.compile(r"^(?P<cls>.+)_(?P<rep>\d{3})$")
+_ONE_PHASE = re.compile(r"^SC_A(\d)_B(\d)_C(\d)$")
+
+
+def faulty_phase(cls: str) -> int | None:
+    """Index of the one faulty phase of ITSC class ``SC_A{a}_B{b}_C{c}`` (0: A/ia, 1: B/ib,
+    2: C/ic), or None (healthy, another naming, or more than one phase)."""
+    m = _ONE_PHASE.match(cls)
+    if not m:
+        return None
+    hot = [i for i, v in enumerate(m.groups()) if int(v)]
+    return hot[0] if len(hot) == 1 else None
 
 
 def load_itsc(data=None) -> dict[str, tuple[np.ndarray, str]]:
@@ -75,6 +96,82 @@ def load_itsc(data=None) -> dict[str, tuple[np.ndarray, str]]:
     if not out:
         raise ValueError("no recordings")
     return out
+
+
+def attribution_for(recs: dict, normal: Sequence[str], mean, std, window: int, hop: int,
+                    sample_rate_hz: float) -> dict:
+    """The manifest's ``attribution`` field (`scoring.attribution_field`) for a model trained
+    on the ``normal`` recordings with normalization ``mean``/``std``: the fundamental
+    (`scoring.dominant_frequency` of those recordings), each channel's normal phasor and
+    spread from their windows (hop ``hop``), and the fault angle fitted on every window of
+    the recordings with one faulty phase (`faulty_phase`) that ``train.label_audit`` (no
+    model) does not find nearer another class than their own. ``recs``: name -> (x ``[n, C]``,
+    class). Raises ValueError when a name is missing or the data has no dominant fundamental."""
+    from edgert.scoring import attribution_field, dominant_frequency
+    from edgert.train import label_audit, make_windows, normalize
+
+    missing = [n for n in normal if n not in recs]
+    if missing or not normal:
+        raise ValueError(f"normal recordings not in the data: {missing or 'none given'}")
+    norm = lambda ws: normalize(ws, mean, std)[:, 0]  # noqa: E731  [n, W, C]
+    x_n = norm(np.concatenate([make_windows(recs[n][0], window, hop) for n in normal]))
+    f0 = dominant_frequency([recs[n][0] for n in normal], sample_rate_hz)
+    suspects = sorted(a["recording"] for a in label_audit(recs))
+    faults = [(n, faulty_phase(c)) for n, (_, c) in sorted(recs.items())
+              if faulty_phase(c) is not None and n not in suspects]
+    x_f = [make_windows(recs[n][0], window, hop) for n, _ in faults]
+    faulty = np.concatenate([np.full(len(w), ph) for w, (_, ph) in zip(x_f, faults)]) \
+        if faults else None
+    field = attribution_field(x_n, sample_rate_hz, f0,
+                              norm(np.concatenate(x_f)) if faults else None, faulty)
+    field["normal_recordings"] = list(normal)
+    if field["fault_fit"] is not None:
+        field["fault_fit"]["recordings"] = len(faults)
+        field["fault_fit"]["left_out_by_label_audit"] = suspects
+        field["fault_fit"]["faulty_channel"] = ("one faulty phase per ITSC class: SC_A*_B0_C0 -> "
+                                                "channel 0, SC_A0_B*_C0 -> 1, SC_A0_B0_C* -> 2")
+    return field
+
+
+def write_attribution(model_dir, recs: dict, command: str, log=None) -> list[Path]:
+    """(Re)computes the ``attribution`` field (`attribution_for`) of ``model_dir`` and of each
+    of its folds from the manifest's own training recordings (``fold.train``, else
+    ``training.train_recordings``) and normalization, and writes it into the manifests (all
+    computed first, then each written atomically; the field goes after ``calibration``;
+    nothing else changes). Returns the manifests written."""
+    from edgert.train import write_manifest
+
+    todo = []
+    for d in [Path(model_dir), *fold_dirs(model_dir)]:
+        mpath = d / "manifest.json"
+        m = json.loads(mpath.read_text())
+        if m.get("kind") != "autoencoder":
+            raise ValueError(f"{mpath}: field 'kind' is {m.get('kind')!r}; the attribution "
+                             "explains an autoencoder's anomaly events")
+        normal = ((m.get("fold") or {}).get("train")
+                  or (m.get("training") or {}).get("train_recordings"))
+        if not normal:
+            raise ValueError(f"{mpath}: no field 'fold.train' or 'training.train_recordings' "
+                             "naming the normal recordings")
+        norm = m["normalization"]
+        field = attribution_for(recs, normal, norm["mean"], norm["std"], m["window"], m["hop"],
+                                m["sample_rate_hz"])
+        field["command"] = command
+        out = {}
+        for k, v in m.items():
+            if k != "attribution":
+                out[k] = v
+            if k == "calibration":
+                out["attribution"] = field
+        out.setdefault("attribution", field)
+        todo.append((d, out))
+        if log:
+            log(f"  {mpath}: attribution f0 {field['f0_hz']} Hz, fault angle "
+                f"{field['fault_angle_deg']} deg (balanced hit rate "
+                f"{(field['fault_fit'] or {}).get('balanced_hit_rate')}) from {', '.join(normal)}")
+    for d, out in todo:
+        write_manifest(d, out)
+    return [d / "manifest.json" for d, _ in todo]
 
 
 def _models_dir(name_or_path) -> Path:
@@ -112,11 +209,21 @@ class RuntimeScorer:
         else:
             self.scorer = scoring.ReconstructionScorer(self.model, self.max_batch)
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def run(self, x: np.ndarray, detail: dict | None = None) -> tuple[np.ndarray, np.ndarray, float]:
         """Score every window (hop H) of recording ``x`` ``[n, C]``.
 
+        Args:
+          x: the recording.
+          detail: if a dict, an autoencoder's per-window ``ch_err`` float32 ``[n, C]``, the
+            kernels' window statistics ``stats`` float32 ``[n, C, 6]`` (``events.STAT_NAMES``,
+            as the daemon's ``batcher.stats``), ``raw_shares`` (`scoring.channel_shares`),
+            ``shares`` (`ReconstructionScorer.shares`, what the daemon publishes) and
+            ``departure`` (complex ``[n, C]``, or None without an ``attribution`` field) are
+            put in it (not timed).
         Returns (per-window result: class index int64 for a classifier, score float32 for an
         autoencoder; window starts; seconds spent quantizing + invoking + scoring)."""
+        from edgert import scoring
+
         m, K = self.model, self.kernels
         W, H = m.window, m.hop
         x = np.ascontiguousarray(x, np.float32)
@@ -128,6 +235,15 @@ class RuntimeScorer:
         K.ring_append(ring, cap, 0, x)
         starts = np.arange(0, max(n - W + 1, 0), H, dtype=np.int64)
         res = np.empty(len(starts), np.int64 if m.kind == "classifier" else np.float32)
+        want = detail is not None and m.kind != "classifier"
+        if want:
+            for key in ("ch_err", "raw_shares", "shares"):
+                detail[key] = np.empty((len(starts), m.n_channels), np.float32)
+            detail["stats"] = np.empty((len(starts), m.n_channels, 6), np.float32)
+            att = self.scorer.attribution
+            detail["departure"] = None if att is None else np.empty((len(starts), m.n_channels),
+                                                                     np.complex128)
+        t_extra = 0.0
         t0 = time.perf_counter()
         for i in range(0, len(starts), self.max_batch):
             st = starts[i:i + self.max_batch]
@@ -139,9 +255,22 @@ class RuntimeScorer:
                 idx, _ = self.scorer.classify(out, k)
                 res[i:i + k] = idx
             else:
-                scores, _ = self.scorer.score(self.buf, out, k)
+                scores, ch_err = self.scorer.score(self.buf, out, k)
                 res[i:i + k] = scores
-        return res, starts, time.perf_counter() - t0
+                if want:  # explanations are not part of the timed path (the daemon makes
+                    t1 = time.perf_counter()  # them for flagged windows only)
+                    rows = np.arange(k)
+                    detail["ch_err"][i:i + k] = ch_err
+                    detail["raw_shares"][i:i + k] = scoring.channel_shares(ch_err)
+                    detail["shares"][i:i + k] = self.scorer.shares(self.buf, ch_err, rows)
+                    if att is not None:
+                        detail["departure"][i:i + k] = att.departure(
+                            self.scorer.windows(self.buf, rows))
+                    t_extra += time.perf_counter() - t1
+        dt = time.perf_counter() - t0 - t_extra
+        if want and len(starts):
+            K.window_stats(ring, cap, starts, W, detail["stats"])
+        return res, starts, dt
 
     def close(self) -> None:
         self.backend.close()
@@ -243,6 +372,8 @@ def eval_autoencoder(recs: dict, model_dir, healthy: str = "SC_HLT", log=None) -
     faults = sorted(n for n, (_, c) in recs.items() if c != healthy)
     classes = sorted({recs[n][1] for n in faults})
     folds, per_class, t_all, n_all = [], {c: [] for c in classes}, 0.0, 0
+    attr_folds = []
+    loro_exclude = _loro_audits(recs)
     for d in dirs:
         sc = RuntimeScorer(d)
         try:
@@ -259,11 +390,15 @@ def eval_autoencoder(recs: dict, model_dir, healthy: str = "SC_HLT", log=None) -
                 fa_alarms += int((s > thr).sum())
                 fa_windows += len(s)
                 f_t, f_n = f_t + secs, f_n + len(s)
-            det = {}
+            det, attr = {}, []
             for c in classes:
                 hits = wins = 0
                 for n in (m for m in faults if recs[m][1] == c):
-                    s, _, secs = sc.run(recs[n][0])
+                    phase = faulty_phase(c)
+                    detail = None if phase is None else {}
+                    s, _, secs = sc.run(recs[n][0], detail)
+                    if detail is not None:
+                        attr.append(_attribution_item(n, c, phase, s > thr, detail))
                     hits, wins = hits + int((s > thr).sum()), wins + len(s)
                     f_t, f_n = f_t + secs, f_n + len(s)
                 det[c] = round(hits / wins, 4) if wins else None
@@ -276,6 +411,7 @@ def eval_autoencoder(recs: dict, model_dir, healthy: str = "SC_HLT", log=None) -
                        [v for v in det.values() if v is not None])), 4) if det else None,
                    "windows_per_s": round(f_n / f_t) if f_t > 0 else None}
             folds.append(row)
+            attr_folds.append(attr)
             t_all, n_all = t_all + f_t, n_all + f_n
             if log:
                 log(f"  autoencoder fold {row['fold']}: false alarms {fa_alarms}/{fa_windows}, "
@@ -295,7 +431,86 @@ def eval_autoencoder(recs: dict, model_dir, healthy: str = "SC_HLT", log=None) -
         "folds": folds,
         "windows_per_s": round(n_all / t_all) if t_all > 0 else None,
         "model_dir": str(model_dir),
+        "attribution": attribution_summary(attr_folds, loro_exclude),
     }
+
+
+def _loro_audits(recs: dict) -> dict:
+    """Repetition -> recordings ``train.label_audit`` flags among the other repetitions (what
+    a fault-angle fit without that repetition leaves out, as `attribution_for` does)."""
+    from edgert.train import label_audit
+
+    reps = {m.group("rep") for m in map(_REC.match, recs) if m}
+    return {r: {a["recording"] for a in label_audit(
+        {n: v for n, v in recs.items() if not (n.endswith("_" + r))})} for r in sorted(reps)}
+
+
+def _attribution_item(name: str, cls: str, phase: int, flagged: np.ndarray, detail: dict) -> dict:
+    """One single-phase fault recording as scored by one fold: what `attribution_summary` needs."""
+    m = _REC.match(name)
+    return {"recording": name, "class": cls, "rep": m.group("rep") if m else name,
+            "faulty": phase, "flagged": np.asarray(flagged, bool),
+            "old_top": detail["raw_shares"].argmax(axis=1),
+            "new_top": detail["shares"].argmax(axis=1), "departure": detail["departure"]}
+
+
+def _loro_tops(items: list[dict], exclude: dict) -> tuple[list, list] | tuple[None, None]:
+    """Top channel of every window with the fault angle refitted (`scoring.fit_fault_angle`,
+    on all windows of the single-phase fault recordings but ``exclude[rep]``) without the
+    window's repetition. Returns (tops per item, angle per repetition), or (None, None)
+    without departures."""
+    from edgert.scoring import fit_fault_angle
+
+    if not items or any(it["departure"] is None for it in items):
+        return None, None
+    tops, angles = [None] * len(items), {}
+    for rep in sorted({it["rep"] for it in items}):
+        train = [it for it in items if it["rep"] != rep
+                 and it["recording"] not in exclude.get(rep, ())]
+        if not train:
+            return None, None
+        angle, _, _ = fit_fault_angle(
+            np.concatenate([it["departure"] for it in train]),
+            np.concatenate([np.full(len(it["departure"]), it["faulty"]) for it in train]))
+        angles[rep] = angle
+        turn = np.exp(-1j * np.radians(angle))
+        for i, it in enumerate(items):
+            if it["rep"] == rep:
+                sc = (it["departure"] * turn).real
+                # as PhasorAttribution.shares: no positive score -> the error shares decide
+                tops[i] = np.where(sc.max(axis=1) > 0, sc.argmax(axis=1), it["old_top"])
+    return tops, angles
+
+
+def attribution_summary(folds: list[list[dict]], exclude: dict | None = None) -> dict:
+    """Per class: flagged windows (all folds) and the share whose top channel is the faulty
+    phase by the reconstruction error's shares (``raw_error``), by the model's attribution
+    (``attribution``) and by it with the fault angle refitted leave-one-repetition-out
+    (``attribution_loro``, None when the models have no ``attribution`` field; ``exclude``:
+    repetition -> recordings left out of that fit, `_loro_audits`)."""
+    acc: dict[str, dict] = {}
+    angles = []
+    for items in folds:
+        loro, ang = _loro_tops(items, exclude or {})
+        if ang:
+            angles.append(ang)
+        for i, it in enumerate(items):
+            f = it["flagged"]
+            e = acc.setdefault(it["class"], {"flagged": 0, "old": 0, "new": 0, "loro": 0,
+                                             "has_loro": loro is not None})
+            e["flagged"] += int(f.sum())
+            e["old"] += int((it["old_top"][f] == it["faulty"]).sum())
+            e["new"] += int((it["new_top"][f] == it["faulty"]).sum())
+            if loro is not None:
+                e["loro"] += int((loro[i][f] == it["faulty"]).sum())
+            else:
+                e["has_loro"] = False
+    rate = lambda k, e: round(e[k] / e["flagged"], 4) if e["flagged"] else None  # noqa: E731
+    return {"per_class": {c: {"flagged": e["flagged"], "raw_error": rate("old", e),
+                              "attribution": rate("new", e),
+                              "attribution_loro": rate("loro", e) if e["has_loro"] else None}
+                          for c, e in sorted(acc.items())},
+            "loro_fault_angles": sorted({a for ang in angles for a in ang.values()})}
 
 
 def evaluate(data=None, cnn="motor-cnn", ae="motor-ae", log=None) -> dict:
@@ -370,8 +585,26 @@ def report(res: dict) -> str:
         lines += ["detection rate per fault class (mean over folds / min over folds):"]
         for cl, v in a["detection_rate"].items():
             lines.append(f"  {cl:14s} {v:.4f} / {a['detection_rate_min_over_folds'][cl]:.4f}")
+        lines += _attribution_text(a.get("attribution"))
     lines.append(f"({res['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def _attribution_text(att: dict | None) -> list[str]:
+    if not att or not att["per_class"]:
+        return []
+    fmt = lambda v: "   -  " if v is None else f"{v:6.3f}"  # noqa: E731
+    lines = ["", "attribution: flagged windows (all folds) of single-phase faults whose top channel "
+             "is the faulty phase",
+             f"  {'class':14s} {'flagged':>8s} {'error shares (old)':>19s} {'attribution':>12s} "
+             f"{'angle refitted LORO':>20s}"]
+    for c, e in att["per_class"].items():
+        lines.append(f"  {c:14s} {e['flagged']:8d} {fmt(e['raw_error']):>19s} "
+                     f"{fmt(e['attribution']):>12s} {fmt(e['attribution_loro']):>20s}")
+    if att.get("loro_fault_angles"):
+        lines.append("  (fault angles fitted without each repetition: "
+                     f"{', '.join(str(a) for a in att['loro_fault_angles'])} degrees)")
+    return lines
 
 
 def _json_line(res: dict) -> dict:
@@ -392,6 +625,7 @@ def _json_line(res: dict) -> dict:
             "detection_rate": a["detection_rate"],
             "detection_rate_min_over_folds": a["detection_rate_min_over_folds"],
             "windows_per_s": a["windows_per_s"],
+            "attribution": a.get("attribution"),
         },
         "windows_per_s": c.get("windows_per_s"),
     }
@@ -401,6 +635,10 @@ def _json_line(res: dict) -> dict:
 def cmd_itsc(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True))
     try:
+        if getattr(args, "write_attribution", False):
+            cmd = "edgert eval itsc --write-attribution --ae " + str(args.ae) + \
+                ("" if args.data is None else f" --data {args.data}")
+            write_attribution(_models_dir(args.ae), load_itsc(args.data), cmd, log=log)
         res = evaluate(args.data, cnn=None if args.no_cnn else args.cnn,
                        ae=None if args.no_ae else args.ae, log=log)
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -433,6 +671,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-cnn", action="store_true", help="skip (a)")
     p.add_argument("--no-ae", action="store_true", help="skip (b)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.add_argument("--write-attribution", action="store_true",
+                   help="first (re)compute the 'attribution' field of the --ae model directory "
+                        "and its folds (normal phasors from each manifest's training recordings, "
+                        "fault angle from the single-phase fault recordings) and write it into "
+                        "their manifest.json")
     p.set_defaults(fn=cmd_itsc)
     return p
 
