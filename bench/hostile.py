@@ -364,6 +364,53 @@ def _config(**keys) -> str:
     return path
 
 
+# -- scenario: the largest blocks a sensor may send ------------------------------------------
+def big_blocks(seconds: float = 10.0, block_samples: int = 65536, every_s: float = 1.0) -> dict:
+    """A sensor sends blocks of `block_samples` (the default max_block_samples) every
+    `every_s` while the probe streams in real time: the probe's latency shows how long one
+    such block holds the loop (a block is cut, quantized and scored in one go)."""
+    ctx = zmq.Context()
+    d = DaemonProc("motor-ae", 0.5, None, "bigblocks", socket="pull")
+    sampler = None
+    try:
+        d.wait_bound(120)
+        sampler = RssSampler(d.pid)
+        sampler.start()
+        evs = Anomalies(ctx, d.events)
+        evs.start()
+        time.sleep(0.3)
+        probe = Probe(ctx, d.listen, "probe-own", "pull", seconds)
+        probe.start()
+        big = _sender(ctx, d.listen, "pull", sndhwm=4, linger=5000)
+        x = np.tile(itsc_recording(HEALTHY).astype(np.float32), (block_samples // 1000 + 1, 1))[:block_samples]
+        t = time.time_ns()
+        seq = sent = 0
+        end = time.monotonic() + seconds - 1.0
+        while time.monotonic() < end:
+            big.send_multipart([b"big", wire.encode_header(seq, t, DT_NS, x), x])
+            seq += 1
+            sent += 1
+            t += block_samples * DT_NS
+            time.sleep(every_s)
+        probe.stop()
+        big.close()
+        time.sleep(1.0)
+        final = strict_final(d)
+        sampler.stop()
+        evs.stop()
+        return {"block_samples": block_samples, "blocks_sent": sent, "every_s": every_s,
+                "exit_code": d.proc.returncode, "rss_max_mb": sampler.max_between(0, time.monotonic()),
+                "big_windows": final["per_sensor"].get("big", {}).get("windows", 0),
+                "drops_by_reason": final["drops_by_reason"],
+                "accounting": accounting(final, sent + probe.sent),
+                "probe": detection(probe.fault_spans, evs.anomalies.get("probe-own", []), probe.t_start)}
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        d.cleanup()
+        ctx.destroy(linger=0)
+
+
 # -- scenario: sustained overload ------------------------------------------------------------
 FLOOD_SENSORS = 64
 
@@ -511,11 +558,13 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m edgert.bench.hostile", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0, help="overload duration per socket type")
-    p.add_argument("--only", choices=["messages", "overload"], default=None)
+    p.add_argument("--only", choices=["messages", "big_blocks", "overload"], default=None)
     args = p.parse_args(argv)
     res = {}
     if args.only in (None, "messages"):
         res["messages"] = messages()
+    if args.only in (None, "big_blocks"):
+        res["big_blocks"] = big_blocks()
     if args.only in (None, "overload"):
         res["overload"] = [overload(k, args.seconds) for k in ("pull", "sub")]
     print(json.dumps(res, indent=1))

@@ -33,7 +33,7 @@ class Config:
     max_batch: int = 32
     max_delay_us: int = 1000
     num_threads: int = 1
-    ring_capacity: int = 0  # samples per sensor ring (0: max(2 x window, 256))
+    ring_capacity: int = 0  # samples per sensor ring (0: max(2 x window, 256), 1024 with a reservoir)
     gap_samples: float = 3.0  # t0 jump (in sample periods) that restarts a sensor's windows
     threshold: str = "fixed"  # fixed (manifest) | spot | dspot | quantile
     risk_q: float = 1e-4  # SPOT/DSPOT risk: target false-alarm probability per window

@@ -111,6 +111,9 @@ class Daemon:
         self.discarded_at_stop = 0
         self.internal_errors = 0
         self._allowed = _matcher(cfg.sensors_allowed)
+        # Ring per sensor: sized to the window (kilobytes a sensor), unless the reservoir reads
+        # windows back from the rings after their batch is scored: then a batch's worth more.
+        self._ring_capacity = cfg.ring_capacity or (1024 if cfg.reservoir_dir else 0)
         self._wall_offset = time.time_ns() - time.perf_counter_ns()  # perf ns -> wall ns
         self._now_wall = time.time_ns()  # refreshed once per loop wake-up
         self._reload = False
@@ -325,6 +328,20 @@ class Daemon:
     def stop(self, *_args) -> None:
         self._stop = True
 
+    def close(self) -> None:
+        """Close the sockets of a daemon that was bound but will not `run` (run closes them
+        itself), and remove its ipc socket files."""
+        for sock in (self.sock, self._monitor):
+            if sock is not None and not sock.closed:
+                sock.close(linger=0)
+        if self.events is not None:
+            self.events.close()
+        for path in self._ipc_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
     def request_reload(self, *_args) -> None:
         self._reload = True
 
@@ -377,7 +394,7 @@ class Daemon:
             self._evict(oldest)
             idx = self._free.pop()
         st = SensorStream(sensor, idx, self.model.n_channels, self.model.window, self.model.hop,
-                          cfg.ring_capacity, cfg.gap_samples, cfg.max_seq_gap)
+                          self._ring_capacity, cfg.gap_samples, cfg.max_seq_gap)
         st.messages = st.samples = 0
         st.drops, st.notes = {}, {}
         st.last_seen = now

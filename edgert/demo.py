@@ -117,6 +117,8 @@ def run_demo(seconds: float = 10.0, as_json: bool = False, speed: float = 10.0,
                     tally(payload)
                 elif kind == "stats":
                     backend = payload.get("backend", backend)
+                    if not payload["windows"]:
+                        continue  # nothing scored yet: no latency to show (it would be null)
                     _say(as_json, f"  {payload['windows']:6d} windows  {payload['windows_per_s']:8.1f}/s  "
                                   f"p50 {payload['p50_latency_us']:7.0f} µs  p99 {payload['p99_latency_us']:7.0f} µs  "
                                   f"anomalies {payload['anomalies']}  dropped {payload['dropped']}")

@@ -411,8 +411,10 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
     packed_cmp = _packed_vs_b1(ex.packed, ex.b1, xv)
     corr = float(np.corrcoef(fl, s_val)[0, 1]) if len(xv) > 1 else 1.0
     m = old.manifest
+    # 'attribution' (which channel an anomaly names) is kept: its phasor statistics are of the
+    # raw signal, independent of the normalization a retrain refits.
     head = {k: m[k] for k in ("schema", "name", "kind", "description", "window", "hop",
-                              "sample_rate_hz", "channels", "input_layout") if k in m}
+                              "sample_rate_hz", "channels", "input_layout", "attribution") if k in m}
     head.update({
         "normalization": {"mean": [_r(v, 9) for v in mean], "std": [_r(v, 9) for v in std]},
         "score": "mean_sq",

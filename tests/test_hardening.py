@@ -24,10 +24,24 @@ HEALTHY = "SC_HLT_005"
 DT = 1_000_000
 
 
+_contexts = []
+
+
+@pytest.fixture(autouse=True)
+def _destroy_contexts():
+    """Every daemon made by `daemon` gets its own context, destroyed after the test (a context
+    left to the garbage collector can block in zmq_ctx_term)."""
+    yield
+    while _contexts:
+        _contexts.pop().destroy(linger=0)
+
+
 def daemon(tmp_path, **cfg) -> Daemon:
     c = config.load(None, listen=f"ipc://{tmp_path}/s", events=f"ipc://{tmp_path}/e", watch_model_s=0,
                     drift_interval_s=0, **cfg)
-    return Daemon(c, ctx=zmq.Context())
+    ctx = zmq.Context()
+    _contexts.append(ctx)
+    return Daemon(c, ctx=ctx)
 
 
 def block(sensor, seq, t0, x=None, dt=DT, **hdr):
@@ -160,8 +174,7 @@ def test_queue_limits_come_from_the_budget(tmp_path):
     try:
         assert d.sock.getsockopt(zmq.RCVHWM) == hwm and d.sock.getsockopt(zmq.MAXMSGSIZE) == maxmsg
     finally:
-        d.sock.close(0)
-        d.events.close()
+        d.close()
 
 
 def test_stats_are_strict_json_before_any_window(tmp_path):
@@ -201,8 +214,7 @@ def test_second_daemon_on_a_live_ipc_path_is_refused_and_files_are_removed(tmp_p
     s.close()
     d3 = daemon(tmp_path)
     d3.bind()
-    d3.sock.close(0)
-    d3.events.close()
+    d3.close()
 
 
 def test_log_level_is_validated():
