@@ -430,9 +430,19 @@ def _flood_main(endpoint: str, kind: str, seconds: float, out_path: str, tail_af
     ts = [t_wall] * FLOOD_SENSORS
     probe_x = [(itsc_recording(HEALTHY).astype(np.float32), False), (itsc_recording(FAULT).astype(np.float32), True)]
     p_seq, p_t, p_i, p_a = 0, t_wall, 0, 0
-    p_seg_t0, spans = t_wall, []
-    sent = probe_sent = 0
+    p_seg_t0 = t_wall + BLOCK * DT_NS
+    spans = []
     pack = msgpack.packb
+    # One block per sensor first, received before the flood starts: a loss before a sensor's
+    # first received block would be no seq gap to the daemon (it cannot know seq 0 was sent).
+    for i in range(FLOOD_SENSORS):
+        sock.send_multipart([ids[i], pack({"v": 1, "seq": 0, "t0": ts[i], "dt": DT_NS, "dtype": "f4",
+                                           "shape": [BLOCK, 3]}), blocks[0]], copy=True)
+        seqs[i], ts[i] = 1, ts[i] + BLOCK * DT_NS
+    sock.send_multipart([b"probe-shared", wire.encode_header(p_seq, p_t, DT_NS, blocks[0]), blocks[0]])
+    p_seq, p_t = 1, p_t + BLOCK * DT_NS
+    sent, probe_sent = FLOOD_SENSORS, 1
+    time.sleep(0.5)
     end = time.monotonic() + seconds
     j = 0
     while True:
