@@ -139,30 +139,51 @@ def compare(model, model_arg: str, rounds: int = 3, saturate_s: float = 4.0, pac
     meter = sysinfo.LoadMeter()
     common = dict(n_sensors=n_sensors, block=block, stats_interval=stats_interval,
                   cpu_daemon=cpu_daemon, startup_timeout=startup_timeout)
+    failed: dict = {}  # a service that failed once is reported, and left out from then on
+
+    def attempt(k, fn):
+        try:
+            return _keep(fn())
+        except Exception as exc:  # noqa: BLE001 - the other services still run
+            failed[k] = f"{type(exc).__name__}: {exc}"
+            if log:
+                log(f"  {k}: {failed[k]}")
+            return None
+
     sat = {k: [] for k in svcs}
     for r in range(rounds):
         for k, prefix in svcs.items():
-            res = pipeline.saturate(model, model_arg, saturate_s, settle, backlog_msgs=backlog_msgs,
-                                    prefix=prefix, **common)
-            sat[k].append(_keep(res))
-            if log:
-                log(f"  round {r + 1} {k}: saturated {res['windows_per_s']:,.0f} windows/s, "
-                    f"{res['windows_per_daemon_cpu_s']:,.0f} per CPU-second")
-    rate = load_fraction * min(_median([x["windows_per_s"] for x in v]) for v in sat.values())
+            if k in failed:
+                continue
+            res = attempt(k, lambda: pipeline.saturate(model, model_arg, saturate_s, settle,
+                                                       backlog_msgs=backlog_msgs, prefix=prefix, **common))
+            if res is not None:
+                sat[k].append(res)
+                if log:
+                    log(f"  round {r + 1} {k}: saturated {_f(res['windows_per_s'])} windows/s, "
+                        f"{_f(res['windows_per_daemon_cpu_s'])} per CPU-second")
+    live = [k for k in svcs if k not in failed]
+    if not live:
+        raise RuntimeError(f"every service failed: {failed}")
+    rate = load_fraction * min(_median([x["windows_per_s"] for x in sat[k]]) for k in live)
     paced = {k: [] for k in svcs}
     for r in range(rounds):
         for k, prefix in svcs.items():
-            res = pipeline.paced(model, model_arg, rate, paced_s, settle=min(settle, paced_s / 4),
-                                 prefix=prefix, **common)
-            paced[k].append(_keep(res))
-            if log:
-                log(f"  round {r + 1} {k}: at {rate:,.0f} windows/s p99 {res['p99_latency_us']:.0f} µs")
+            if k in failed:
+                continue
+            res = attempt(k, lambda: pipeline.paced(model, model_arg, rate, paced_s,
+                                                    settle=min(settle, paced_s / 4), prefix=prefix, **common))
+            if res is not None:
+                paced[k].append(res)
+                if log:
+                    log(f"  round {r + 1} {k}: at {rate:,.0f} windows/s p99 {_f(res['p99_latency_us'])} µs")
+    svcs = {k: v for k, v in svcs.items() if k not in failed}
     dec = decisions_all(model, model_arg, svcs, block, stats_interval, cpu_daemon, startup_timeout,
                         recordings, log) if decisions else {}
     out = {"sensors": n_sensors, "block_samples": block, "socket": "pull", "transport": "ipc",
            "rounds": rounds, "saturate_s": saturate_s, "paced_s": paced_s,
            "paced_windows_per_s": round(rate, 1), "load_fraction": load_fraction,
-           "services": {}, "unavailable": unavailable, "decisions": dec,
+           "services": {}, "unavailable": unavailable, "failed": failed, "decisions": dec,
            "machine_load": meter.stop()}
     for k in svcs:
         s, p = sat[k], paced[k]
@@ -208,7 +229,8 @@ def ratios(sec: dict) -> dict:
 
 
 def problems(sec: dict) -> list:
-    out = []
+    """What went wrong, one line each: a failed service, windows lost, decisions that differ."""
+    out = [f"{k} failed: {why}" for k, why in (sec.get("failed") or {}).items()]
     for k, s in sec["services"].items():
         for phase in ("saturate", "paced"):
             for i, x in enumerate(s[phase]):

@@ -656,7 +656,8 @@ def render(r: dict) -> str:
         lines += [""] + naive.render_lines(r["naive"])
     lines.append("")
     ratio_k = t["kernel_speedup_min"]
-    lines.append(f"targets: kernel speedup min {_fmt(ratio_k['value'], 1)}x {_mark(ratio_k['pass'])}"
+    lines.append(f"targets: kernel speedup min {_fmt(ratio_k['value'], 1)}{'x' if ratio_k['value'] is not None else ''} "
+                 f"{_mark(ratio_k['pass'])}"
                  + (f" (below: {', '.join(ratio_k.get('below_target', []))})" if ratio_k.get("below_target") else "")
                  + f"; pipeline/bare per CPU-s {_mark(t['pipeline_over_bare_invoke_cpu']['pass'])}"
                  + f"; p99 {_mark(t['p99_latency_us']['pass'])}; RSS {_mark(t['rss_mb']['pass'])}"
