@@ -345,9 +345,19 @@ def test_shipped_baseline_is_complete_per_cpu_kind():
 
 
 @needs_model
-def test_naive_section_on_the_same_stream():
+def test_naive_section_on_the_same_stream(monkeypatch):
     """`--only naive`: the daemon and the naive service, each saturated and paced by the same
-    harness; figures, their ratio and the target in the JSON and the table."""
+    harness; figures, their ratio and the target in the JSON and the table. A service that
+    cannot start is reported and left out; the others are still compared."""
+    from edgert.bench import naive
+
+    real = naive.services
+
+    def with_a_broken_one(model, runtimes, log=None):
+        svcs, unavailable = real(model, runtimes, log)
+        return {**svcs, "naive-tflite": ("/nonexistent/python", str(naive.SERVICE))}, unavailable
+
+    monkeypatch.setattr(naive, "services", with_a_broken_one)
     s = tiny(sections=("naive",), naive_rounds=1, naive_saturate_s=0.8, naive_paced_s=0.6,
              pipeline_settle_s=0.2, naive_runtimes=("litert",), naive_decisions=False)
     res = run.run_bench(s, log=lambda m: None)
@@ -363,6 +373,8 @@ def test_naive_section_on_the_same_stream():
     assert res["figures"]["naive.edgert_over_naive_cpu"] == ratio
     assert res["targets"]["edgert_over_naive_cpu"]["value"] == ratio
     assert "naive service vs edgert" in run.render(res)
+    assert nv["failed"]["naive-tflite"].startswith("FileNotFoundError") and "naive-tflite" not in nv["services"]
+    assert any(p.startswith("naive: naive-tflite failed: FileNotFoundError") for p in res["problems"])
 
 
 # -- the suite's other sections (tiny configurations; structure, not speed) -------------------
