@@ -117,8 +117,10 @@ def _rows(sec: dict):
 def render(res: dict) -> str:
     """Plain-text table of a `run_peers` result."""
     m = res["machine"]
-    lines = [f"edgert bench --peers - {m['cpu_model']}, {m['nproc']} CPUs, Python {m['python']}; "
-             f"one thread per peer; fitting not timed"]
+    int8 = m.get("cpu_int8")
+    lines = [f"edgert bench --peers - {m['cpu_model']}"
+             + (f" (int8: {int8['kind']}, VNNI {'yes' if int8['vnni'] else 'no'})" if int8 else "")
+             + f", {m['nproc']} CPUs, Python {m['python']}; one thread per peer; fitting not timed"]
     load = (m.get("load_during_run") or {}).get("other_cores")
     if load is not None and load > 0.1:
         lines.append(f"WARNING: other processes used {load:.2f} cores during the run: figures are noisy")
@@ -185,8 +187,11 @@ def render_markdown(res: dict) -> str:
     machine."""
     m = res["machine"]
     v = res.get("versions", {})
+    int8 = m.get("cpu_int8")
     out = [f"Measured with `{res.get('command', 'edgert bench --peers')}` on "
-           f"{m['cpu_model']} ({m['nproc']} CPUs, Python {m['python']}), {res['timestamp'][:10]}; "
+           f"{m['cpu_model']} ({m['nproc']} CPUs"
+           + (f", int8: {int8['kind']}, VNNI {'yes' if int8['vnni'] else 'no'}" if int8 else "")
+           + f", Python {m['python']}), {res['timestamp'][:10]}; "
            "one thread each, fitting and conversion not timed; after an untimed quality pass, "
            f"{res['settings']['rounds']} timed round(s), the detectors in turn."]
     load = (m.get("load_during_run") or {}).get("other_cores")

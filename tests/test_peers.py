@@ -259,7 +259,10 @@ def _services():
 def test_services_table_under_itsc():
     res = _weak_river_result()
     res["itsc"]["services"] = _services()
+    res["machine"]["cpu_int8"] = {"kind": "x86_64 avx2", "vnni": False, "flags": ["avx2"]}
     md = T.render_markdown(res)
+    assert md.startswith("Measured with `edgert bench --peers` on Test CPU (2 CPUs, int8: x86_64 avx2, VNNI no,")
+    assert "Test CPU (int8: x86_64 avx2, VNNI no), 2 CPUs" in T.render(res)
     assert "**Services on the same ZeroMQ stream**" in md
     assert "| naive Python service, LiteRT int8 | 90,000 | 100,000 | 0.90 | 1,100 | 0.980 | 3477/3477 | 1.20 |" in md
     assert "edgert's daemon fed a ZeroMQ stream ran 100,000 windows/s (120,000 per CPU-second" in md
