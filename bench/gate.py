@@ -114,11 +114,6 @@ def verdict(result: dict, baseline: dict | None, path: Path, attempts: list, lim
     kind = (m.get("cpu_int8") or {}).get("kind", "unknown")
     cores = next((a.get("cores") for a in attempts if a.get("cores")), m.get("nproc"))
     out = {"cpu_kind": kind, "baseline": str(path), "attempts": attempts, "limit": limit}
-    if attempts and loaded(attempts[-1], limit):
-        figs = "; ".join(f"run {i + 1}: {describe_load(a)}" for i, a in enumerate(attempts))
-        lim = f"limit {limit:.0%} of the cores" + (f" = {limit * cores:.2f} cores" if cores else "")
-        return {**out, "status": "not_judged", "reason": "loaded",
-                "lines": [f"not judged: machine loaded ({figs}; {lim})"]}
     if not any(gated(n) for n in result.get("ratios", {})):
         return {**out, "status": "not_judged", "reason": "no gated ratio",
                 "lines": ["not judged: this run measured no gated ratio (sections "
@@ -130,6 +125,11 @@ def verdict(result: dict, baseline: dict | None, path: Path, attempts: list, lim
                 "lines": [f"not judged: {path.name} has no entry for this CPU kind, {kind} "
                           f"({m.get('cpu_model')}); it has: {', '.join(have)}. Write one with "
                           "`edgert bench --quick --update-baseline` from a git checkout"]}
+    if attempts and loaded(attempts[-1], limit):
+        figs = "; ".join(f"run {i + 1}: {describe_load(a)}" for i, a in enumerate(attempts))
+        lim = f"limit {limit:.0%} of the cores" + (f" = {limit * cores:.2f} cores" if cores else "")
+        return {**out, "status": "not_judged", "reason": "loaded",
+                "lines": [f"not judged: machine loaded ({figs}; {lim})"]}
     tol = tolerance if tolerance is not None else float((baseline or {}).get("tolerance", TOLERANCE))
     c = compare_baseline(result, entry, tol)
     out.update(c)

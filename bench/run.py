@@ -788,16 +788,16 @@ TOLERANCE = gate.TOLERANCE
 compare_baseline = gate.compare_baseline
 
 
-def measure(settings: Settings, recheck: bool, log=_log) -> dict:
+def measure(settings: Settings, recheck, log=_log) -> dict:
     """`run_bench`, and once more when other processes took more than ``settings.load_limit``
-    of the cores during the gated sections (only when `recheck`: the result is to be judged).
-    The load of every attempt is kept in ``result["load_attempts"]``."""
+    of the cores during the gated sections and ``recheck(result)`` says the result is to be
+    judged. The load of every attempt is kept in ``result["load_attempts"]``."""
     attempts = []
     for i in range(2):
         result = run_bench(copy.deepcopy(settings), log=log)
         load = result.get("machine", {}).get("load_gated") or {}
         attempts.append(load)
-        if not recheck or not gate.loaded(load, settings.load_limit) or i == 1:
+        if i == 1 or not gate.loaded(load, settings.load_limit) or not recheck(result):
             break
         log(f"edgert bench: machine loaded ({gate.describe_load(load)}): measuring again")
     result["load_attempts"] = attempts
@@ -872,15 +872,24 @@ def main(args) -> int:
     settings = Settings.for_mode(bool(getattr(args, "quick", False)), model=getattr(args, "model", None),
                                  sections=sections, plot_dir=plot_dir)
     judge = not update and BASELINE.is_file() and not getattr(args, "no_baseline", False)
-    gated_run = bool(set(settings.sections) & set(GATE_SECTIONS))
-    result = measure(settings, recheck=(judge or update) and gated_run)
-    verdict = None
+    baseline, bad_baseline = None, None
     if judge:
         try:
             baseline = gate.read_baseline(BASELINE)
         except ValueError as exc:
-            baseline = None
-            result["errors"]["baseline"] = str(exc)
+            bad_baseline = str(exc)
+    gated_run = bool(set(settings.sections) & set(GATE_SECTIONS))
+
+    def recheck(res: dict) -> bool:
+        """Is a loaded measurement worth repeating: will it be judged, or written?"""
+        kind = (res.get("machine", {}).get("cpu_int8") or {}).get("kind", "")
+        return gated_run and (update or (judge and gate.entry_for(baseline or {}, kind) is not None))
+
+    result = measure(settings, recheck)
+    verdict = None
+    if judge:
+        if bad_baseline:
+            result["errors"]["baseline"] = bad_baseline
         verdict = gate.verdict(result, baseline, BASELINE, result["load_attempts"], settings.load_limit)
         result["gate"] = verdict
     path = write_json(result, getattr(args, "out", None))
