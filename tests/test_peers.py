@@ -317,3 +317,29 @@ def test_naive_service_decides_like_the_daemon_on_the_same_stream(runtime):
     if runtime == "litert":  # the same interpreter and kernels: the same scores, float32 aside
         assert n["max_score_diff"] < 1e-6
     assert e["f1"] == n["f1"] and e["tp"] + e["fn"] == 3 * per_rec
+
+
+@needs_model
+def test_naive_service_counts_bad_blocks_as_drops():
+    """Hostile input to the naive service is a counted drop (by reason), never a crash."""
+    import msgpack
+    import zmq
+
+    from edgert.bench import naive_service as NS
+
+    m = NS.Model(models.resolve("motor-ae"))
+    svc = NS.Service(m, invoke=None, runtime="litert", pub=None)
+    head = lambda **kw: msgpack.packb({"v": 1, "seq": 0, "t0": 0, "dt": 1000, "dtype": "f4",  # noqa: E731
+                                       "shape": [64, 3], **kw})
+    ok = np.zeros((64, 3), np.float32).tobytes()
+    for frames in ([b"s", b"\xc1", ok],                    # not msgpack
+                   [b"s", head(dtype="f16"), ok],          # unknown dtype
+                   [b"s", head(shape=[64, 4]), ok],        # size != shape
+                   [b"s", head(shape=[16, 12]), ok],       # right size, wrong channel count
+                   [b"s", head()],                         # a frame missing
+                   [b"\xff", head(), ok]):                 # sensor id not UTF-8
+        svc.on_message([zmq.Frame(f) for f in frames], 0)
+    assert svc.messages == 0 and not svc.views
+    assert sum(svc.drops.values()) == 6 and svc.drops["channels"] == 1
+    svc.on_message([zmq.Frame(f) for f in (b"s", head(), ok)], 0)  # a good block still counts
+    assert svc.messages == 1 and len(svc.views) == 1
