@@ -5,13 +5,13 @@ per call) and ``pipeline_over_bare_invoke_cpu`` (the daemon's windows per CPU-se
 bare batch-32 invoke's), both measured in one run, so a core taken by another process moves
 neither side. A ratio below ``tolerance`` × its baseline is a regression.
 
-The baseline (schema 2) holds one entry per CPU kind (`sysinfo.cpu_int8`: architecture and
-int8 dot-product level), since the int8 invoke, and with it every ratio against it, runs ~5×
-faster on a VNNI CPU::
+The baseline (schema 2) holds one entry per CPU kind (`sysinfo.cpu_int8`: architecture, int8
+dot-product level and microarchitecture), since the int8 invoke, and with it every ratio
+against it, runs ~5× faster per window on one VNNI CPU than on another::
 
     {"schema": 2, "tolerance": 0.5,
-     "cpus": {"x86_64 avx512-vnni": {"from": ..., "cpu_model": ..., "cpu_int8": {...},
-                                     "load": {...}, "ratios": {...}}}}
+     "cpus": {"x86_64 avx512-vnni GenuineIntel 6/167": {"from": ..., "cpu_model": ...,
+              "cpu_int8": {...}, "load": {...}, "ratios": {...}}}}
 
 Verdicts: ``pass``, ``fail`` (a line per regression, or a baseline entry lacking a gated
 figure), and three that are not judged, each printed as one line starting "not judged:" —

@@ -37,9 +37,10 @@ in CPU time, so another process taking a core moves neither side: numba / numpy 
 kernel call, and the daemon's windows per CPU-second (its own threads, /proc) over the bare
 batch-32 invoke's windows per CPU-second (`pipeline_over_bare_invoke_cpu`; the wall-clock
 ratio is a figure, not judged). A ratio below 0.5 × its value in bench/baseline.json fails.
-The baseline holds one entry per CPU kind (architecture and int8 dot-product instructions,
-`sysinfo.cpu_int8`: a VNNI CPU runs the int8 model ~5× faster, which moves every ratio against
-the invoke); a CPU kind without an entry is "not judged". The load from other processes
+The baseline holds one entry per CPU kind (architecture, int8 dot-product instructions and
+microarchitecture, `sysinfo.cpu_int8`: the int8 invoke runs ~5× faster per window on one VNNI
+CPU than on another, which moves every ratio against it); a CPU kind without an entry is "not
+judged". The load from other processes
 (`sysinfo.LoadMeter`) over the gated sections is measured; above `LOAD_LIMIT` of the cores the
 run is repeated once, and if the machine is still loaded the result is "not judged: machine
 loaded (figures)", exit 0 with that line. ``--update-baseline`` writes this CPU kind's entry,
@@ -674,7 +675,8 @@ def render(r: dict) -> str:
 
 
 def cpu_int8_text(machine: dict) -> str:
-    """"x86_64 avx512-vnni (VNNI: yes; amx_int8, avx2, ...)" from `sysinfo.cpu_int8`'s record."""
+    """"x86_64 avx512-vnni GenuineIntel 6/167 (VNNI: yes; amx_int8, avx2, ...)" from
+    `sysinfo.cpu_int8`'s record."""
     c = machine.get("cpu_int8")
     if not c:
         return "not recorded"

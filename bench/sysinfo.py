@@ -29,44 +29,71 @@ def cpu_model() -> str:
 
 
 # int8 dot-product instructions, best first, as /proc/cpuinfo names them. XNNPACK (LiteRT's CPU
-# path) picks its int8 kernels by these: a VNNI CPU runs motor-ae ~5x faster per window than an
-# AVX2-only one, so any ratio against the bare invoke belongs to one CPU kind (shared/NOTES.md).
+# path) picks its int8 kernels by these and by the microarchitecture: motor-ae's invoke runs ~5x
+# faster per window on one VNNI CPU (an AMD EPYC) than on another (this Intel Xeon), so any
+# ratio against the bare invoke belongs to one CPU kind (shared/NOTES.md).
 INT8_FLAGS = {
     "x86_64": (("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"), ("avx512bw", "avx512"),
                ("avx2", "avx2"), ("sse4_1", "sse4.1")),
     "aarch64": (("i8mm", "i8mm"), ("asimddp", "dotprod"), ("asimd", "neon")),
 }
 INT8_EXTRA = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512bw", "avx2", "i8mm", "asimddp")
+# the fields that name a microarchitecture: x86 vendor, family, model; ARM implementer, part
+IDENT_KEYS = (("vendor_id", "cpu family", "model"), ("cpu implementer", "cpu architecture", "cpu part"))
+
+
+def _first_cpu(text: str | None) -> dict:
+    """{lowercased key: value} of the first processor in /proc/cpuinfo (or `text`)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    out = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if out:
+                break
+            continue
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out.setdefault(k.strip().lower(), v.strip())
+    return out
 
 
 def cpu_flags(text: str | None = None) -> set:
     """The CPU feature flags of the first processor in /proc/cpuinfo (``flags`` on x86,
     ``Features`` on ARM); an empty set when unknown."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in text.splitlines():
-        key = line.split(":", 1)[0].strip().lower()
-        if key in ("flags", "features") and ":" in line:
-            return set(line.split(":", 1)[1].split())
-    return set()
+    d = _first_cpu(text)
+    return set((d.get("flags") or d.get("features") or "").split())
 
 
-def cpu_int8(flags: set | None = None, machine: str | None = None) -> dict:
-    """The CPU's int8 instructions: ``{"kind": "x86_64 avx512-vnni", "vnni": True,
-    "flags": [...]}``. ``kind`` (architecture and best int8 dot-product level) keys the CI
-    baseline: ratios against the bare invoke are only compared between CPUs of one kind."""
+def cpu_ident(text: str | None = None) -> str:
+    """The microarchitecture as /proc/cpuinfo names it: "GenuineIntel 6/167" (vendor,
+    family/model) or "0x41 8/0xd0c" (ARM implementer, architecture/part); "" when unknown."""
+    d = _first_cpu(text)
+    for a, b, c in IDENT_KEYS:
+        if a in d:
+            return f"{d[a]} {d.get(b, '?')}/{d.get(c, '?')}"
+    return ""
+
+
+def cpu_int8(flags: set | None = None, machine: str | None = None, ident: str | None = None) -> dict:
+    """The CPU's int8 instructions: ``{"kind": "x86_64 avx512-vnni GenuineIntel 6/167",
+    "vnni": True, "flags": [...], "ident": ...}``. ``kind`` (architecture, best int8
+    dot-product level, microarchitecture) keys the CI baseline: ratios against the bare invoke
+    are only compared between CPUs of one kind."""
     flags = cpu_flags() if flags is None else set(flags)
     machine = machine or platform.machine()
+    ident = cpu_ident() if ident is None else ident
     level = "unknown"
     for flag, name in INT8_FLAGS.get(machine, ()):
         if flag in flags:
             level = name
             break
-    return {"kind": f"{machine} {level}", "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
-            "flags": sorted(flags & set(INT8_EXTRA))}
+    return {"kind": " ".join(x for x in (machine, level, ident) if x),
+            "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
+            "flags": sorted(flags & set(INT8_EXTRA)), "ident": ident}
 
 
 def loadavg() -> list | None:

@@ -257,15 +257,26 @@ def test_load_meter_counts_other_processes_only():
 
 
 def test_cpu_int8_kind_and_flags():
-    k = sysinfo.cpu_int8({"fpu", "avx2", "avx512bw", "avx512_vnni", "amx_int8"}, "x86_64")
-    assert k == {"kind": "x86_64 avx512-vnni", "vnni": True,
-                 "flags": ["amx_int8", "avx2", "avx512_vnni", "avx512bw"]}
-    assert sysinfo.cpu_int8({"avx2", "avx_vnni"}, "x86_64")["kind"] == "x86_64 avx-vnni"
-    old = sysinfo.cpu_int8({"avx2", "sse4_1"}, "x86_64")
+    k = sysinfo.cpu_int8({"fpu", "avx2", "avx512bw", "avx512_vnni", "amx_int8"}, "x86_64", "GenuineIntel 6/167")
+    assert k == {"kind": "x86_64 avx512-vnni GenuineIntel 6/167", "vnni": True,
+                 "flags": ["amx_int8", "avx2", "avx512_vnni", "avx512bw"], "ident": "GenuineIntel 6/167"}
+    # the same instructions on another microarchitecture are another kind (its invoke speed differs)
+    assert sysinfo.cpu_int8({"avx512_vnni"}, "x86_64", "AuthenticAMD 25/17")["kind"] == \
+        "x86_64 avx512-vnni AuthenticAMD 25/17"
+    assert sysinfo.cpu_int8({"avx2", "avx_vnni"}, "x86_64", "")["kind"] == "x86_64 avx-vnni"
+    old = sysinfo.cpu_int8({"avx2", "sse4_1"}, "x86_64", "")
     assert old["kind"] == "x86_64 avx2" and old["vnni"] is False
-    assert sysinfo.cpu_int8({"asimd", "asimddp"}, "aarch64")["kind"] == "aarch64 dotprod"
-    assert sysinfo.cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n") == {"fpu", "avx2", "avx512_vnni"}
-    assert sysinfo.cpu_flags("processor\t: 0\nFeatures\t: fp asimd asimddp\n") == {"fp", "asimd", "asimddp"}
+    assert sysinfo.cpu_int8({"asimd", "asimddp"}, "aarch64", "")["kind"] == "aarch64 dotprod"
+    x86 = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 167\n"
+           "model name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\n"
+           "vendor_id\t: Other\n")
+    assert sysinfo.cpu_flags(x86) == {"fpu", "avx2", "avx512_vnni"}
+    assert sysinfo.cpu_ident(x86) == "GenuineIntel 6/167"
+    arm = ("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n"
+           "CPU architecture: 8\nCPU part\t: 0xd0c\n")
+    assert sysinfo.cpu_flags(arm) == {"fp", "asimd", "asimddp"}
+    assert sysinfo.cpu_ident(arm) == "0x41 8/0xd0c"
+    assert sysinfo.cpu_ident("") == ""
 
 
 def test_update_baseline_refuses_a_partial_only(monkeypatch, tmp_path, capsys):
