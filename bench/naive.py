@@ -388,7 +388,8 @@ def render_lines(sec: dict) -> list:
                      f"{_f(s['cpu_share'], 2):>7}{_f(s['p50_latency_us']):>8}{_f(s['p99_latency_us']):>8}"
                      f"{'n/a' if f1 is None else f'{f1:.3f}':>7}{same:>16}")
         rounds = ", ".join(_f(x) for x in s["windows_per_cpu_s_rounds"])
-        lines.append(f"  {'':<44}per CPU-s by round: {rounds}")
+        lines.append(f"  {'':<44}per CPU-s by round: {rounds}; at the paced load: "
+                     f"{_f(s.get('paced_windows_per_cpu_s'))}")
     for k, r in sec.get("ratios", {}).items():
         pr = ", ".join(f"{x:.2f}" for x in r["per_round"])
         line = (f"  edgert / {k} per CPU-second: {r['edgert_over_naive_cpu']:.2f}x (rounds {pr}); wall "
