@@ -37,6 +37,16 @@ Who (``--only`` keys):
 * ``tflite-runtime``: edgert's int8 model under tflite-runtime (ITSC only). Its wheels need
   numpy < 2, so it usually runs in another venv: ``--tflite-python PATH``
   (`bench/_tflite_worker.py`); otherwise it is reported as not installed.
+* ``naive`` (ITSC only): not a model path but whole services on a ZeroMQ stream: edgert's
+  daemon against the plain Python service a user would write instead (`naive_service.py`,
+  LiteRT int8 / ONNX Runtime float / tflite-runtime int8), interleaved rounds of
+  `bench.naive.compare` → windows per CPU-second, p99 receipt → decision, decisions on the
+  labelled stream. Its own table (``itsc.services``).
+
+The detector rows time the model path only (windows already in memory: no receipt, decoding,
+windowing or events), so edgert's row there runs several times the windows/s of its daemon;
+and a speed ratio against a detector that detects little (River's HalfSpaceTrees here, F1 ≈
+0.015) says nothing. The tables say both under the rows (`peers_table`).
 
 Fairness: one thread each (LiteRT, ORT intra/inter 1, TF intra/inter 1, BLAS via
 threadpoolctl, IForest n_jobs 1); fitting, conversion and the first (warm-up) call are not
@@ -71,11 +81,11 @@ from pathlib import Path
 import numpy as np
 
 from . import sysinfo
-from .peers_table import render, render_markdown
+from .peers_table import render, render_markdown, weak
 from .run import _clean
 
 SCHEMA = 1
-PEERS = ("edgert", "river", "iforest", "ecod", "onnxruntime", "tensorflow", "tflite-runtime")
+PEERS = ("edgert", "river", "iforest", "ecod", "onnxruntime", "tensorflow", "tflite-runtime", "naive")
 DATASETS = ("itsc", "skab")
 TARGETS = {"over_river": 50.0, "over_onnxruntime": 5.0}
 FEATURES = ("mean", "std", "rms", "peak", "crest", "kurtosis")  # kernels.window_stats order
@@ -901,6 +911,40 @@ def ratios(section: dict) -> dict:
     return out
 
 
+def run_services(settings: Settings, log=_log) -> dict:
+    """`bench.naive.compare` on the model (a private copy), with this run's budget: edgert's
+    daemon against the naive services on one ZeroMQ stream."""
+    import shutil
+
+    from . import naive
+    from .run import _snapshot_model
+
+    model, snap, _ = _snapshot_model(settings.model)
+    rt = ["litert", "onnxruntime"]
+    if TfliteRuntimePeer.python(settings)[0]:
+        rt.append("tflite-runtime")
+    old = os.environ.get("EDGERT_TFLITE_PYTHON")
+    if settings.tflite_python:
+        os.environ["EDGERT_TFLITE_PYTHON"] = settings.tflite_python
+    cpus = os.sched_getaffinity(0)
+    pinned = {0, 1} <= cpus  # the service on CPU 0, this process (the sender) on CPU 1
+    try:
+        if pinned:
+            sysinfo.pin(1)
+        return naive.compare(model, str(snap), rounds=min(3, settings.rounds),
+                             saturate_s=3.0, paced_s=2.0, runtimes=tuple(rt),
+                             cpu_daemon=0 if pinned else None, log=log)
+    finally:
+        if pinned:
+            os.sched_setaffinity(0, cpus)
+        if settings.tflite_python:
+            if old is None:
+                os.environ.pop("EDGERT_TFLITE_PYTHON", None)
+            else:
+                os.environ["EDGERT_TFLITE_PYTHON"] = old
+        shutil.rmtree(snap.parent, ignore_errors=True)
+
+
 def targets(section: dict) -> dict:
     r = section.get("ratios", {})
     out = {}
@@ -912,7 +956,9 @@ def targets(section: dict) -> dict:
             continue
         out[name] = {"target": f">= {goal:g}x and F1 >= peer's", "value": x["speedup"],
                      "speed_pass": x["speedup"] >= goal, "f1_pass": x["f1_at_least"],
-                     "pass": bool(x["speedup"] >= goal and x["f1_at_least"])}
+                     "pass": bool(x["speedup"] >= goal and x["f1_at_least"]),
+                     # False: the peer detects too little for the speed ratio to mean anything
+                     "meaningful": not weak(section, peer), "peer_f1": x["f1_peer"]}
     return out
 
 
@@ -941,6 +987,8 @@ def run_peers(settings: Settings, log=_log) -> dict:
         res["machine"]["git"] = git
     keys = []
     for k in settings.only:
+        if k == "naive":  # services on a stream, not a model path: after ITSC's detectors
+            continue
         cls = ALL[k]
         why = cls.python(settings)[1] if k == "tflite-runtime" else cls.missing()
         if why:
@@ -965,6 +1013,8 @@ def run_peers(settings: Settings, log=_log) -> dict:
                 sec["ratios"] = ratios(sec)
                 sec["targets"] = targets(sec)
                 res[ds] = sec
+                if ds == "itsc" and "naive" in settings.only:
+                    sec["services"] = run_services(settings, log)
             except Exception as exc:  # noqa: BLE001 - report, go on with the next dataset
                 res["errors"][ds] = f"{type(exc).__name__}: {exc}"
                 log(f"edgert bench --peers: {ds}: {res['errors'][ds]}")

@@ -15,6 +15,11 @@ CPU 1, and reads the daemon's ``stats`` events.
 * Both measure start-up: spawn → first decision, seen as the first ``anomaly`` event of a
   probe sensor fed a deliberately anomalous signal (a full-scale alternating square wave) as
   soon as the daemon's input socket exists.
+
+The process under test need not be edgert's daemon: ``prefix`` (the argv before ``--listen``)
+runs any service that takes the same options and keeps the same contract (stats and anomaly
+events on ``--events``, a final JSON stats line at SIGTERM) — `naive_service.py` does, so the
+plain Python service is measured by this very harness, fed by this very sender.
 """
 
 from __future__ import annotations
@@ -68,6 +73,12 @@ def sensor_blocks(block: int, recording: str = "SC_HLT_005") -> list:
     return [data[i * block:(i + 1) * block] for i in range(L)]
 
 
+def stream_blocks(x: np.ndarray, block: int) -> list:
+    """Contiguous float32 [block, C] blocks of `x` in order (a last partial block is left out)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return [x[i:i + block] for i in range(0, len(x) - block + 1, block)]
+
+
 def probe_block(model, block: int) -> np.ndarray:
     """A block whose windows the model cannot reconstruct: ±(full scale) alternating every sample."""
     v = model.variants["dynamic"].input
@@ -85,13 +96,14 @@ class DaemonProc:
     """``python -m edgert serve`` on fresh ipc endpoints, pinned to `cpu`."""
 
     def __init__(self, model: str, stats_interval: float, cpu: int | None, tag: str,
-                 extra: tuple = (), socket: str = "pull", env: dict | None = None):
+                 extra: tuple = (), socket: str = "pull", env: dict | None = None,
+                 prefix: tuple | None = None):
         self.tmp = Path(tempfile.mkdtemp(prefix=f"edgert-bench-{tag}-"))
         self.listen_path = self.tmp / "s"
         self.events_path = self.tmp / "e"
         self.listen = f"ipc://{self.listen_path}"
         self.events = f"ipc://{self.events_path}"
-        self.cmd = [sys.executable, "-m", "edgert", "serve", "--listen", self.listen, "--events",
+        self.cmd = [*(prefix or (sys.executable, "-m", "edgert", "serve")), "--listen", self.listen, "--events",
                     self.events, "--socket", socket, "--stats-interval", str(stats_interval),
                     "--model", str(model), *extra]
         self.stderr_path = self.tmp / "stderr.log"
@@ -189,13 +201,17 @@ class DaemonProc:
 class Events:
     """SUB on the daemon's events: keeps stats snapshots (with receipt time) and probe anomalies."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str):
+    def __init__(self, ctx: zmq.Context, endpoint: str, scores: bool = False):
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, 100000)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 2)
-        for prefix in ("event/stats/", "event/lifecycle/", f"event/anomaly/{PROBE}"):
+        topics = ["event/stats/", "event/lifecycle/", f"event/anomaly/{PROBE}"]
+        if scores:  # every window's score (a daemon run with --publish-scores)
+            topics.append("event/scores/")
+        for prefix in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        self.scores: list = []  # (sensor, payload)
         self.sock.connect(endpoint)
         self.stats: list = []  # (bench perf_counter, payload)
         self.probe_anomalies = 0
@@ -224,6 +240,8 @@ class Events:
                     self.first_probe_anomaly = (t, payload)
             elif kind == "lifecycle":
                 self.lifecycle.append((t, payload))
+            elif kind == "scores":
+                self.scores.append((sensor, payload))
 
     @property
     def last(self) -> dict | None:
@@ -233,10 +251,11 @@ class Events:
         self.sock.close(linger=0)
 
 
-def startup(d: DaemonProc, ctx: zmq.Context, model, block: int, timeout: float) -> tuple:
+def startup(d: DaemonProc, ctx: zmq.Context, model, block: int, timeout: float,
+            scores: bool = False) -> tuple:
     """Spawn → first decision. Returns (Events, probe publisher, figures)."""
     bound_s = d.wait_bound(timeout)
-    evs = Events(ctx, d.events)
+    evs = Events(ctx, d.events, scores=scores)
     probe = _publisher(ctx, d, PROBE, sndhwm=1000, timeout=timeout)
     pb = probe_block(model, block)
     t0 = time.time_ns()
@@ -324,15 +343,24 @@ class SensorLoad:
     devices). Per message: one msgpack header and a ``send_multipart`` of [id, header, samples],
     what `edgert.bus.SensorPublisher.send` does. The samples cycle through a healthy recording,
     each sensor starting at its own offset; t0 advances by block·dt per block, so every stream is
-    correctly sequenced and gap-free.
+    correctly sequenced and gap-free. With ``streams`` (one [n, C] array per sensor) sensor i
+    sends the blocks of its own array from the start instead (``remaining(i)`` says how many
+    are left; past the end it starts over).
     """
 
     def __init__(self, ctx, d: DaemonProc, n_sensors: int, block: int, sndhwm: int,
-                 n_sockets: int | None = None, dt_ns: int = DT_NS):
+                 n_sockets: int | None = None, dt_ns: int = DT_NS, streams: list | None = None):
         self.n = n_sensors
         self.block = block
         self.dt = int(dt_ns)
-        self.blocks = sensor_blocks(block)
+        if streams is None:
+            self.blocks = sensor_blocks(block)
+            self.per_sensor = [self.blocks] * n_sensors
+        else:
+            if len(streams) != n_sensors:
+                raise ValueError(f"{len(streams)} streams for {n_sensors} sensors")
+            self.per_sensor = [stream_blocks(x, block) for x in streams]
+            self.blocks = self.per_sensor[0]
         nblk = self.nblk = len(self.blocks)
         ns = min(n_sensors, n_sockets or n_sensors)
         self.pubs = []
@@ -344,7 +372,7 @@ class SensorLoad:
             raise
         self.socks = [self.pubs[i % ns].sock for i in range(n_sensors)]
         self.ids = [f"bench-{i}".encode() for i in range(n_sensors)]
-        self.idx = [(i * nblk) // n_sensors for i in range(n_sensors)]
+        self.idx = [(i * nblk) // n_sensors if streams is None else 0 for i in range(n_sensors)]
         t0 = time.time_ns()
         self.t0 = [t0] * n_sensors
         self.sent = [0] * n_sensors
@@ -356,16 +384,21 @@ class SensorLoad:
         from edgert.wire import encode_header
 
         j = self.idx[i]
-        blk = self.blocks[j]
+        blocks = self.per_sensor[i]
+        blk = blocks[j]
         seq = self.sent[i]
         try:
             self.socks[i].send_multipart([self.ids[i], encode_header(seq, self.t0[i], self.dt, blk), blk],
                                          copy=self.copy)
         except zmq.Again:
             raise _send_blocked(self.d, "load") from None
-        self.idx[i] = j + 1 if j + 1 < self.nblk else 0
+        self.idx[i] = j + 1 if j + 1 < len(blocks) else 0
         self.t0[i] += self.block * self.dt
         self.sent[i] = seq + 1
+
+    def remaining(self, i: int) -> int:
+        """Blocks of sensor i's stream not sent yet (before it would start over)."""
+        return max(0, len(self.per_sensor[i]) - self.sent[i])
 
     @property
     def total(self) -> int:
@@ -409,8 +442,10 @@ class Session:
 
     def __init__(self, model, model_arg: str, *, tag: str, stats_interval: float = 0.2,
                  cpu_daemon: int | None = 0, startup_timeout: float = 120.0, block: int = 64,
-                 socket: str = "pull", env: dict | None = None, extra: tuple = (), log=None):
+                 socket: str = "pull", env: dict | None = None, extra: tuple = (), log=None,
+                 prefix: tuple | None = None, scores: bool = False):
         self.model, self.model_arg, self.tag = model, model_arg, tag
+        self.prefix, self.scores = prefix, scores
         self.stats_interval = stats_interval
         self.cpu_daemon, self.startup_timeout, self.block = cpu_daemon, startup_timeout, block
         self.socket, self.env, self.extra, self.log = socket, env, extra, log
@@ -424,9 +459,9 @@ class Session:
         self.ctx.set(zmq.MAX_SOCKETS, MAX_SOCKETS)  # libzmq's default is 1023: too few for 1024 sensors
         try:
             self.d = DaemonProc(self.model_arg, self.stats_interval, self.cpu_daemon, self.tag,
-                                extra=self.extra, socket=self.socket, env=self.env)
+                                extra=self.extra, socket=self.socket, env=self.env, prefix=self.prefix)
             self.evs, self.probe, self.startup = startup(self.d, self.ctx, self.model, self.block,
-                                                         self.startup_timeout)
+                                                         self.startup_timeout, scores=self.scores)
             if self.log:
                 self.log(f"  daemon up: bound {self.startup['bound_s']:.2f} s, first decision "
                          f"{self.startup['first_decision_s']:.2f} s")
@@ -435,9 +470,10 @@ class Session:
             raise
         return self
 
-    def load(self, n_sensors: int, sndhwm: int, n_sockets: int | None = None, dt_ns: int = DT_NS) -> SensorLoad:
+    def load(self, n_sensors: int, sndhwm: int, n_sockets: int | None = None, dt_ns: int = DT_NS,
+             streams: list | None = None) -> SensorLoad:
         """Connect `n_sensors` sensors, then take the counters' baseline (after the probe's blocks)."""
-        ld = SensorLoad(self.ctx, self.d, n_sensors, self.block, sndhwm, n_sockets, dt_ns)
+        ld = SensorLoad(self.ctx, self.d, n_sensors, self.block, sndhwm, n_sockets, dt_ns, streams)
         self.loads.append(ld)
         self.next_stats()
         self.base = _consumed(self.evs.last)
@@ -505,11 +541,13 @@ def _count_check(final: dict, sent_blocks: list, block: int, W: int, H: int, pro
 
 def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: int = 8, block: int = 64,
              stats_interval: float = 0.2, backlog_msgs: int = 12000, cpu_daemon: int | None = 0,
-             startup_timeout: float = 120.0, log=None, socket: str = "pull") -> dict:
-    """Max sustained windows/s of the daemon (see module doc)."""
+             startup_timeout: float = 120.0, log=None, socket: str = "pull",
+             prefix: tuple | None = None) -> dict:
+    """Max sustained windows/s of the daemon (or of the service `prefix` starts; see module doc)."""
     W, H = model.window, model.hop
     with Session(model, model_arg, tag="sat", stats_interval=stats_interval, cpu_daemon=cpu_daemon,
-                 startup_timeout=startup_timeout, block=block, socket=socket, log=log) as s:
+                 startup_timeout=startup_timeout, block=block, socket=socket, log=log,
+                 prefix=prefix) as s:
         d, evs = s.d, s.evs
         ld = s.load(n_sensors, sndhwm=max(1000, backlog_msgs // n_sensors + 64))
         send = ld.send
@@ -616,7 +654,7 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
           block: int = 64, stats_interval: float = 0.2, cpu_daemon: int | None = 0,
           startup_timeout: float = 120.0, log=None, socket: str = "pull", sndhwm: int = 100000,
           n_sockets: int | None = None, expect_all: bool = True, drain_timeout: float = 10.0,
-          settle: float = 0.5, spin: bool = False) -> dict:
+          settle: float = 0.5, spin: bool = False, prefix: tuple | None = None) -> dict:
     """A fresh daemon at a fixed window rate: latency, RSS, start-up (see module doc).
 
     The sensors take turns (round robin), so each sends ``windows_per_s / n_sensors`` windows/s;
@@ -631,7 +669,8 @@ def paced(model, model_arg: str, windows_per_s: float, duration: float, n_sensor
     per_sensor_hz = msg_rate * block / n_sensors  # samples/s of each sensor
     dt_ns = max(1, int(round(1e9 / per_sensor_hz)))
     with Session(model, model_arg, tag="lat", stats_interval=stats_interval, cpu_daemon=cpu_daemon,
-                 startup_timeout=startup_timeout, block=block, socket=socket, log=log) as s:
+                 startup_timeout=startup_timeout, block=block, socket=socket, log=log,
+                 prefix=prefix) as s:
         d, evs = s.d, s.evs
         ld = s.load(n_sensors, sndhwm=sndhwm, n_sockets=n_sockets, dt_ns=dt_ns)
         send = ld.send

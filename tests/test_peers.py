@@ -212,3 +212,134 @@ def test_tflite_runtime_worker_matches_edgert():
     t = res["tflite-runtime"]
     assert t["rows"].sum() == sum(len(x.starts) for x in task.test) == len(t["flags"])
     assert np.array_equal(t["flags"], res["edgert"]["flags"])
+
+
+# -- what the tables must say, and the service a user would write instead ------------------------
+def _weak_river_result():
+    res = _fake_result()
+    sec = res["itsc"]
+    sec["peers"]["river"]["quality"] = {"f1": 0.015, "far": 0.0, "mar": 0.993}
+    sec["ratios"] = P.ratios(sec)
+    sec["targets"] = P.targets(sec)
+    return res
+
+
+def test_tables_say_the_rows_are_model_paths_and_river_detects_nothing():
+    res = _weak_river_result()
+    assert res["itsc"]["targets"]["over_river"]["meaningful"] is False
+    md = T.render_markdown(res)
+    assert ("These rows compare model paths only: windows already in memory, no ZeroMQ receipt, "
+            "decoding, windowing or events. edgert's row runs 100,000 windows/s here;") in md
+    assert ("River HalfSpaceTrees + QuantileFilter detects too little to compare with (F1 0.015 vs "
+            "edgert's 0.980; it misses 99.3% of the anomalous windows): edgert's 100.0× speed over it "
+            "says nothing.") in md
+    assert "Target over river (>= 50x and F1 >= peer's): 100.0×, speed met, F1 met (says nothing: " \
+           "the peer's F1 is 0.015)." in md
+    text = T.render(res)
+    assert "note: These rows compare model paths only" in text and "says nothing" in text
+    # a detector as good as edgert gets no such note
+    assert "detects too little" not in T.render_markdown(_fake_result())
+
+
+def _services():
+    svc = lambda label, wps, cpu, p99: {"label": label, "windows_per_s": wps,  # noqa: E731
+                                        "windows_per_cpu_s": cpu, "cpu_share": wps / cpu,
+                                        "p99_latency_us": p99, "windows_per_cpu_s_rounds": [cpu]}
+    return {"sensors": 8, "block_samples": 64, "transport": "ipc", "rounds": 3,
+            "paced_windows_per_s": 40000.0,
+            "services": {"edgert": svc("edgert daemon (int8, LiteRT)", 100000.0, 120000.0, 900.0),
+                         "naive": svc("naive Python service, LiteRT int8", 90000.0, 100000.0, 1100.0)},
+            "decisions": {"edgert": {"f1": 0.98}, "naive": {"f1": 0.98, "compared": 3477, "differ": 0,
+                                                            "agreement": 1.0}},
+            "ratios": {"naive": {"edgert_over_naive_cpu": 1.2, "per_round": [1.1, 1.2, 1.3],
+                                 "same_decisions": True}},
+            "unavailable": {"naive-onnx": "onnxruntime not installed"}}
+
+
+def test_services_table_under_itsc():
+    res = _weak_river_result()
+    res["itsc"]["services"] = _services()
+    res["machine"]["cpu_int8"] = {"kind": "x86_64 avx2", "vnni": False, "flags": ["avx2"]}
+    md = T.render_markdown(res)
+    assert md.startswith("Measured with `edgert bench --peers` on Test CPU (2 CPUs, int8: x86_64 avx2, VNNI no,")
+    assert "Test CPU (int8: x86_64 avx2, VNNI no), 2 CPUs" in T.render(res)
+    assert "**Services on the same ZeroMQ stream**" in md
+    assert "| naive Python service, LiteRT int8 | 90,000 | 100,000 | 0.90 | 1,100 | 0.980 | 3477/3477 | 1.20 |" in md
+    assert "edgert's daemon fed a ZeroMQ stream ran 100,000 windows/s (120,000 per CPU-second" in md
+    assert ("Target: edgert's daemon >= 5x the naive LiteRT service's windows per CPU-second at equal "
+            "decisions: 1.20x (rounds 1.10, 1.20, 1.30), missed.") in md
+    assert "Not run: naive-onnx (onnxruntime not installed)." in md
+    assert "service (same ZeroMQ stream)" in T.render(res)
+
+
+def test_naive_service_bad_model_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from edgert.bench import naive
+
+    p = subprocess.run([sys.executable, str(naive.SERVICE), "--listen", f"ipc://{tmp_path}/s",
+                        "--events", f"ipc://{tmp_path}/e", "--model", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stdout == ""
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("naive_service: FileNotFoundError") and "nope" in err[0]
+
+
+@needs_model
+@pytest.mark.parametrize("runtime", ["litert", "tflite-runtime"])
+def test_naive_service_decides_like_the_daemon_on_the_same_stream(runtime):
+    """The naive service (its own process, real PULL/PUB sockets, the real int8 model in LiteRT
+    or tflite-runtime) and edgert's daemon, fed the same labelled ITSC blocks by the same
+    sender: the same windows, the same flags, the same F1."""
+    import shutil
+
+    from edgert.bench import naive, run
+
+    model, snap, _ = run._snapshot_model("motor-ae")
+    try:
+        svcs, unavailable = naive.services(model, (runtime,))
+        key = naive.RUNTIME_KEYS[runtime]
+        if key in unavailable:
+            pytest.skip(unavailable[key])
+        dec = naive.decisions_all(model, str(snap), svcs, block=64, stats_interval=0.2, cpu_daemon=None,
+                                  startup_timeout=120.0, recordings=4)
+    finally:
+        shutil.rmtree(snap.parent, ignore_errors=True)
+    assert "error" not in dec["edgert"] and "error" not in dec[key], dec
+    recs = dec["stream"]["recordings"]
+    assert len(recs) == 4 and recs[0].startswith("SC_HLT")  # a healthy recording and faults
+    per_rec = (1000 // 64 * 64 - 64) // 16 + 1  # 1000-sample recordings in 64-sample blocks
+    e, n = dec["edgert"], dec[key]
+    assert e["windows"] == n["windows"] == n["compared"] == 4 * per_rec
+    assert n["only_here"] == n["only_edgert"] == 0
+    assert n["differ"] == 0 and n["agreement"] == 1.0
+    if runtime == "litert":  # the same interpreter and kernels: the same scores, float32 aside
+        assert n["max_score_diff"] < 1e-6
+    assert e["f1"] == n["f1"] and e["tp"] + e["fn"] == 3 * per_rec
+
+
+@needs_model
+def test_naive_service_counts_bad_blocks_as_drops():
+    """Hostile input to the naive service is a counted drop (by reason), never a crash."""
+    import msgpack
+    import zmq
+
+    from edgert.bench import naive_service as NS
+
+    m = NS.Model(models.resolve("motor-ae"))
+    svc = NS.Service(m, invoke=None, runtime="litert", pub=None)
+    head = lambda **kw: msgpack.packb({"v": 1, "seq": 0, "t0": 0, "dt": 1000, "dtype": "f4",  # noqa: E731
+                                       "shape": [64, 3], **kw})
+    ok = np.zeros((64, 3), np.float32).tobytes()
+    for frames in ([b"s", b"\xc1", ok],                    # not msgpack
+                   [b"s", head(dtype="f16"), ok],          # unknown dtype
+                   [b"s", head(shape=[64, 4]), ok],        # size != shape
+                   [b"s", head(shape=[16, 12]), ok],       # right size, wrong channel count
+                   [b"s", head()],                         # a frame missing
+                   [b"\xff", head(), ok]):                 # sensor id not UTF-8
+        svc.on_message([zmq.Frame(f) for f in frames], 0)
+    assert svc.messages == 0 and not svc.views
+    assert sum(svc.drops.values()) == 6 and svc.drops["channels"] == 1
+    svc.on_message([zmq.Frame(f) for f in (b"s", head(), ok)], 0)  # a good block still counts
+    assert svc.messages == 1 and len(svc.views) == 1
