@@ -563,6 +563,36 @@ def overload(kind: str = "pull", seconds: float = 20.0, max_queue_mb: float = 64
         ctx.destroy(linger=0)
 
 
+def render_lines(r: dict) -> list:
+    """The reliability table (README "Reliability") from a result of the three scenarios."""
+    out = ["hostile (the daemon under attack; probes stream healthy/faulty motor current in real time)"]
+    m = r.get("messages")
+    if m:
+        out.append(f"  hostile messages: exit {m['exit_code']}, internal errors {m['internal_errors']}, "
+                   f"RSS idle {m['rss_idle_mb']} -> max {m['rss_max_mb']} MB, stats event <= "
+                   f"{m['stats_event_bytes_max']} B, forged log line: {m['forged_log_line']}, "
+                   f"accounting exact: {m['accounting']['exact']} ({m['accounting']['sent']} blocks)")
+        out.append(f"    drops {m['drops_by_reason']}; probe min flagged share {m['probe']['min_flagged_share']}, "
+                   f"latency p99 {m['probe']['latency_ms_p99']} ms; late probe flagged {m['late_probe']['flagged_share']}")
+    b = r.get("big_blocks")
+    if b:
+        out.append(f"  {b['block_samples']}-sample blocks every {b['every_s']} s: probe latency p50/p99/max "
+                   f"{b['probe']['latency_ms_p50']}/{b['probe']['latency_ms_p99']}/{b['probe']['latency_ms_max']} ms, "
+                   f"RSS max {b['rss_max_mb']} MB")
+    for o in r.get("overload") or []:
+        acc = o["accounting"]
+        out.append(f"  overload {o['socket']}, {o['seconds']:g} s: sent {o['sent_per_s']}/s, processed "
+                   f"{o['processed_per_s']}/s ({o['overload_factor']}x), RSS {o['rss_idle_mb']} -> max "
+                   f"{o['rss_max_mb']} MB -> after {o['rss_after_mb']} MB; sent {acc['sent']} = processed "
+                   f"{acc['processed']} + dropped {acc['dropped']} + lost {acc['lost']} + discarded "
+                   f"{acc['discarded_at_stop']}: {'exact' if acc['exact'] else 'NOT EXACT'}")
+        for k in ("probe_own_connection", "probe_shared_connection"):
+            p = o[k]
+            out.append(f"    {k.replace('_', ' ')}: fault windows flagged min {p['min_flagged_share']}, "
+                       f"latency p50/p99 {p['latency_ms_p50']}/{p['latency_ms_p99']} ms")
+    return out
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -578,6 +608,7 @@ def main(argv=None) -> int:
     if args.only in (None, "overload"):
         res["overload"] = [overload(k, args.seconds) for k in ("pull", "sub")]
     print(json.dumps(res, indent=1))
+    print("\n".join(render_lines(res)), file=sys.stderr)
     return 0
 
 

@@ -68,7 +68,7 @@ from pathlib import Path
 from . import gate, sysinfo
 
 SCHEMA = 2
-SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup", "naive")
+SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup", "naive", "hostile")
 QUICK_SECTIONS = ("kernels", "invoke", "pipeline", "latency")  # what CI runs (--quick)
 GATE_SECTIONS = gate.GATE_SECTIONS  # the sections whose ratios the gate judges
 # Other processes may use this share of the cores during the gated sections; above it the run
@@ -136,6 +136,8 @@ class Settings:
     startup_cold_timeout_s: float = 300.0
     # naive: the daemon vs the plain Python service, interleaved rounds (bench/naive.py)
     naive_rounds: int = 3
+    # hostile: the daemon under attack (bench/hostile.py); overload seconds per socket type
+    hostile_overload_s: float = 60.0
     naive_saturate_s: float = 4.0
     naive_paced_s: float = 3.0
     naive_runtimes: tuple = ("litert", "onnxruntime", "tflite-runtime")
@@ -411,6 +413,16 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
             socket=settings.e2e_socket, sndhwm=settings.e2e_sndhwm,
             max_extra_steps=settings.e2e_max_extra_steps, log=log))
 
+    if "hostile" in settings.sections:
+        from . import hostile
+
+        log(f"edgert bench: hostile (hostile messages, 65,536-sample blocks, {settings.hostile_overload_s:g} s "
+            "overload on PULL and on SUB, fault probes throughout)")
+        _section(result, "hostile", lambda: {
+            "messages": hostile.messages(),
+            "big_blocks": hostile.big_blocks(),
+            "overload": [hostile.overload(k, settings.hostile_overload_s) for k in ("pull", "sub")]})
+
     if "naive" in settings.sections:
         from . import naive
 
@@ -655,6 +667,10 @@ def render(r: dict) -> str:
         from . import naive
 
         lines += [""] + naive.render_lines(r["naive"])
+    if r.get("hostile"):
+        from . import hostile
+
+        lines += [""] + hostile.render_lines(r["hostile"])
     lines.append("")
     ratio_k = t["kernel_speedup_min"]
     lines.append(f"targets: kernel speedup min {_fmt(ratio_k['value'], 1)}{'x' if ratio_k['value'] is not None else ''} "

@@ -332,12 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.add_argument("--out", help="write the JSON result here")
     b.add_argument("--update-baseline", action="store_true", dest="update_baseline",
-                   help="rewrite bench/baseline.json from this run's ratios")
+                   help="write this CPU kind's entry of bench/baseline.json (git checkout only, every gated "
+                        "section, not from a loaded run)")
     b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
                    help="do not compare with bench/baseline.json")
     b.add_argument("--only", help="comma-separated sections: kernels,invoke,pipeline,latency,inference,bus,"
-                   "e2e,startup (default: all; --quick: the first four); with --peers: the peers to run "
-                   "(default: all)")
+                   "e2e,startup,naive,hostile (default: all; --quick: the first four); with --peers: the peers "
+                   "to run (default: all)")
     b.add_argument("--plot", metavar="DIR", help="write latency CDFs, throughput-vs-load and bus PNGs here")
     b.add_argument("--from", dest="from_json", metavar="FILE", help="render (and --plot) a saved result, run nothing")
     b.set_defaults(fn=cmd_bench)
