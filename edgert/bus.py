@@ -13,6 +13,7 @@ import numpy as np
 import zmq
 
 from . import wire
+from .auth import HandshakeWatch, secure_client
 
 
 class SensorPublisher:
@@ -23,10 +24,15 @@ class SensorPublisher:
       sensor: sensor id (1-64 UTF-8 bytes).
       kind: "pub" (daemon SUB) or "push" (daemon PULL).
       ctx: a zmq context (default: the global instance).
+      curve_server_key, curve_client_key: for a daemon with CURVE on, the daemon's public key
+        (``.key`` file or Z85 text) and this sensor's ``.key_secret`` file (`edgert.auth.secure_client`).
+    Raises:
+      ValueError for a bad sensor id or key file (naming it).
     """
 
     def __init__(self, endpoint: str, sensor: str, kind: str = "pub", ctx: zmq.Context | None = None,
-                 sndhwm: int = 100000):
+                 sndhwm: int = 100000, curve_server_key: str | None = None,
+                 curve_client_key: str | None = None):
         if not 1 <= len(sensor.encode("utf-8")) <= wire.MAX_SENSOR_ID:
             raise ValueError(f"sensor id {sensor!r} must be 1-{wire.MAX_SENSOR_ID} UTF-8 bytes")
         self.ctx = ctx or zmq.Context.instance()
@@ -34,6 +40,14 @@ class SensorPublisher:
         self.sock = self.ctx.socket(zmq.XPUB if kind == "pub" else zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        try:
+            self.curve = secure_client(self.sock, curve_server_key, curve_client_key)
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
+        # With CURVE, watch the handshake: a refused client learns why instead of waiting forever.
+        self._watch = HandshakeWatch(self.sock) if self.curve else None
+        self.refused = None  # why the daemon refused this client (edgert.auth.refusal_cause), if it did
         self.sock.connect(endpoint)
         self.sensor = sensor
         self._id = sensor.encode("utf-8")
@@ -41,7 +55,17 @@ class SensorPublisher:
         self.sent = 0
 
     def wait_subscribed(self, timeout: float = 5.0) -> bool:
-        """For ``pub``: block until a subscriber's subscription arrives. True if it did."""
+        """For ``pub``: block until a subscriber's subscription arrives. True if it did.
+        With CURVE (either kind): first wait for the handshake; False if the daemon refused this
+        client (`refused` says why) or did not answer in time."""
+        if self._watch is not None:
+            start = time.monotonic()
+            ok, self.refused = self._watch.wait(timeout)
+            self._watch.close()
+            self._watch = None
+            if not ok:
+                return False
+            timeout = max(0.0, timeout - (time.monotonic() - start))
         if self.kind != "pub":
             return True
         if self.sock.poll(int(timeout * 1000), zmq.POLLIN):
@@ -64,6 +88,8 @@ class SensorPublisher:
         self.sock.send_multipart(frames)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self.sock.close()
 
 

@@ -1,4 +1,4 @@
-"""``edgert`` command line: serve, replay, demo, models, bench, warmup."""
+"""``edgert`` command line: serve, replay, demo, models, bench, warmup, keys."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ def cmd_serve(args) -> int:
                           max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
                           threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
                           publish_scores=args.publish_scores or None, adapt=args.adapt,
-                          adapt_hold_s=args.adapt_hold_s, reservoir_dir=args.reservoir_dir)
+                          adapt_hold_s=args.adapt_hold_s, reservoir_dir=args.reservoir_dir,
+                          curve_server_key=args.curve_server_key,
+                          curve_allowed_clients_dir=args.curve_allowed_clients_dir,
+                          curve_event_clients_dir=args.curve_event_clients_dir,
+                          sensor_keys=_sensor_keys(args.sensor_key))
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
         return 2
@@ -46,6 +50,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _sensor_keys(items) -> dict | None:
+    """``--sensor-key ID=KEY`` flags as a sensor_keys mapping (None when none given)."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        sensor, sep, key = item.partition("=")
+        if not sep or not sensor or not key:
+            raise ValueError(f"--sensor-key {item!r}: expected SENSOR_ID=KEYFILE (or =Z85 public key)")
+        out[sensor] = key
+    return out
+
+
 def cmd_replay(args) -> int:
     from .bus import SensorPublisher
     from .replay import load_samples, replay
@@ -56,9 +73,20 @@ def cmd_replay(args) -> int:
         print(f"edgert replay: {exc}", file=sys.stderr)
         return 2
     segments = data * args.repeat
-    pub = SensorPublisher(args.to, args.sensor, kind=args.socket)
+    keys = {"curve_server_key": args.curve_server_key, "curve_client_key": args.curve_client_key}
+    try:
+        pub = SensorPublisher(args.to, args.sensor, kind=args.socket, **keys)
+    except (ValueError, RuntimeError) as exc:
+        print(f"edgert replay: {exc}", file=sys.stderr)
+        return 2
     if not pub.wait_subscribed(args.wait):
-        print(f"edgert replay: no daemon subscribed on {args.to} within {args.wait} s", file=sys.stderr)
+        pub.close()
+        if pub.refused:
+            from .auth import CLIENT_HINTS
+            print(f"edgert replay: {args.to} refused this client at the CURVE handshake ({pub.refused}): "
+                  f"{CLIENT_HINTS[pub.refused]}", file=sys.stderr)
+        else:
+            print(f"edgert replay: no daemon subscribed on {args.to} within {args.wait} s", file=sys.stderr)
         return 1
     rec = None
     if args.events_out:
@@ -66,7 +94,15 @@ def cmd_replay(args) -> int:
         if not args.events:
             print("edgert replay: --events-out needs --events ENDPOINT (the daemon's event socket)", file=sys.stderr)
             return 2
-        rec = EventRecorder(args.events, args.sensor)
+        rec = EventRecorder(args.events, args.sensor, **keys)
+        ok, cause = rec.handshake(args.wait)
+        if ok is False:
+            from .auth import CLIENT_HINTS
+            print(f"edgert replay: {args.events} refused this client at the CURVE handshake ({cause}): "
+                  f"{CLIENT_HINTS[cause]}", file=sys.stderr)
+            rec.close()
+            pub.close()
+            return 1
         time.sleep(0.3)  # let the subscription reach the daemon before the first window is scored
     res = replay(segments, pub, args.rate, block=args.block, speed=args.speed,
                  realtime=not args.fast, gap_s=args.gap, t0_ns=args.t0,
@@ -152,6 +188,19 @@ def cmd_warmup(args) -> int:
     return 0
 
 
+def cmd_keys_new(args) -> int:
+    from . import auth
+
+    try:
+        public, secret = auth.new_keypair(args.dir, args.name or auth.default_key_name())
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"edgert keys new: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key: {public}")
+    print(f"secret key: {secret}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgert", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -181,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also publish every window's score (event/scores/<sensor>), e.g. for replay --events-out")
     s.add_argument("--reservoir", dest="reservoir_dir", metavar="DIR",
                    help="keep a bounded on-disk reservoir of normal windows in DIR for edgert retrain")
+    s.add_argument("--curve-server-key", dest="curve_server_key", metavar="SECRETFILE",
+                   help="turn CURVE on: the daemon's .key_secret (edgert keys new DIR --name server)")
+    s.add_argument("--curve-allowed-clients-dir", dest="curve_allowed_clients_dir", metavar="DIR",
+                   help="with CURVE: directory of the allowed clients' *.key public keys (sensors, and "
+                        "event subscribers unless --curve-event-clients-dir)")
+    s.add_argument("--curve-event-clients-dir", dest="curve_event_clients_dir", metavar="DIR",
+                   help="with CURVE: a separate directory of the event subscribers' *.key files")
+    s.add_argument("--sensor-key", dest="sensor_key", action="append", metavar="ID=KEY",
+                   help="with CURVE: sensor ID may only be sent by this client key (.key file or Z85); "
+                        "repeat per sensor; then only listed sensor ids are accepted")
     s.add_argument("--config", help="TOML file with the same keys")
     s.set_defaults(fn=cmd_serve)
 
@@ -202,7 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--events-out", dest="events_out",
                    help="write every window's score, threshold, flag and explanation here (CSV); "
                         "the daemon must run with --publish-scores")
+    r.add_argument("--curve-server-key", dest="curve_server_key", metavar="PUBFILE",
+                   help="CURVE: the daemon's public key (its .key file, or Z85 text)")
+    r.add_argument("--curve-client-key", dest="curve_client_key", metavar="SECRETFILE",
+                   help="CURVE: this sensor's .key_secret (its .key must be in the daemon's allowed dir)")
     r.set_defaults(fn=cmd_replay)
+
+    k = sub.add_parser("keys", help="CURVE key pairs for the daemon, sensors and event subscribers")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    kn = ksub.add_parser("new", help="write NAME.key (public) and NAME.key_secret (mode 0600) in DIR")
+    kn.add_argument("dir", metavar="DIR", help="directory for the key files (created, mode 0700)")
+    kn.add_argument("--name", help="file name without suffix (default: this host's name)")
+    kn.set_defaults(fn=cmd_keys_new)
 
     d = sub.add_parser("demo", help="daemon + a replaying sensor on shipped data")
     d.add_argument("--seconds", type=float, default=10.0)

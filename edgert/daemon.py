@@ -18,7 +18,7 @@ import time
 import numpy as np
 import zmq
 
-from . import backends, kernels, models, wire
+from . import auth, backends, kernels, models, wire
 from .batcher import Batcher, run_variant
 from .bus import recv_frames
 from .adapt import SafeNormalization
@@ -92,6 +92,7 @@ class Daemon:
         self.events = None
         self.listen_endpoint = None
         self.events_endpoint = None
+        self.auth = None  # [auth] edgert.auth.ServerAuth, set in bind()
 
     def _add_classifier(self, name: str) -> None:
         c = models.load(name)
@@ -229,14 +230,17 @@ class Daemon:
     def bind(self) -> None:
         """Bind the input and event sockets (separate from `run` so tests can learn ports)."""
         kind = zmq.SUB if self.cfg.socket == "sub" else zmq.PULL
+        self.auth = auth.ServerAuth(self.ctx, self.cfg)  # [auth] CURVE + ZAP, or one warning for open tcp
         self.sock = self.ctx.socket(kind)
         self.sock.setsockopt(zmq.RCVHWM, self.cfg.rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         if kind == zmq.SUB:
             self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.auth.secure(self.sock, "sensors")  # [auth]
         self.sock.bind(self.cfg.listen)
         self.listen_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.events = EventPublisher(self.ctx, self.cfg.events)
+        self.events = EventPublisher(self.ctx, self.cfg.events,
+                                     secure=functools.partial(self.auth.secure, role="events"))  # [auth]
         self.events_endpoint = self.events.endpoint
 
     def stop(self, *_args) -> None:
@@ -274,6 +278,9 @@ class Daemon:
             self._drop(exc.sensor, exc.reason, str(exc))
             return
         sensor = blk.sensor
+        if self.auth is not None and self.auth.sensor_keys and not self.auth.sensor_allowed(frames, sensor):  # [auth]
+            self._drop(sensor, "auth", f"{sensor}: sent by a CURVE key not bound to it in sensor_keys")  # [auth]
+            return  # [auth]
         n, c = blk.samples.shape
         if c != self.model.n_channels:
             self._drop(sensor, "channels", f"{sensor}: block has {c} channels, model "
@@ -414,6 +421,7 @@ class Daemon:
             if self.first_decision_ns else None,
             "windows_per_s": round(d["windows"] / elapsed, 1) if elapsed > 0 else 0.0,
             "events_published": self.events.published if self.events else 0,
+            **auth.stats(self.auth),  # [auth] curve, auth_refused, auth_refused_by
             **rss_breakdown(),
         })
         return d
@@ -486,6 +494,7 @@ class Daemon:
         final["latency_histogram"] = self.latency.sparse()  # final only: keeps stats events small
         self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
         self.events.close()
+        self.auth.close()  # [auth] after the secured sockets are closed
         self.backend.close()
         if self.cls_backend is not None:
             self.cls_backend.close()

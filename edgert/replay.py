@@ -134,19 +134,41 @@ class EventRecorder:
       endpoint: the daemon's event endpoint.
       sensor: the replayed sensor id.
       channels: channel names for the per-channel contribution columns.
+      curve_server_key, curve_client_key: for a daemon with CURVE on, its public key and this
+        subscriber's ``.key_secret`` (`edgert.auth.secure_client`); the key must be allowed on the
+        daemon's event socket.
     """
 
-    def __init__(self, endpoint: str, sensor: str, ctx=None):
+    def __init__(self, endpoint: str, sensor: str, ctx=None, curve_server_key: str | None = None,
+                 curve_client_key: str | None = None):
         import zmq
+
+        from .auth import HandshakeWatch, secure_client
 
         self.zmq = zmq
         self.sock = (ctx or zmq.Context.instance()).socket(zmq.SUB)
+        try:
+            curve = secure_client(self.sock, curve_server_key, curve_client_key)
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
+        self._watch = HandshakeWatch(self.sock) if curve else None
         for kind in ("scores", "anomaly"):
             self.sock.setsockopt(zmq.SUBSCRIBE, f"event/{kind}/{sensor}".encode())
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.connect(endpoint)
         self.scores: dict = {}  # t_start -> (score, threshold, anomaly)
         self.anomalies: dict = {}  # t_start -> anomaly event
+
+    def handshake(self, timeout: float = 2.0) -> tuple[bool | None, str | None]:
+        """With CURVE: wait for the handshake with the daemon's event socket. Returns (True, None),
+        (False, cause) if refused (`edgert.auth.refusal_cause`), (None, None) on timeout or without CURVE."""
+        if self._watch is None:
+            return None, None
+        res = self._watch.wait(timeout)
+        self._watch.close()
+        self._watch = None
+        return res
 
     def poll(self, timeout_ms: int = 0) -> int:
         """Take every event waiting (waiting up to timeout_ms for the first). Returns how many."""
@@ -193,4 +215,6 @@ class EventRecorder:
         return len(rows)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self.sock.close(linger=0)

@@ -51,6 +51,7 @@ DROP_REASONS = (
     "t0_backwards",  # t0 earlier than the end of the last accepted block
     "dt",            # dt <= 0
     "too_many_sensors",  # more distinct sensor ids than the daemon's max_sensors
+    "auth",          # sensor_keys: the sensor id was sent by a CURVE key not bound to it
 )
 NOTE_REASONS = ("seq_gap", "time_gap")
 
