@@ -307,15 +307,12 @@ HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED
 
 
 class _RefusalMonitor(threading.Thread):
-    """Counts peers refused at the handshake of the CURVE sockets, from libzmq's socket monitor:
-    ``HANDSHAKE_FAILED_AUTH`` is a ZAP refusal (a key not in the allowed directory);
-    ``HANDSHAKE_FAILED_PROTOCOL`` with a mechanism mismatch is a peer without CURVE (ZAP never
-    sees it), with a cryptographic error one that does not know the daemon's public key."""
+    """Reads the monitor sockets of the CURVE sockets and hands each failed handshake to
+    `on_refusal(role, event, value)` (`ServerAuth.monitor_event`)."""
 
-    def __init__(self):
+    def __init__(self, on_refusal):
         super().__init__(name="edgert-auth-monitor", daemon=True)
-        self.counts: dict = {}  # (role, cause) -> n; written by this thread only
-        self.lock = threading.Lock()
+        self.on_refusal = on_refusal
         self._new: queue.Queue = queue.Queue()
         self._stop_evt = threading.Event()
 
@@ -327,9 +324,6 @@ class _RefusalMonitor(threading.Thread):
     def run(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
 
-        from .stats import RateLimitedLog
-
-        rlog = RateLimitedLog()
         poller, mons = zmq.Poller(), {}
         try:
             while not self._stop_evt.is_set():
@@ -339,13 +333,7 @@ class _RefusalMonitor(threading.Thread):
                     mons[m] = role
                 for m, _ in poller.poll(100):
                     ev = recv_monitor_message(m, zmq.NOBLOCK)
-                    role = mons[m]
-                    key = (role, refusal_cause(ev["event"], ev["value"]))
-                    with self.lock:
-                        self.counts[key] = self.counts.get(key, 0) + 1
-                    rlog.warning(key, f"CURVE refused a peer on the {role} socket "
-                                      f"{ev['endpoint'].decode(errors='replace')}: {key[1]} "
-                                      f"({zmq.Event(ev['event']).name} {ev['value']:#x})")
+                    self.on_refusal(mons[m], ev["event"], ev["value"], ev["endpoint"])
         except zmq.ZMQError:  # the context was terminated under us: nothing left to count
             pass
         finally:
@@ -376,6 +364,9 @@ class ServerAuth:
         self.enabled = self.keys is not None
         self.sensor_keys = self.keys.sensor_keys if self.enabled else {}
         self._auth = self._monitor = None
+        self._counts: dict = {}  # (role, cause) -> peers refused at the handshake
+        self._lock = threading.Lock()  # counts are written by the monitor thread, read by stats()
+        self._rlog = None
         if not self.enabled:
             self.warning = warn_unauthenticated({"sensors": cfg.listen, "events": cfg.events})
             return
@@ -393,19 +384,44 @@ class ServerAuth:
                                "already has one (one daemon per context)") from None
         for role, directory in self.keys.dirs.items():
             self._auth.configure_curve(domain=DOMAINS[role], location=directory)
-        self._monitor = _RefusalMonitor()
+        from .stats import RateLimitedLog
+
+        self._rlog = RateLimitedLog()
+        self._monitor = _RefusalMonitor(self.monitor_event)
         self._monitor.start()
 
-    def secure(self, sock: zmq.Socket, role: str) -> None:
-        """Make `sock` a CURVE server in the ZAP domain of `role` ("sensors" or "events") and
-        count its refusals. Call before ``bind``. No-op when CURVE is off."""
+    def secure(self, sock: zmq.Socket, role: str, monitor: bool = True) -> None:
+        """Make `sock` a CURVE server in the ZAP domain of `role` ("sensors" or "events"). Call
+        before ``bind``. No-op when CURVE is off.
+
+        Args:
+          monitor: count the socket's refused peers from a socket monitor of our own. libzmq
+            allows one monitor per socket: if the caller monitors `sock` itself, pass False and
+            forward events matching `HANDSHAKE_FAILED` to `monitor_event`.
+        """
         if not self.enabled:
             return
         sock.curve_secretkey = self.keys.secret
         sock.curve_publickey = self.keys.public
         sock.curve_server = True
         sock.zap_domain = DOMAINS[role].encode()
-        self._monitor.add(sock, role)
+        if monitor:
+            self._monitor.add(sock, role)
+
+    def monitor_event(self, role: str, event: int, value: int, endpoint: bytes = b"") -> None:
+        """Count one socket monitor event of a secured socket if it is a failed handshake:
+        ``HANDSHAKE_FAILED_AUTH`` is a ZAP refusal (a key not in the allowed directory); a
+        ``HANDSHAKE_FAILED_PROTOCOL`` mechanism mismatch a peer without CURVE (ZAP never sees
+        it); a cryptographic error or no detail, one that does not know the daemon's public key
+        (or hung up first). Thread-safe; other events are ignored."""
+        if not self.enabled or not event & HANDSHAKE_FAILED:
+            return
+        key = (role, refusal_cause(event, value))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+            self._rlog.warning(key, f"CURVE refused a peer on the {role} socket "
+                                    f"{bytes(endpoint).decode(errors='replace')}: {key[1]} "
+                                    f"({zmq.Event(event).name} {value:#x})")
 
     def sensor_allowed(self, frames, sensor: str) -> bool:
         """True if the message's sender (its ZAP User-Id, i.e. its public key) is the key bound to
@@ -427,10 +443,8 @@ class ServerAuth:
     def stats(self) -> dict:
         """``auth_refused`` (total) and ``auth_refused_by`` ({"sensors/no_curve": n, …}) for the
         daemon's stats; ``curve`` says whether CURVE is on."""
-        by = {}
-        if self._monitor is not None:
-            with self._monitor.lock:
-                by = {f"{r}/{c}": n for (r, c), n in sorted(self._monitor.counts.items())}
+        with self._lock:
+            by = {f"{r}/{c}": n for (r, c), n in sorted(self._counts.items())}
         return {"curve": self.enabled, "auth_refused": sum(by.values()), "auth_refused_by": by}
 
     def close(self) -> None:

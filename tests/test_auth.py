@@ -462,3 +462,32 @@ def test_without_curve_in_libzmq_the_message_says_so(keys, monkeypatch):
 
 def test_auth_is_a_drop_reason():
     assert "auth" in wire.DROP_REASONS
+
+
+def test_refusals_forwarded_from_the_callers_own_monitor(keys):
+    """libzmq keeps one monitor per socket: a caller that monitors the sensor socket itself (the
+    daemon counting connects) passes monitor=False and forwards events; refusals still count."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    ctx = zmq.Context()
+    sa = auth.ServerAuth(ctx, config.load(None, **curve_cfg(keys)))
+    try:
+        srv = ctx.socket(zmq.PULL)
+        sa.secure(srv, "sensors", monitor=False)
+        mon = srv.get_monitor_socket(zmq.EVENT_ACCEPTED | auth.HANDSHAKE_FAILED)
+        srv.bind("tcp://127.0.0.1:*")
+        cli = ctx.socket(zmq.PUSH)
+        auth.secure_client(cli, str(keys["server"][0]), str(keys["stranger"][1]))
+        cli.connect(srv.last_endpoint.decode())
+        seen = collections.Counter()
+        end = time.monotonic() + 5
+        while time.monotonic() < end and sa.stats()["auth_refused"] == 0:
+            if mon.poll(50):
+                e = recv_monitor_message(mon)
+                seen[e["event"]] += 1
+                sa.monitor_event("sensors", e["event"], e["value"], e["endpoint"])
+        assert seen[zmq.EVENT_ACCEPTED] >= 1  # the caller's own events still arrive
+        assert sa.stats()["auth_refused_by"] == {"sensors/zap_denied": 1}
+    finally:
+        sa.close()
+        ctx.destroy(linger=0)
