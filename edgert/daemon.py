@@ -240,7 +240,7 @@ class Daemon:
         self.sock.bind(self.cfg.listen)
         self.listen_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.events = EventPublisher(self.ctx, self.cfg.events,
-                                     secure=functools.partial(self.auth.secure, role="events"))  # [auth]
+                                     secure=lambda s: self.auth.secure(s, "events"))  # [auth]
         self.events_endpoint = self.events.endpoint
 
     def stop(self, *_args) -> None:
