@@ -89,7 +89,8 @@ def new_keypair(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
                                  "(remove it first, or choose another --name)") from None
             os.close(fd)
             made.append(path)
-        os.chmod(public, 0o644)  # O_CREAT's mode is masked by the umask; the public key is public
+        os.chmod(secret, 0o600)  # O_CREAT's mode is masked by the umask: set both exactly
+        os.chmod(public, 0o644)
         # pyzmq opens with "w": the files keep the modes they were created with.
         zmq.auth.create_certificates(str(d), name)
     except BaseException:
