@@ -14,6 +14,7 @@ import numpy as np
 import zmq
 
 from . import wire
+from .auth import HandshakeWatch, secure_client
 
 
 class SensorPublisher:
@@ -24,10 +25,15 @@ class SensorPublisher:
       sensor: sensor id (1-64 UTF-8 bytes).
       kind: "pub" (daemon SUB) or "push" (daemon PULL).
       ctx: a zmq context (default: the global instance).
+      curve_server_key, curve_client_key: for a daemon with CURVE on, the daemon's public key
+        (``.key`` file or Z85 text) and this sensor's ``.key_secret`` file (`edgert.auth.secure_client`).
+    Raises:
+      ValueError for a bad sensor id or key file (naming it).
     """
 
     def __init__(self, endpoint: str, sensor: str, kind: str = "pub", ctx: zmq.Context | None = None,
-                 sndhwm: int = 100000):
+                 sndhwm: int = 100000, curve_server_key: str | None = None,
+                 curve_client_key: str | None = None):
         if not 1 <= len(sensor.encode("utf-8")) <= wire.MAX_SENSOR_ID:
             raise ValueError(f"sensor id {sensor!r} must be 1-{wire.MAX_SENSOR_ID} UTF-8 bytes")
         self.ctx = ctx or zmq.Context.instance()
@@ -37,6 +43,14 @@ class SensorPublisher:
         self.sock.setsockopt(zmq.LINGER, 2000)
         if kind == "push":
             self.sock.setsockopt(zmq.IMMEDIATE, 1)  # before connect: it applies to new connections
+        try:
+            self.curve = secure_client(self.sock, curve_server_key, curve_client_key)
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
+        # With CURVE, watch the handshake: a refused client learns why instead of waiting forever.
+        self._watch = HandshakeWatch(self.sock) if self.curve else None
+        self.refused = None  # why the daemon refused this client (edgert.auth.refusal_cause), if it did
         self.sock.connect(endpoint)
         self.sensor = sensor
         self._id = sensor.encode("utf-8")
@@ -48,7 +62,17 @@ class SensorPublisher:
 
         ``pub``: until a subscriber's subscription arrives. ``push``: until a connection has
         completed its ZeroMQ handshake (a SUB daemon's never does; nothing listening, neither).
+        With CURVE (either kind): first the CURVE handshake; False if the daemon refused this
+        client (`refused` says why) or did not answer in time.
         """
+        if self._watch is not None:
+            start = time.monotonic()
+            ok, self.refused = self._watch.wait(timeout)
+            self._watch.close()
+            self._watch = None
+            if not ok:
+                return False
+            timeout = max(0.0, timeout - (time.monotonic() - start))
         if self.kind != "pub":
             return bool(self.sock.poll(int(timeout * 1000), zmq.POLLOUT))
         if self.sock.poll(int(timeout * 1000), zmq.POLLIN):
@@ -71,6 +95,8 @@ class SensorPublisher:
         self.sock.send_multipart(frames)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self.sock.close()
 
 

@@ -1,5 +1,6 @@
 # PYTHON_ARGCOMPLETE_OK  (argcomplete, if installed, completes `edgert` commands and options)
-"""``edgert`` command line; ``edgert -h`` lists the commands, ``edgert COMMAND -h`` their options.
+"""``edgert`` command line (serve, replay, keys, demo, report, models, bench, eval, ...);
+``edgert -h`` lists the commands, ``edgert COMMAND -h`` their options.
 
 A bad argument, or input a command checks (files, models, endpoints), is one line on stderr
 naming the option, file or field, and exit status 2.
@@ -97,7 +98,11 @@ def cmd_serve(args) -> int:
                            adapt_hold_s=args.adapt_hold_s, reservoir_dir=args.reservoir_dir,
                            max_queue_mb=args.max_queue_mb, max_sensors=args.max_sensors,
                            max_clock_skew_s=args.max_clock_skew_s,
-                           log_level=args.log_level_flag or args.log_level)
+                           log_level=args.log_level_flag or args.log_level,
+                           curve_server_key=args.curve_server_key,
+                           curve_allowed_clients_dir=args.curve_allowed_clients_dir,
+                           curve_event_clients_dir=args.curve_event_clients_dir,
+                           sensor_keys=_sensor_keys(args.sensor_key))
 
     try:
         cfg = load()
@@ -121,6 +126,19 @@ def cmd_serve(args) -> int:
     notifier.stopping(f"stopped after {final.get('windows', 0)} windows")
     print(json.dumps({"final": True, **final}, allow_nan=False), flush=True)
     return 0
+
+
+def _sensor_keys(items) -> dict | None:
+    """``--sensor-key ID=KEY`` flags as a sensor_keys mapping (None when none given)."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        sensor, sep, key = item.partition("=")
+        if not sep or not sensor or not key:
+            raise ValueError(f"--sensor-key {item!r}: expected SENSOR_ID=KEYFILE (or =Z85 public key)")
+        out[sensor] = key
+    return out
 
 
 def cmd_replay(args) -> int:
@@ -202,6 +220,19 @@ def cmd_warmup(args) -> int:
     return 0
 
 
+def cmd_keys_new(args) -> int:
+    from . import auth
+
+    try:
+        public, secret = auth.new_keypair(args.dir, args.name or auth.default_key_name())
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"edgert keys new: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key: {public}")
+    print(f"secret key: {secret}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``edgert`` parser: every sub-command, one-line errors, defaults shown in help."""
     from . import __version__
@@ -259,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log level DEBUG")
     s.add_argument("-q", "--quiet", action="store_const", const="WARNING", dest="log_level_flag",
                    help="log level WARNING")
+    s.add_argument("--curve-server-key", dest="curve_server_key", metavar="SECRETFILE",
+                   help="turn CURVE on: the daemon's .key_secret (edgert keys new DIR --name server)")
+    s.add_argument("--curve-allowed-clients-dir", dest="curve_allowed_clients_dir", metavar="DIR",
+                   help="with CURVE: directory of the allowed clients' *.key public keys (sensors, and "
+                        "event subscribers unless --curve-event-clients-dir)")
+    s.add_argument("--curve-event-clients-dir", dest="curve_event_clients_dir", metavar="DIR",
+                   help="with CURVE: a separate directory of the event subscribers' *.key files")
+    s.add_argument("--sensor-key", dest="sensor_key", action="append", metavar="ID=KEY",
+                   help="with CURVE: sensor ID may only be sent by this client key (.key file or Z85); "
+                        "repeat per sensor; then only listed sensor ids are accepted")
     s.add_argument("--config", help="TOML file with the same keys (an [edgert] table or top level)")
     s.set_defaults(fn=cmd_serve)
 
@@ -303,7 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--events-out", dest="events_out", metavar="CSV",
                    help="write every window's score, threshold, flag and explanation here; needs --events "
                         "and a daemon run with --publish-scores")
+    r.add_argument("--curve-server-key", dest="curve_server_key", metavar="PUBFILE",
+                   help="CURVE: the daemon's public key (its .key file, or Z85 text)")
+    r.add_argument("--curve-client-key", dest="curve_client_key", metavar="SECRETFILE",
+                   help="CURVE: this sensor's .key_secret (its .key must be in the daemon's allowed dir)")
     r.set_defaults(fn=cmd_replay)
+
+    k = sub.add_parser("keys", help="CURVE key pairs for the daemon, sensors and event subscribers")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    kn = ksub.add_parser("new", help="write NAME.key (public) and NAME.key_secret (mode 0600) in DIR")
+    kn.add_argument("dir", metavar="DIR", help="directory for the key files (created, mode 0700)")
+    kn.add_argument("--name", help="file name without suffix (default: this host's name)")
+    kn.set_defaults(fn=cmd_keys_new)
 
     d = sub.add_parser("demo", help="daemon + a replaying sensor on shipped data")
     d.add_argument("--seconds", type=_number(float, 0, 3600, lo_open=True, what=" s"), default=10.0, metavar="S",

@@ -63,6 +63,14 @@ class Config:
     reservoir_size: int = 4096  # windows in the on-disk ring (bounded file size)
     reservoir_rate: float = 0.05  # fraction of the normal windows kept
     log_level: str = "INFO"
+    # CURVE (edgert/auth.py): all empty = off. The daemon's .key_secret file; the directory of the
+    # allowed clients' *.key files (sensors, and event subscribers unless curve_event_clients_dir
+    # names another directory for them); sensor_keys binds sensor ids to client keys (a table of
+    # id = .key file or Z85 public key): then only listed ids are accepted, each from its key only.
+    curve_server_key: str = ""
+    curve_allowed_clients_dir: str = ""
+    curve_event_clients_dir: str = ""
+    sensor_keys: dict = field(default_factory=dict)
 
     def validate(self) -> "Config":
         if self.socket not in ("sub", "pull"):
@@ -108,6 +116,12 @@ class Config:
                 isinstance(x, str) and 1 <= len(x.encode("utf-8")) <= 64 for x in self.sensors_allowed):
             raise ValueError("config field 'sensors_allowed' must be a list of sensor ids or patterns "
                              f"(1-64 UTF-8 bytes each), got {self.sensors_allowed!r}")
+        from .auth import server_keys
+
+        try:
+            server_keys(self)  # the key files exist and parse (ValueError naming the key and file)
+        except RuntimeError as exc:  # libzmq without CURVE
+            raise ValueError(f"config key 'curve_server_key': {exc}") from None
         return self
 
 

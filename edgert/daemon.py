@@ -29,7 +29,7 @@ from collections import OrderedDict
 import numpy as np
 import zmq
 
-from . import backends, kernels, models, wire
+from . import auth, backends, kernels, models, wire
 from .batcher import Batcher, run_variant
 from .bus import recv_frames
 from .adapt import SafeNormalization
@@ -142,6 +142,7 @@ class Daemon:
         self.events = None
         self.listen_endpoint = None
         self.events_endpoint = None
+        self.auth = None  # [auth] edgert.auth.ServerAuth, set in bind()
 
     def _add_classifier(self, name: str) -> None:
         c = models.load(name)
@@ -308,6 +309,7 @@ class Daemon:
         kind = zmq.SUB if self.cfg.socket == "sub" else zmq.PULL
         for ep in (self.cfg.listen, self.cfg.events):
             _claim_ipc(ep)
+        self.auth = auth.ServerAuth(self.ctx, self.cfg)  # [auth] CURVE + ZAP, or one warning for open tcp
         self.sock = self.ctx.socket(kind)
         hwm, maxmsg = self.queue_limits()
         self.sock.setsockopt(zmq.RCVHWM, hwm)
@@ -315,10 +317,13 @@ class Daemon:
         self.sock.setsockopt(zmq.LINGER, 0)
         if kind == zmq.SUB:
             self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.auth.secure(self.sock, "sensors", monitor=False)  # [auth] one monitor per socket: ours forwards
+        self._monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | auth.HANDSHAKE_FAILED)
         self.sock.bind(self.cfg.listen)
         self.listen_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.events = EventPublisher(self.ctx, self.cfg.events)
+        self.events = EventPublisher(self.ctx, self.cfg.events,
+                                     secure=lambda s: self.auth.secure(s, "events"))  # [auth]
         self.events_endpoint = self.events.endpoint
         self._ipc_paths = [ep[len("ipc://"):] for ep in (self.listen_endpoint, self.events_endpoint)
                            if ep.startswith("ipc://")]
@@ -336,6 +341,8 @@ class Daemon:
                 sock.close(linger=0)
         if self.events is not None:
             self.events.close()
+        if self.auth is not None:
+            self.auth.close()  # [auth] ZAP and monitor threads
         for path in self._ipc_paths:
             try:
                 os.unlink(path)
@@ -470,6 +477,9 @@ class Daemon:
             self._drop(exc.sensor, exc.reason, str(exc), seq=exc.seq)
             return
         sensor = blk.sensor
+        if self.auth is not None and self.auth.sensor_keys and not self.auth.sensor_allowed(frames, sensor):  # [auth]
+            self._drop(sensor, "auth", f"{safe_id(sensor)}: sent by a CURVE key not bound to it in sensor_keys", seq=blk.seq)  # [auth]
+            return  # [auth]
         n, c = blk.samples.shape
         cfg = self.cfg
         if c != self.model.n_channels:
@@ -682,6 +692,7 @@ class Daemon:
             if self.first_decision_ns else None,
             "windows_per_s": round(windows / elapsed, 1) if elapsed > 0 else 0.0,
             "events_published": self.events.published if self.events else 0,
+            **auth.stats(self.auth),  # [auth] curve, auth_refused, auth_refused_by
             **rss_breakdown(),
         })
         return json_safe(d)
@@ -773,6 +784,8 @@ class Daemon:
                 self.peer_events["connected"] += 1
             elif event == zmq.EVENT_DISCONNECTED:
                 self.peer_events["disconnected"] += 1
+            elif self.auth is not None:  # [auth] a failed CURVE handshake: counted by cause
+                self.auth.monitor_event("sensors", event, int.from_bytes(frames[0][2:6], "little"), frames[1])
 
     def _drain_at_stop(self, sock) -> None:
         """Stop intake, handle what is queued for up to ``drain_s``, count the rest."""
@@ -887,6 +900,7 @@ class Daemon:
         final["queue_delay_histogram"] = self.queue_delay.sparse()
         self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
         self.events.close()
+        self.auth.close()  # [auth] after the secured sockets are closed
         for path in self._ipc_paths:  # a clean exit leaves no socket file behind
             try:
                 os.unlink(path)

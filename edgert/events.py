@@ -18,12 +18,19 @@ def topic(kind: str, sensor: str) -> bytes:
 
 
 class EventPublisher:
-    """Binds a PUB socket and publishes msgpack events (never blocks: PUB drops on HWM)."""
+    """Binds a PUB socket and publishes msgpack events (never blocks: PUB drops on HWM).
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, hwm: int = 10000):
+    Args:
+      secure: optional ``callable(sock)`` run before ``bind``, e.g. to make the socket a CURVE
+        server (`edgert.auth.ServerAuth.secure`).
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, hwm: int = 10000, secure=None):
         self.sock = ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 200)
+        if secure is not None:
+            secure(self.sock)
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.published = 0

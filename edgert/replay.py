@@ -375,8 +375,12 @@ def diagnose_connection(endpoint: str, kind: str, ctx=None, seconds: float = 0.5
 def _sensor_counts(stats: dict, sensor: str) -> dict:
     """This sensor's drops ({reason: blocks}) and scored windows in a daemon stats payload."""
     drops = dict((stats.get("drops") or {}).get(sensor) or {})
-    windows = int(((stats.get("per_sensor") or {}).get(sensor) or {}).get("windows", 0))
-    return {"drops": drops, "windows": windows}
+    per = stats.get("per_sensor") or {}
+    if sensor not in per and stats.get("sensors_active", 0) > len(per):
+        # A stats event lists the top sensors only (stats_top_n; those with drops first): this
+        # one is not among them, so its windows are unknown here (its drops would be listed).
+        return {"drops": drops, "windows": None}
+    return {"drops": drops, "windows": int((per.get(sensor) or {}).get("windows", 0))}
 
 
 class EventRecorder:
@@ -388,11 +392,26 @@ class EventRecorder:
     Args:
       endpoint: the daemon's event endpoint.
       sensor: the replayed sensor id.
+      curve_server_key, curve_client_key: for a daemon with CURVE on, its public key and this
+        subscriber's ``.key_secret`` (`edgert.auth.secure_client`); the key must be allowed on the
+        daemon's event socket.
     """
 
-    def __init__(self, endpoint: str, sensor: str, ctx=None):
+    def __init__(self, endpoint: str, sensor: str, ctx=None, curve_server_key: str | None = None,
+                 curve_client_key: str | None = None):
+        import zmq
+
+        from .auth import HandshakeWatch, secure_client
+
         self.sensor = sensor
+        self.zmq = zmq
         self.sock = (ctx or zmq.Context.instance()).socket(zmq.SUB)
+        try:
+            curve = secure_client(self.sock, curve_server_key, curve_client_key)
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
+        self._watch = HandshakeWatch(self.sock) if curve else None
         for kind in ("scores", "anomaly"):
             self.sock.setsockopt(zmq.SUBSCRIBE, f"event/{kind}/{sensor}".encode())
         self.sock.setsockopt(zmq.SUBSCRIBE, b"event/stats/daemon")
@@ -402,6 +421,16 @@ class EventRecorder:
         self.anomalies: dict = {}  # t_start -> anomaly event
         self.stats: list = []  # (monotonic time received, stats payload), the last few
         self.n_stats = 0
+
+    def handshake(self, timeout: float = 2.0) -> tuple[bool | None, str | None]:
+        """With CURVE: wait for the handshake with the daemon's event socket. Returns (True, None),
+        (False, cause) if refused (`edgert.auth.refusal_cause`), (None, None) on timeout or without CURVE."""
+        if self._watch is None:
+            return None, None
+        res = self._watch.wait(timeout)
+        self._watch.close()
+        self._watch = None
+        return res
 
     def poll(self, timeout_ms: int = 0) -> int:
         """Take every event waiting (waiting up to timeout_ms for the first). Returns how many
@@ -484,6 +513,8 @@ class EventRecorder:
         return len(rows)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self.sock.close(linger=0)
 
 
@@ -544,12 +575,19 @@ def main(args) -> int:
         _err(str(exc))
         return 2
     data = [loaded[f] for f in args.files]
+    keys = {"curve_server_key": getattr(args, "curve_server_key", None),
+            "curve_client_key": getattr(args, "curve_client_key", None)}
     try:
-        pub = SensorPublisher(args.to, args.sensor, kind=args.socket)
-    except (zmq.ZMQError, ValueError) as exc:
+        pub = SensorPublisher(args.to, args.sensor, kind=args.socket, **keys)
+    except (zmq.ZMQError, ValueError, RuntimeError) as exc:
         _err(f"--to {args.to}: {exc}")
         return 2
-    rec = EventRecorder(args.events, args.sensor) if args.events else None
+    try:
+        rec = EventRecorder(args.events, args.sensor, **keys) if args.events else None
+    except (zmq.ZMQError, ValueError, RuntimeError) as exc:
+        pub.close()
+        _err(f"--events {args.events}: {exc}")
+        return 2
     try:
         return _send(args, model, data, pub, rec)
     finally:
@@ -561,11 +599,21 @@ def main(args) -> int:
 def _send(args, model, data, pub, rec) -> int:
     """The connected part of `main`: wait for the daemon, send, check what it took."""
     if not pub.wait_subscribed(args.wait):
-        _err(f"no daemon took the connection within {args.wait:g} s: "
-             + diagnose_connection(args.to, args.socket, pub.ctx))
+        if getattr(pub, "refused", None):
+            from .auth import CLIENT_HINTS
+            _err(f"{args.to} refused this client at the CURVE handshake ({pub.refused}): "
+                 f"{CLIENT_HINTS[pub.refused]}")
+        else:
+            _err(f"no daemon took the connection within {args.wait:g} s: "
+                 + diagnose_connection(args.to, args.socket, pub.ctx))
         return 1
     base = None
     if rec is not None:
+        ok, cause = rec.handshake(args.wait)
+        if ok is False:
+            from .auth import CLIENT_HINTS
+            _err(f"{args.events} refused this client at the CURVE handshake ({cause}): {CLIENT_HINTS[cause]}")
+            return 1
         rec.poll(0)
         base = rec.stats[-1][1] if rec.stats else rec.wait_stats(3.0)
         if base is None:
@@ -598,12 +646,17 @@ def _send(args, model, data, pub, rec) -> int:
         if got is not None:
             was = _sensor_counts(base, args.sensor) if base else {"drops": {}, "windows": 0}
             drops = {r: n - was["drops"].get(r, 0) for r, n in got["drops"].items() if n > was["drops"].get(r, 0)}
-            summary.update(windows=got["windows"] - was["windows"], dropped=sum(drops.values()))
+            windows = (None if got["windows"] is None or was["windows"] is None
+                       else got["windows"] - was["windows"])
+            summary.update(windows=windows, dropped=sum(drops.values()))
             want = expected_windows([d.shape[0] for d in data], model.window, model.hop,
                                     contiguous=args.gap * args.rate <= 3, repeat=args.repeat)
             if drops:
                 _err(_drop_message(args.sensor, drops, model))
                 status = 1
+            elif summary["windows"] is None:
+                _err(f"note: sensor {args.sensor} is not among the sensors the daemon's stats list (stats_top_n); "
+                     "no drops were counted for it, its windows are not checked")
             elif summary["windows"] == 0 and want > 0:
                 _err(f"the daemon scored none of the {want} windows of sensor {args.sensor} and dropped nothing: "
                      "the blocks never reached it")
@@ -617,7 +670,7 @@ def _send(args, model, data, pub, rec) -> int:
             n = rec.write_csv(args.events_out, res["spans"], res["dt"], None, window=model.window)
             _err(f"{n} scored windows ({len(rec.anomalies)} anomalies) written to {args.events_out}")
             if n == 0 and status == 0:
-                if got is not None and summary["windows"] > 0:
+                if got is not None and (summary["windows"] or 0) > 0:
                     _err(f"the daemon scored {summary['windows']} windows from {args.sensor} but published no "
                          "scores: start it with --publish-scores (publish_scores = true)")
                 elif got is not None:
