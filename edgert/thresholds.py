@@ -35,6 +35,7 @@ threshold up after itself.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -72,11 +73,18 @@ class AdaptiveThreshold(Threshold, Protocol):
 
 
 def _checked_calibrated(calibrated) -> float:
-    """``calibrated`` as a float; ValueError unless finite and > 0."""
-    c = float(calibrated)
-    if not (math.isfinite(c) and c > 0):
+    """``calibrated`` as a float; ValueError unless a finite number > 0."""
+    ok = isinstance(calibrated, numbers.Real) and not isinstance(calibrated, bool)
+    if not (ok and math.isfinite(calibrated) and calibrated > 0):
         raise ValueError(f"calibrated threshold must be finite and > 0, got {calibrated!r}")
-    return c
+    return float(calibrated)
+
+
+def _positive_int(name: str, v) -> int:
+    """``v`` as an int; ValueError naming ``name`` unless an integer >= 1."""
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    return int(v)
 
 
 class FixedThreshold:
@@ -87,15 +95,16 @@ class FixedThreshold:
         self._buf = np.full(1, self.value, dtype=np.float32)
 
     def values(self, sensor_idx: np.ndarray) -> np.ndarray:
+        """The value for every row (a view of a reused buffer: read it before the next call)."""
         if self._buf.size < sensor_idx.size:
             self._buf = np.full(sensor_idx.size, self.value, dtype=np.float32)
         return self._buf[:sensor_idx.size]
 
     def learn(self, sensor_idx, scores, flags) -> None:
-        pass
+        """Nothing to learn: the value is the manifest's."""
 
     def forget(self, sensor: int) -> None:
-        pass
+        """No per-sensor state."""
 
     def rebase(self, calibrated: float) -> None:
         """Take the new model's calibrated threshold."""
@@ -122,12 +131,9 @@ def make_threshold(kind: str, calibrated: float, *, risk_q: float, max_sensors: 
       ValueError: an unknown kind or an out-of-range argument, naming it.
     """
     c = _checked_calibrated(calibrated)
-    if isinstance(max_sensors, bool) or int(max_sensors) != max_sensors or max_sensors < 1:
-        raise ValueError(f"max_sensors must be an integer >= 1, got {max_sensors!r}")
-    if n_warm is not None and (isinstance(n_warm, bool) or int(n_warm) != n_warm or n_warm < 1):
-        raise ValueError(f"n_warm must be an integer >= 1, got {n_warm!r}")
-    max_sensors = int(max_sensors)
-    warm = {} if n_warm is None else {"n_init": int(n_warm)}
+    max_sensors = _positive_int("max_sensors", max_sensors)
+    n_warm = None if n_warm is None else _positive_int("n_warm", n_warm)
+    warm = {} if n_warm is None else {"n_init": n_warm}
     if kind == "fixed":
         return FixedThreshold(c)
     if kind == "spot":
@@ -136,7 +142,7 @@ def make_threshold(kind: str, calibrated: float, *, risk_q: float, max_sensors: 
         return SpotThreshold(q=risk_q, calibrated=c, depth=DSPOT_DEPTH, max_sensors=max_sensors, **warm)
     if kind == "quantile":
         return QuantileThreshold(calibrated=c, max_sensors=max_sensors,
-                                 **({} if n_warm is None else {"min_scores": int(n_warm)}))
+                                 **({} if n_warm is None else {"min_scores": n_warm}))
     raise ValueError(f"unknown threshold kind {kind!r} (one of {', '.join(KINDS)})")
 
 

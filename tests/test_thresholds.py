@@ -155,7 +155,7 @@ def test_factory_matches_what_the_skab_evaluator_built():
                 assert a[k] == b[k], (kind, k)
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf, None, "0.004", True])
 def test_factory_and_rebase_refuse_a_bad_calibrated_threshold(bad):
     for kind in KINDS:
         with pytest.raises(ValueError, match="calibrated threshold must be finite and > 0"):
@@ -169,11 +169,12 @@ def test_factory_and_rebase_refuse_a_bad_calibrated_threshold(bad):
 def test_factory_names_what_is_wrong():
     with pytest.raises(ValueError, match="unknown threshold kind 'spott'.*fixed, spot, dspot, quantile"):
         make_threshold("spott", 1.0, risk_q=1e-4, max_sensors=4)
-    for n in (0, -1, 2.5, True):
+    for n in (0, -1, 2.5, True, "4", None):
         with pytest.raises(ValueError, match="max_sensors"):
             make_threshold("spot", 1.0, risk_q=1e-4, max_sensors=n)
-        with pytest.raises(ValueError, match="n_warm"):
-            make_threshold("quantile", 1.0, risk_q=1e-4, max_sensors=4, n_warm=n)
+        if n is not None:  # None: the class default
+            with pytest.raises(ValueError, match="n_warm"):
+                make_threshold("quantile", 1.0, risk_q=1e-4, max_sensors=4, n_warm=n)
     with pytest.raises(ValueError, match="q must be in"):
         make_threshold("spot", 1.0, risk_q=1.5, max_sensors=4)
 
