@@ -36,7 +36,7 @@ from .adapt import SafeNormalization
 from .config import Config
 from .drift import PageHinkley
 from .events import STAT_NAMES, EventPublisher
-from .scoring import ClassScorer, FixedThreshold, ReconstructionScorer
+from .scoring import ClassScorer, ReconstructionScorer
 from .stats import BoundedCounts, LatencyHistogram, RateLimitedLog, json_safe, top_by_total
 from .windows import SensorStream, push_block
 from .wire import safe_id
@@ -266,8 +266,8 @@ class Daemon:
         self._model_sig = self._model_signature()  # the new manifest's files from now on
         self.batcher.rebind(backend, new)
         self.scorer = ReconstructionScorer(new, backend.max_batch, run_variant(backend, new))
-        if isinstance(self.threshold, FixedThreshold):
-            self.threshold = FixedThreshold(new.threshold)
+        # every threshold follows the new model: its calibrated value, warm start and ceiling
+        self.threshold.rebase(new.threshold)
         if self.norm is not None:  # the new model was fitted to the machine as it is now
             self.norm.reset(new.mean, new.std)
         old_backend.close()
@@ -913,16 +913,11 @@ class Daemon:
 
 
 def make_threshold(cfg: Config, calibrated: float):
-    """The thresholder named by ``cfg.threshold``, warm-started from the calibrated value."""
-    from .thresholds import QuantileThreshold, SpotThreshold
+    """The thresholder named by ``cfg.threshold``, warm-started from the calibrated value
+    (`edgert.thresholds.make_threshold` with the daemon's settings)."""
+    from .thresholds import make_threshold as make
 
-    if cfg.threshold == "spot":
-        return SpotThreshold(q=cfg.risk_q, calibrated=calibrated, max_sensors=cfg.max_sensors)
-    if cfg.threshold == "dspot":
-        return SpotThreshold(q=cfg.risk_q, calibrated=calibrated, depth=200, max_sensors=cfg.max_sensors)
-    if cfg.threshold == "quantile":
-        return QuantileThreshold(calibrated=calibrated, max_sensors=cfg.max_sensors)
-    return FixedThreshold(calibrated)
+    return make(cfg.threshold, calibrated, risk_q=cfg.risk_q, max_sensors=cfg.max_sensors)
 
 
 def rss_breakdown() -> dict:

@@ -1,9 +1,8 @@
-"""Scores from model outputs, the thresholds that turn scores into decisions, and which
-channel a flagged window is attributed to.
+"""Scores from model outputs, and which channel a flagged window is attributed to.
 
-Every threshold implements one small protocol (like River's ``learn_one``/``score_one``, but
-per batch): ``values(sensor_idx) -> thresholds`` and ``learn(sensor_idx, scores, flags)``,
-so adaptive thresholds swap in without touching the daemon.
+The thresholds themselves (the `Threshold` protocol, `FixedThreshold`, SPOT/DSPOT, quantile and
+the `make_threshold` factory) live in `edgert.thresholds`; `Threshold` and `FixedThreshold` are
+re-exported here for the code that imports them from this module.
 
 Attribution (the ``contributions``/``top_channels`` of anomaly events): a model whose manifest
 has the optional ``attribution`` field (``"method": "phasor"``) names the channel whose
@@ -15,44 +14,13 @@ phasor, relative to the channel's normal spread, along the direction a fault mov
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import math
 
 import numpy as np
 
 from . import kernels
 from .models import ModelError
-
-
-class Threshold(Protocol):
-    def values(self, sensor_idx: np.ndarray) -> np.ndarray:
-        """Per-row thresholds for windows of the given sensors."""
-
-    def learn(self, sensor_idx: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> None:
-        """Observe a batch's scores and decisions."""
-
-    def forget(self, sensor: int) -> None:
-        """Drop what was learned for a sensor slot (the sensor was evicted)."""
-
-
-class FixedThreshold:
-    """The manifest's calibrated threshold, the same for every sensor."""
-
-    def __init__(self, value: float):
-        self.value = float(value)
-        self._buf = np.full(1, self.value, dtype=np.float32)
-
-    def values(self, sensor_idx: np.ndarray) -> np.ndarray:
-        if self._buf.size < sensor_idx.size:
-            self._buf = np.full(sensor_idx.size, self.value, dtype=np.float32)
-        return self._buf[:sensor_idx.size]
-
-    def learn(self, sensor_idx, scores, flags) -> None:
-        pass
-
-    def forget(self, sensor: int) -> None:
-        pass
+from .thresholds import FixedThreshold, Threshold  # noqa: F401  (re-exported: the old home)
 
 
 class ReconstructionScorer:

@@ -1,8 +1,22 @@
-"""Streaming thresholds on anomaly scores: SPOT/DSPOT (peaks over threshold) and a quantile rule.
+"""Thresholds on anomaly scores: the `Threshold` protocol, the fixed (calibrated) threshold,
+SPOT/DSPOT (peaks over threshold), a quantile rule, and `make_threshold`, the factory by name.
 
-Every thresholder shares one seam with `edgert.scoring.FixedThreshold`:
-``values(sensor_idx) -> per-row thresholds`` and ``learn(sensor_idx, scores, flags)``,
-applied per batch, with per-sensor state kept inside.
+The protocol (River-style: one small seam every thresholder shares, applied per batch, with
+per-sensor state kept inside; see `Threshold`):
+
+* ``values(sensor_idx) -> thresholds``: the threshold of each row's sensor;
+* ``learn(sensor_idx, scores, flags)``: observe a batch's scores and decisions;
+* ``forget(sensor)``: a sensor slot was freed (evicted): no state left for its next owner;
+* ``rebase(calibrated)``: a new model (hot swap) with its own calibrated threshold;
+* ``recalibrate(sensor)``: adaptive thresholders only (`AdaptiveThreshold`): restart one
+  sensor's calibration (after a drift). Its presence is what marks a thresholder adaptive
+  (the daemon's drift event reports ``recalibrating`` from it), so `FixedThreshold` has none.
+
+Rebase: a new model scores in its own units, so what an adaptive thresholder learned from the
+old model's scores (fitted tails, warm-up scores, DSPOT moving averages, quantile buffers)
+does not carry over: every sensor restarts its calibration from the new calibrated value, and
+the ceiling (ceiling × calibrated) follows the new model. Only the alarm positions used to
+tell isolated alarms from bursts (counted in windows, not score units) are kept.
 
 SPOT (Siffer et al., KDD 2017) models the tail of the score distribution above a high initial
 threshold ``t`` with a generalized Pareto distribution fitted to the peaks ``x - t``, and sets
@@ -21,8 +35,115 @@ threshold up after itself.
 from __future__ import annotations
 
 import math
+import numbers
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+#: the thresholder names `make_threshold` knows (``Config.threshold``)
+KINDS = ("fixed", "spot", "dspot", "quantile")
+#: DSPOT moving-average depth (the daemon's and the evaluators')
+DSPOT_DEPTH = 200
+
+
+@runtime_checkable
+class Threshold(Protocol):
+    """What every thresholder implements (see the module docstring)."""
+
+    def values(self, sensor_idx: np.ndarray) -> np.ndarray:
+        """Per-row thresholds (float32 [n]) for windows of sensors ``sensor_idx`` (int [n])."""
+
+    def learn(self, sensor_idx: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> None:
+        """Observe a batch: each row's sensor, score and decision (score > its threshold)."""
+
+    def forget(self, sensor: int) -> None:
+        """Drop what was learned for a sensor slot (the sensor was evicted)."""
+
+    def rebase(self, calibrated: float) -> None:
+        """Follow a new model whose calibrated threshold is ``calibrated`` (finite, > 0):
+        every sensor's threshold becomes ``calibrated`` and adapts from there."""
+
+
+@runtime_checkable
+class AdaptiveThreshold(Threshold, Protocol):
+    """A thresholder that learns per sensor, and so can restart a sensor's calibration."""
+
+    def recalibrate(self, sensor: int) -> None:
+        """Forget what sensor ``sensor`` learned (after a drift): back to the calibrated value."""
+
+
+def _checked_calibrated(calibrated) -> float:
+    """``calibrated`` as a float; ValueError unless a finite number > 0."""
+    ok = isinstance(calibrated, numbers.Real) and not isinstance(calibrated, bool)
+    if not (ok and math.isfinite(calibrated) and calibrated > 0):
+        raise ValueError(f"calibrated threshold must be finite and > 0, got {calibrated!r}")
+    return float(calibrated)
+
+
+def _positive_int(name: str, v) -> int:
+    """``v`` as an int; ValueError naming ``name`` unless an integer >= 1."""
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
+class FixedThreshold:
+    """The manifest's calibrated threshold, the same for every sensor."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
+        self._buf = np.full(1, self.value, dtype=np.float32)
+
+    def values(self, sensor_idx: np.ndarray) -> np.ndarray:
+        """The value for every row (a view of a reused buffer: read it before the next call)."""
+        if self._buf.size < sensor_idx.size:
+            self._buf = np.full(sensor_idx.size, self.value, dtype=np.float32)
+        return self._buf[:sensor_idx.size]
+
+    def learn(self, sensor_idx, scores, flags) -> None:
+        """Nothing to learn: the value is the manifest's."""
+
+    def forget(self, sensor: int) -> None:
+        """No per-sensor state."""
+
+    def rebase(self, calibrated: float) -> None:
+        """Take the new model's calibrated threshold."""
+        self.value = _checked_calibrated(calibrated)
+        self._buf = np.full(self._buf.size, self.value, dtype=np.float32)
+
+
+def make_threshold(kind: str, calibrated: float, *, risk_q: float, max_sensors: int,
+                   n_warm: int | None = None) -> Threshold:
+    """The thresholder named ``kind``, warm-started from the calibrated threshold.
+
+    Args:
+      kind: one of `KINDS`: ``fixed`` (the calibrated value), ``spot``, ``dspot`` (SPOT with
+        a moving average of depth `DSPOT_DEPTH`) or ``quantile`` (`QuantileThreshold` with
+        its defaults).
+      calibrated: the model's calibrated threshold (finite, > 0).
+      risk_q: SPOT/DSPOT risk q (``Config.risk_q``), in (0, 1).
+      max_sensors: sensor slots (``Config.max_sensors``), >= 1.
+      n_warm: scores per sensor before an adaptive thresholder fits its own (None: the
+        class defaults, 1000).
+    Returns:
+      a `Threshold` (an `AdaptiveThreshold` unless ``kind`` is ``fixed``).
+    Raises:
+      ValueError: an unknown kind or an out-of-range argument, naming it.
+    """
+    c = _checked_calibrated(calibrated)
+    max_sensors = _positive_int("max_sensors", max_sensors)
+    n_warm = None if n_warm is None else _positive_int("n_warm", n_warm)
+    warm = {} if n_warm is None else {"n_init": n_warm}
+    if kind == "fixed":
+        return FixedThreshold(c)
+    if kind == "spot":
+        return SpotThreshold(q=risk_q, calibrated=c, max_sensors=max_sensors, **warm)
+    if kind == "dspot":
+        return SpotThreshold(q=risk_q, calibrated=c, depth=DSPOT_DEPTH, max_sensors=max_sensors, **warm)
+    if kind == "quantile":
+        return QuantileThreshold(calibrated=c, max_sensors=max_sensors,
+                                 **({} if n_warm is None else {"min_scores": n_warm}))
+    raise ValueError(f"unknown threshold kind {kind!r} (one of {', '.join(KINDS)})")
 
 
 def gpd_fit(peaks: np.ndarray) -> tuple[float, float]:
@@ -194,6 +315,15 @@ class SpotThreshold:
         self.recalibrate(sensor)
         self._iso.forget(int(sensor))
 
+    def rebase(self, calibrated: float) -> None:
+        """A new model: every sensor's fitted tail, warm-up scores and DSPOT moving average
+        (in the old model's score units) are dropped; all thresholds restart from the new
+        ``calibrated``, which also anchors the ceiling from now on."""
+        self.calibrated = _checked_calibrated(calibrated)
+        self._s.clear()
+        self._z.fill(self.calibrated)
+        self._m.fill(0.0)
+
     # -- per sensor ----------------------------------------------------------
     def _learn_sensor(self, s: int, x: np.ndarray, flags: np.ndarray) -> None:
         st = self._s.get(s)
@@ -290,6 +420,15 @@ class QuantileThreshold:
         """Sensor slot freed (evicted): no state left for the next sensor that takes it."""
         self.recalibrate(sensor)
         self._iso.forget(int(sensor))
+
+    def rebase(self, calibrated: float) -> None:
+        """A new model: every sensor's recent scores (in the old model's units) are dropped;
+        all thresholds restart from the new ``calibrated``, which also anchors the ceiling."""
+        self.calibrated = _checked_calibrated(calibrated)
+        self._buf.clear()
+        self._count.fill(0)
+        self._since.fill(0)
+        self._z.fill(self.calibrated)
 
     def learn(self, sensor_idx, scores, flags):
         sensor_idx = np.asarray(sensor_idx)

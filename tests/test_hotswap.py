@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from edgert import models
@@ -136,6 +137,64 @@ def test_swap_refuses_a_candidate_that_turns_detection_off(tmp_path, model_dir):
         final = r.close()
     assert final["model_swaps"] == 1 and final["model_refusals"] == 2
     assert final["windows"] == 3 * per and final["dropped"] == 0
+
+
+@pytest.mark.parametrize("kind", ["fixed", "spot", "dspot", "quantile"])
+def test_swap_rebases_the_threshold(tmp_path, model_dir, kind):
+    """A new model (calibrated threshold 2x) swapped under each thresholder: what was learned
+    from the old model's scores is dropped, every sensor's threshold is the NEW calibrated value
+    (and adapts from there), and the ceiling is 3x the new value, not 3x the old."""
+    r = Running(tmp_path, "ipc", "sub", model=str(model_dir), watch_model_s=0.1, threshold=kind)
+    per = windows_per_recording(r.d.model)
+    old, new = r.d.model.threshold, 2 * r.d.model.threshold
+    t0, n_rec = 10**18, 20  # 20 x 59 windows per sensor: past the 1000-score warm-up
+    try:
+        for sensor in ("m1", "m2"):
+            stream(r, sensor, [HEALTHY] * n_rec, t0=t0)
+        assert r.wait_windows(2 * n_rec * per, timeout=60)
+        slots = np.array([r.d.names.index("m1"), r.d.names.index("m2")])
+        before = r.d.threshold.values(slots)
+        if kind == "fixed":
+            assert before.tolist() == [np.float32(old)] * 2
+        else:  # learned from the old model's scores
+            assert np.all(before != np.float32(old)), before
+
+        publish_manifest(model_dir, lambda m: m.__setitem__("threshold", new))
+        assert wait_for(r, lambda: model_events(r, "swapped")), r.events[-3:]
+        # nothing streamed since: every sensor (and every free slot) starts at the new value
+        every = np.arange(r.d.cfg.max_sensors)
+        assert np.all(r.d.threshold.values(every) == np.float32(new)), r.d.threshold.values(slots)
+
+        t1 = t0 + 100 * 10**9  # a fault after the swap: decided against the new threshold
+        stream(r, "m1", ["SC_A3_B0_C0_002"], t0=t1)
+        assert r.wait_windows((2 * n_rec + 1) * per)
+        r.collect(0.3)
+        after = [p for k, s, p in r.events if k == "anomaly" and p["t_start"] >= t1]
+        assert after
+        if kind == "dspot":  # the new value plus the moving mean of the new model's scores
+            assert all(p["threshold"] >= new * (1 - 1e-6) for p in after)
+        else:
+            assert all(p["threshold"] == pytest.approx(new) for p in after)
+    finally:
+        final = r.close()
+    assert final["model_swaps"] == 1 and final["windows"] == (2 * n_rec + 1) * per
+    assert final["batch_errors"] == 0 and final["dropped"] == 0
+    if kind == "fixed":
+        return
+    # The ceiling follows the new model. The same thresholder the daemon swapped (the daemon
+    # has stopped) learns, as normal, scores of a level 5x the old calibrated value: between
+    # 3x old (the old ceiling) and 3x new. Its threshold rises past the old ceiling and stops
+    # at 3x new, so a score of 4.5x old, above the old ceiling, is not flagged.
+    th = r.d.threshold
+    s = int(slots[1])
+    x = old * (5 + np.random.default_rng(0).exponential(2.0, 1500))
+    for i in range(0, x.size, 32):
+        b = x[i:i + 32]
+        th.learn(np.full(b.size, s), b, np.zeros(b.size, bool))
+    lift = th._m[s] if kind == "dspot" else 0.0  # DSPOT caps the excess over its moving mean
+    v = float(th.values(np.array([s]))[0])
+    assert v == pytest.approx(3 * new + lift, rel=1e-6)
+    assert v > 4.5 * old + lift > 3 * old + lift
 
 
 def test_validate_candidate_gates(model_dir, monkeypatch):

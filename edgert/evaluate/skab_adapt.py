@@ -8,9 +8,9 @@ replays each file's windows in time order, one batch at a time as the daemon wou
 adaptive parts, and reports the same streaming F1 / FAR / MAR beside the fixed row of the same
 run (same models, same scores):
 
-* ``spot``, ``dspot``, ``quantile``: `edgert.thresholds` (`SpotThreshold` with the daemon's risk
-  ``q`` = ``Config.risk_q``, DSPOT depth 200 as in ``daemon.make_threshold``; `QuantileThreshold`
-  with its defaults), warm-started from the fixed threshold (``calibrated`` = factor). Per batch:
+* ``spot``, ``dspot``, ``quantile``: `edgert.thresholds` (built by its ``make_threshold``, as
+  the daemon's are: `SpotThreshold` with the risk ``q`` = ``Config.risk_q``, DSPOT depth 200;
+  `QuantileThreshold` with its defaults), warm-started from the fixed threshold (``calibrated`` = factor). Per batch:
   ``values`` -> decision -> ``learn(scores, flags)`` (they learn only from windows judged
   normal, plus isolated clipped exceedances). Their warm-up (``n_init`` / ``min_scores``) is the
   file's training windows (341), the data the fixed threshold was calibrated on: the daemon's
@@ -83,21 +83,12 @@ def parse_variants(text: str) -> list[str]:
 
 def make_threshold(kind: str, calibrated: float, n_warm: int):
     """The thresholder ``kind`` (fixed, spot, dspot, quantile) for one sensor, warm-started from
-    ``calibrated``, with the daemon's settings except a warm-up of ``n_warm`` scores."""
+    ``calibrated``, with the daemon's settings except a warm-up of ``n_warm`` scores
+    (`edgert.thresholds.make_threshold`)."""
     from ..config import Config
-    from ..scoring import FixedThreshold
-    from ..thresholds import QuantileThreshold, SpotThreshold
+    from ..thresholds import make_threshold as make
 
-    q = Config().risk_q
-    if kind == "fixed":
-        return FixedThreshold(calibrated)
-    if kind == "spot":
-        return SpotThreshold(q=q, calibrated=calibrated, n_init=n_warm, max_sensors=1)
-    if kind == "dspot":
-        return SpotThreshold(q=q, calibrated=calibrated, n_init=n_warm, depth=200, max_sensors=1)
-    if kind == "quantile":
-        return QuantileThreshold(calibrated=calibrated, min_scores=n_warm, max_sensors=1)
-    raise ValueError(f"unknown threshold kind {kind!r}")
+    return make(kind, calibrated, risk_q=Config().risk_q, max_sensors=1, n_warm=n_warm)
 
 
 def window_stats(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
