@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _litert
+from .. import tflite
 from .base import BackendError
 
 
@@ -156,7 +156,7 @@ class CpuBackend(DynamicBatchBackend):
 
     def __init__(self, model, max_batch: int = 32, num_threads: int = 1):
         try:
-            Interpreter, _, runtime, version = _litert.find()
+            Interpreter, _, runtime, version = tflite.find()
         except ImportError as exc:
             raise BackendError(str(exc), cause="runtime absent") from None
         variant = model.variants.get("dynamic")

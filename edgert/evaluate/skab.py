@@ -252,11 +252,10 @@ def write_model_dir(out: Path, name: str, tflite: bytes, columns: Sequence[str],
                     extra: dict | None = None) -> Path:
     """A model directory in the format of docs/design.md ("Model directory") holding one
     dynamic-batch variant."""
-    from ..train import Int8Model, _sha256
+    from ..models import write_model_dir as write_dir
+    from ..train import Int8Model
 
-    out.mkdir(parents=True, exist_ok=True)
     fname = f"{name}_dyn.tflite"
-    (out / fname).write_bytes(tflite)
     io_ = Int8Model(tflite).io()
     for k in io_:
         io_[k]["scale"] = float(io_[k]["scale"])
@@ -270,9 +269,8 @@ def write_model_dir(out: Path, name: str, tflite: bytes, columns: Sequence[str],
         "class_names": None,
         "variants": {"dynamic": {"file": fname, "batch": "dynamic", **io_}},
         "training": extra or {},
-        "files": {fname: _sha256(out / fname)},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_dir(out, manifest, {fname: tflite}, indent=1)
     return out
 
 
