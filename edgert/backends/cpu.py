@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tflite
+from ..models import read_variant
 from .base import BackendError
 
 
@@ -94,7 +95,6 @@ class DynamicBatchBackend:
         self.name = name
         self.runtime = runtime
         try:
-            from ..models import read_variant
             path = read_variant(model, variant)  # bytes, verified: see read_variant
         except Exception as exc:
             raise BackendError(str(exc)) from None

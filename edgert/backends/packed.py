@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models import read_variant
 from .base import BackendError
 
 
 def model_source(model, variant) -> bytes:
     """What an interpreter should load: the variant's bytes, checked against the manifest's
     sha256 (`edgert.models.read_variant`)."""
-    from ..models import read_variant
-
     try:
         return read_variant(model, variant)
     except Exception as exc:
