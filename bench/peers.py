@@ -82,7 +82,7 @@ import numpy as np
 
 from . import sysinfo
 from .peers_table import render, render_markdown, weak
-from .run import _clean
+from .jsonsafe import clean as _clean
 
 SCHEMA = 1
 PEERS = ("edgert", "river", "iforest", "ecod", "onnxruntime", "tensorflow", "tflite-runtime", "naive")
@@ -917,9 +917,9 @@ def run_services(settings: Settings, log=_log) -> dict:
     import shutil
 
     from . import naive
-    from .run import _snapshot_model
+    from .snapshot import snapshot_model
 
-    model, snap, _ = _snapshot_model(settings.model)
+    model, snap, _ = snapshot_model(settings.model)
     rt = ["litert", "onnxruntime"]
     if TfliteRuntimePeer.python(settings)[0]:
         rt.append("tflite-runtime")

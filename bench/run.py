@@ -58,7 +58,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -66,6 +65,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import gate, sysinfo
+from .jsonsafe import clean as _clean
+from .snapshot import snapshot_model as _snapshot_model
 
 SCHEMA = 2
 SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup", "naive", "hostile")
@@ -163,30 +164,6 @@ def _log(msg: str) -> None:
 
 
 LoadMeter = sysinfo.LoadMeter  # CPU used by other processes while a section ran
-
-
-def _snapshot_model(name: str):
-    """Copy the model directory to a private temp dir and load it from there.
-
-    The in-process backend and every daemon then run the very same files, and a model being
-    rewritten in place meanwhile (TFLite maps the file: a rewrite under a live interpreter is a
-    SIGBUS) cannot disturb the run. Returns (model, snapshot dir, source dir).
-    """
-    from edgert import models
-
-    src = models.resolve(name)
-    last = None
-    for _ in range(3):  # a copy taken mid-rewrite fails its sha256 check: take it again
-        tmp = Path(tempfile.mkdtemp(prefix="edgert-bench-model-"))
-        snap = tmp / src.name
-        shutil.copytree(src, snap, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-        try:
-            return models.load(snap), snap, src
-        except models.ModelError as exc:
-            last = exc
-            shutil.rmtree(tmp, ignore_errors=True)
-            time.sleep(1.0)
-    raise last
 
 
 def run_bench(settings: Settings, log=_log) -> dict:
@@ -772,22 +749,6 @@ def render_more(r: dict) -> list:
                          f"{_fmt(row['rss_mb_at_first_decision'], 1)} MB at first decision, "
                          f"{_fmt(row['rss_mb_at_exit'], 1)} MB at exit")
     return lines
-
-
-def _clean(x):
-    """JSON-safe (also for `bench.peers`): NaN/inf -> None, tuples and arrays -> lists,
-    numpy scalars -> Python, paths -> str."""
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "tolist") and callable(x.tolist):  # numpy arrays and scalars
-        return _clean(x.tolist())
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def write_json(result: dict, out: str | None) -> Path:

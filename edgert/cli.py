@@ -9,9 +9,11 @@ naming the option, file or field, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
+import os
 import re
 import sys
 
@@ -233,8 +235,14 @@ def cmd_keys_new(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``edgert`` parser: every sub-command, one-line errors, defaults shown in help."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``edgert`` parser: every sub-command, one-line errors, defaults shown in help.
+
+    Args:
+      command: the sub-command about to be parsed; the other commands of `LAZY_COMMANDS` are
+        then registered by name and help only, without importing their modules. None: all
+        in full.
+    """
     from . import __version__
 
     p = _Parser(prog="edgert", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -379,7 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="one JSON array instead of text")
     m.set_defaults(fn=cmd_models)
 
-    b = sub.add_parser("bench", help="benchmark suite: kernels, inference, bus, end to end; CI gate")
+    _add(sub, "bench", command)
+    bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")
+    bk.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    bk.add_argument("--model", default="motor-ae", metavar="NAME|DIR", help="model whose variants to check (shipped name or directory)")
+    bk.set_defaults(fn=cmd_backends)
+
+    w = sub.add_parser("warmup", help="compile the numba kernels and check the models load")
+    w.set_defaults(fn=cmd_warmup)
+
+    for name in ("check-model", "compile", "eval", "train", "retrain"):
+        _add(sub, name, command)
+    _finish(p, sub)
+    return p
+
+
+def _add_bench(sub) -> None:
+    """Adds ``bench`` (its options here, ``--peers`` and the peers' from `edgert.bench.peers`)."""
+    b = sub.add_parser("bench", help=LAZY_COMMANDS["bench"][1])
     b.add_argument("--quick", action="store_true", help="the CI gate: the first four sections, short runs")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.add_argument("--out", help="write the JSON result here")
@@ -397,26 +422,41 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.peers import add_arguments as add_peer_arguments
     add_peer_arguments(b)
 
-    bk = sub.add_parser("backends", help="what can run models here (CPU, Edge TPU, delegates) and why not")
-    bk.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    bk.add_argument("--model", default="motor-ae", metavar="NAME|DIR", help="model whose variants to check (shipped name or directory)")
-    bk.set_defaults(fn=cmd_backends)
 
-    w = sub.add_parser("warmup", help="compile the numba kernels and check the models load")
-    w.set_defaults(fn=cmd_warmup)
+def _add_from(module: str):
+    """A function adding the command(s) of `module` (its ``add_parsers(sub)``) to ``sub``."""
+    def add(sub) -> None:
+        importlib.import_module(module, __package__).add_parsers(sub)
+    return add
 
-    from .compiler import add_parsers as add_compile_parsers
-    from .edgetpu_check import add_parsers as add_check_parsers
-    add_check_parsers(sub)
-    add_compile_parsers(sub)
-    from .evaluate import add_parsers as add_eval_parsers
-    add_eval_parsers(sub)
-    from .train import add_parsers as add_train_parsers
-    add_train_parsers(sub)
-    from .retrain import add_parsers as add_retrain_parsers
-    add_retrain_parsers(sub)
-    _finish(p, sub)
-    return p
+
+# Commands whose options are defined where they run (training, evaluation, bench code): their
+# modules are imported only to parse that command, so `edgert serve` imports none of them.
+# The help is what ``edgert -h`` lists without importing them (tests/test_imports.py checks it
+# against each module's own).
+LAZY_COMMANDS = {
+    "bench": (_add_bench, "benchmark suite: kernels, inference, bus, end to end; CI gate"),
+    "check-model": (_add_from(".edgetpu_check"),
+                    "check a .tflite file against the Edge TPU rules (offline, no compiler needed)"),
+    "compile": (_add_from(".compiler"),
+                "co-compile model directories for the Edge TPU (needs edgetpu_compiler, x86-64 Linux)"),
+    "eval": (_add_from(".evaluate"), "benchmarks through the int8 runtime (itsc, skab, nab)"),
+    "train": (_add_from(".train"), "train, int8-quantize and export a model directory (needs "
+                                   "TensorFlow: pip install 'edgert[train]')"),
+    "retrain": (_add_from(".retrain"), "fine-tune an autoencoder on the daemon's reservoir of "
+                                       "normal windows, validate it and (with --publish) publish "
+                                       "it (needs TensorFlow)"),
+}
+
+
+def _add(sub, name: str, command: str | None) -> None:
+    """Adds command `name`: in full when it is `command` or `command` is None, else only its
+    name and help (a placeholder ``edgert -h`` lists; its module is not imported)."""
+    add, help_ = LAZY_COMMANDS[name]
+    if command is None or command == name:
+        add(sub)
+    else:
+        sub.add_parser(name, help=help_)
 
 
 def _finish(p: argparse.ArgumentParser, sub) -> None:
@@ -438,14 +478,22 @@ def _finish(p: argparse.ArgumentParser, sub) -> None:
             walk(child)
 
 
+def _command(argv) -> str | None:
+    """The sub-command `argv` names (its first word, when that is not an option), else None."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    try:  # optional: shell completion when argcomplete is installed (a no-op outside completion)
-        import argcomplete
-    except ImportError:
-        pass
-    else:
-        argcomplete.autocomplete(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    completing = "_ARGCOMPLETE" in os.environ  # completion needs every command's options
+    parser = build_parser(None if completing else _command(argv))
+    if completing:
+        try:  # optional: shell completion when argcomplete is installed
+            import argcomplete
+        except ImportError:
+            pass
+        else:
+            argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -1,20 +1,28 @@
-"""Model directories: find, load and verify ``compiled_models/<name>/manifest.json``.
+"""Model directories: find, load, verify and write ``compiled_models/<name>/manifest.json``.
 
 A model directory holds int8 ``.tflite`` files and a manifest (docs/design.md). Loading
 verifies the sha256 of every file and that each variant's tensors have the shape, dtype and
 quantization the manifest states, so a swapped, truncated or retrained-but-not-recorded file
 is refused with an error naming the file and the field.
+
+Writing goes through `write_manifest` / `write_model_dir` only (training, retraining, the SKAB
+and NAB evaluators): the writer computes the sha256 ``files`` list and checks the manifest with
+the reader's own parser before it replaces ``manifest.json``, so what is written loads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from . import tflite
 
 KINDS = ("autoencoder", "classifier")
 MANIFEST = "manifest.json"
@@ -33,13 +41,24 @@ class TensorSpec:
     zero_point: int
 
 
+LAYOUTS = ("NHWC", "packed")
+
+
 @dataclass(frozen=True)
 class Variant:
+    """One ``.tflite`` file of a model directory, as its manifest entry describes it."""
+
     name: str
     path: Path
     batch: int | None  # None: dynamic
     input: TensorSpec
     output: TensorSpec
+    # "NHWC": windows along the batch axis, input [batch, 1, W, C]; "packed": `rows` windows
+    # as rows of one static input [1, rows, W, C] (edgert.backends.packed)
+    layout: str = "NHWC"
+    rows: int = 1  # windows per batch item: the packed rows, 1 for NHWC
+    source: str | None = None  # the variant this one was compiled from (``source_variant``)
+    sha256: str | None = None  # the manifest's digest of `path` (``files``)
 
 
 @dataclass
@@ -186,6 +205,23 @@ def load(name_or_path, verify: bool = True) -> Model:
         raise ModelError(f"{mpath}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{mpath}: not valid JSON ({exc})") from None
+    model = parse(m, d)
+    if verify:
+        verify_files(model)
+    return model
+
+
+def parse(m, d: Path) -> Model:
+    """The `Model` a manifest describes, its fields checked (not yet its files: `verify_files`).
+
+    Args:
+      m: the decoded ``manifest.json``.
+      d: the model directory (variant paths are relative to it).
+    Raises:
+      ModelError naming the manifest and the field at fault.
+    """
+    d = Path(d)
+    mpath = d / MANIFEST
     if not isinstance(m, dict):
         raise ModelError(f"{mpath}: must be a JSON object")
     where = str(mpath)
@@ -236,9 +272,15 @@ def load(name_or_path, verify: bool = True) -> Model:
         spec_out = _tensor_spec(vd.get("output"), vw + ".output")
         # "NHWC" (default): [batch, 1, W, C]; "packed": [1, rows, W, C], B windows as rows of
         # one static invoke. A compiled variant inherits layout and rows from its source_variant.
-        src = _req(m, "variants", where, dict).get(vd.get("source_variant"))
+        source = vd.get("source_variant")
+        if source is not None and not isinstance(source, str):
+            raise ModelError(f"{vw}: field 'source_variant' must be a variant name, got {source!r}")
+        src = _req(m, "variants", where, dict).get(source)
         src = src if isinstance(src, dict) else {}
         layout = vd.get("layout", src.get("layout", "NHWC"))
+        rows = 1
+        if layout not in LAYOUTS:
+            raise ModelError(f"{vw}: field 'layout' must be one of {LAYOUTS}, got {layout!r}")
         if layout == "packed":
             rows = vd.get("rows", src.get("rows"))
             if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
@@ -254,27 +296,104 @@ def load(name_or_path, verify: bool = True) -> Model:
             if spec_in.shape != want_in:
                 raise ModelError(f"{vw}.input: field 'shape' is {list(spec_in.shape)}, window {window} and "
                                  f"{len(channels)} channels need {list(want_in)}")
-        variants[vname] = Variant(vname, d / fname, batch, spec_in, spec_out)
         if fname not in files:
             raise ModelError(f"{where}: field 'files' has no sha256 for {fname}")
+        variants[vname] = Variant(vname, d / fname, batch, spec_in, spec_out, layout, rows,
+                                  source, files[fname])
     if not variants:
         raise ModelError(f"{where}: field 'variants' is empty")
     from .scoring import PhasorAttribution  # the optional 'attribution' field, checked here
     PhasorAttribution.from_manifest(m, len(channels), window, where)
-    model = Model(name, d, kind, window, hop, list(channels), mean, std, threshold,
-                  class_names, variants, m)
-    if verify:
-        for fname, digest in files.items():
-            fpath = d / fname
-            if not fpath.is_file():
-                raise ModelError(f"{fpath}: listed in {MANIFEST} 'files' but missing")
-            got = sha256(fpath)
-            if got != digest:
-                raise ModelError(f"{fpath}: sha256 {got[:16]}… does not match {MANIFEST} "
-                                 f"'files' ({str(digest)[:16]}…)")
-        for v in variants.values():
-            verify_tensors(v)
+    return Model(name, d, kind, window, hop, list(channels), mean, std, threshold,
+                 class_names, variants, m)
+
+
+def verify_files(model: Model) -> None:
+    """Check the sha256 of every file in the manifest's ``files`` and each variant's tensors.
+
+    Raises:
+      ModelError naming the file at fault.
+    """
+    for fname, digest in model.manifest["files"].items():
+        fpath = model.dir / fname
+        if not fpath.is_file():
+            raise ModelError(f"{fpath}: listed in {MANIFEST} 'files' but missing")
+        got = sha256(fpath)
+        if got != digest:
+            raise ModelError(f"{fpath}: sha256 {got[:16]}… does not match {MANIFEST} "
+                             f"'files' ({str(digest)[:16]}…)")
+    for v in model.variants.values():
+        verify_tensors(v)
+
+
+def _referenced_files(m: dict) -> list:
+    """File names a manifest refers to: each variant's ``file``, then ``float_model.file``."""
+    names = [vd.get("file") for vd in (m.get("variants") or {}).values() if isinstance(vd, dict)]
+    fm = m.get("float_model")
+    if isinstance(fm, dict):
+        names.append(fm.get("file"))
+    return [n for n in names if isinstance(n, str)]
+
+
+def write_manifest(out, manifest: dict, *, indent: int = 2) -> Model:
+    """Write ``out/manifest.json``: the one writer of model manifests.
+
+    Fills ``manifest["files"]`` with the sha256 of every file it lists and every file the
+    manifest refers to (variants, ``float_model``), in that order; a ``files`` field already
+    there keeps its place among the fields (``"files": {}`` reserves it), else it goes last.
+    The result is checked as `load` checks it (fields, digests, each variant's tensors) and
+    then written through a temporary file and ``os.replace``, so a reader never sees a
+    half-written manifest nor one it would refuse.
+
+    Args:
+      out: the model directory (the files must be in it already).
+      manifest: the manifest's fields; updated in place (``files``).
+      indent: JSON indentation (2; the SKAB and NAB evaluators' work directories use 1).
+    Returns:
+      the written model, as `load` would return it.
+    Raises:
+      ModelError naming the file or field at fault; nothing is written then.
+    """
+    d = Path(out)
+    where = d / MANIFEST
+    listed = manifest.get("files", {})
+    if not isinstance(listed, dict):
+        raise ModelError(f"{where}: field 'files' must be a map of file name to sha256")
+    names = list(listed) + [n for n in _referenced_files(manifest) if n not in listed]
+    digests = {}
+    for fname in names:
+        fpath = d / check_plain_name(fname, str(where), "files")
+        if not fpath.is_file():
+            raise ModelError(f"{fpath}: named in the manifest for {d} but missing")
+        digests[fname] = sha256(fpath)
+    manifest["files"] = digests
+    model = parse(manifest, d)
+    for v in model.variants.values():
+        verify_tensors(v)
+    tmp = d / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=indent) + "\n")
+    os.replace(tmp, where)
     return model
+
+
+def write_model_dir(out, manifest: dict, files: Mapping[str, bytes], *, indent: int = 2) -> Model:
+    """Write a model directory: `files` (name -> content), then its manifest (`write_manifest`).
+
+    Args:
+      out: the directory (created with its parents).
+      manifest: the manifest's fields without ``files`` (computed; see `write_manifest`).
+      files: the variants' (and any other listed) file contents, by plain file name.
+      indent: JSON indentation of ``manifest.json``.
+    Returns:
+      the written model, as `load` would return it.
+    Raises:
+      ModelError naming the file or field at fault.
+    """
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    for fname, content in files.items():
+        (d / check_plain_name(fname, str(d / MANIFEST), "files")).write_bytes(content)
+    return write_manifest(d, manifest, indent=indent)
 
 
 def read_variant(model: "Model", variant: Variant) -> bytes:
@@ -285,7 +404,7 @@ def read_variant(model: "Model", variant: Variant) -> bytes:
     which maps its model, seeing it change under it, and what runs is what was verified.
     """
     data = variant.path.read_bytes()
-    want = model.manifest.get("files", {}).get(variant.path.name)
+    want = variant.sha256
     got = hashlib.sha256(data).hexdigest()
     if want is not None and got != want:
         raise ModelError(f"{variant.path}: sha256 {got[:16]}… does not match {MANIFEST} 'files' ({str(want)[:16]}…)")
@@ -294,14 +413,12 @@ def read_variant(model: "Model", variant: Variant) -> bytes:
 
 def verify_tensors(variant: Variant) -> None:
     """Open `variant` in the TFLite interpreter and compare its I/O tensors with the manifest."""
-    from .backends import _litert
-
-    Interpreter = _litert.find()[0]
     try:
-        interp = Interpreter(model_path=str(variant.path))
+        ins, outs = tflite.io_details(variant.path)
+    except ImportError:
+        raise
     except Exception as exc:
         raise ModelError(f"{variant.path}: not a loadable TFLite model ({exc})") from None
-    ins, outs = interp.get_input_details(), interp.get_output_details()
     if len(ins) != 1 or len(outs) != 1:
         raise ModelError(f"{variant.path}: expected 1 input and 1 output tensor, got {len(ins)} and {len(outs)}")
     for role, det, spec in (("input", ins[0], variant.input), ("output", outs[0], variant.output)):

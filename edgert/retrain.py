@@ -326,8 +326,6 @@ def publish(cand: Path, model_dir: Path) -> list[str]:
     names, so the running manifest's files are untouched until the manifest itself is
     replaced; a daemon watching the directory swaps once, at the manifest.
     """
-    from .train import write_manifest
-
     new = json.loads((cand / "manifest.json").read_text())
     old_manifest = json.loads((model_dir / "manifest.json").read_text())
     for fname in new["files"]:
@@ -336,7 +334,7 @@ def publish(cand: Path, model_dir: Path) -> list[str]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, model_dir / fname)
-    write_manifest(model_dir, new)
+    models.write_manifest(model_dir, new)  # files re-hashed as copied, checked, replaced last
     keep = set(new["files"]) | set(old_manifest.get("files", {}))
     stem = re.escape(new["name"])
     removed = []
@@ -360,7 +358,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
     "candidate", …}``; raises ValueError (ModelError, ReservoirError) for bad input."""
     from .train import (Int8Model, _packed_vs_b1, _r, _tf, export_variants,
                         fit_normalization, float_errors, normalize, representative_set,
-                        write_manifest, write_model_dir)
+                        write_model_dir)
 
     t0 = time.time()
     if out and Path(out).exists() and any(Path(out).iterdir()):
@@ -453,7 +451,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
                                manifest_now=False, stem=stem)
     manifest["retrain"] = {"generation": gen, "parent": _generation(m),
                            "seconds": round(time.time() - t0, 1)}
-    write_manifest(cand, manifest)
+    models.write_manifest(cand, manifest)
     rows.append(check_directory(cand))
     passed = all(r["passed"] for r in rows)
     published, removed = False, []

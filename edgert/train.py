@@ -1084,12 +1084,6 @@ def _edgetpu_verdict(path: Path) -> dict | None:
 # small helpers
 # ---------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    from .models import sha256
-
-    return sha256(path)
-
-
 def _r(x: float, nd: int = 6) -> float:
     return float(f"{float(x):.{nd}g}")
 
@@ -1177,13 +1171,11 @@ def _speed(models: dict, reps: int = 300) -> dict:
 
 def _write_fold_dir(d: Path, manifest: dict, files: dict[str, bytes]) -> dict:
     """A minimal model directory (one or more variants + manifest) for a CV fold."""
+    from .models import write_model_dir as write_dir
+
     if d.exists():
         shutil.rmtree(d)
-    d.mkdir(parents=True)
-    for fname, content in files.items():
-        (d / fname).write_bytes(content)
-    manifest["files"] = {fname: _sha256(d / fname) for fname in files}
-    (d / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_dir(d, manifest, files)
     return manifest
 
 
@@ -1243,11 +1235,11 @@ def strip_keras_timestamps(src: Path, dst: Path) -> None:
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
-    """Writes ``out/manifest.json`` through a temporary file and ``os.replace`` (a reader never
-    sees a half-written manifest)."""
-    tmp = Path(out) / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, Path(out) / "manifest.json")
+    """Writes ``out/manifest.json`` (sha256 ``files`` computed, checked as the reader checks
+    it, replaced atomically): `edgert.models.write_manifest`, the one manifest writer."""
+    from .models import write_manifest as write
+
+    write(out, manifest)
 
 
 def write_model_dir(out: str | os.PathLike, cfg, model, ex: Exported, head: dict,
@@ -1266,8 +1258,8 @@ def write_model_dir(out: str | os.PathLike, cfg, model, ex: Exported, head: dict
       fidelity: the manifest's ``fidelity`` section.
       training: the first fields of ``training`` (command, seed, data, …); versions, config,
         architecture, ops, Edge TPU verdicts, LiteRT speed and ``metrics`` are appended.
-    Returns the manifest (with ``files``: sha256 of every file written). With
-    ``manifest_now=False`` the caller adds to it and calls ``write_manifest``. ``stem``: file
+    Returns the manifest (``files``, the sha256 of every file written, is filled in by
+    ``write_manifest``; with ``manifest_now=False`` the caller adds to it and calls that). ``stem``: file
     name stem instead of ``cfg.name`` (``edgert retrain`` names each generation's files anew).
     """
     tf = _tf()
@@ -1309,7 +1301,7 @@ def write_model_dir(out: str | os.PathLike, cfg, model, ex: Exported, head: dict
                                             "b1": (ex.b1, 1), "packed": (ex.packed, 1)}),
             "metrics": metrics,
         },
-        "files": {fn[v]: _sha256(out / fn[v]) for v in ("dynamic", "b1", "packed", "float")},
+        "files": {},  # the sha256 of each variant and of the float model: write_manifest
     }
     if manifest_now:
         write_manifest(out, manifest)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgert.evaluate import skab
+from edgert.evaluate import skab, skab_cli
 
 SKAB_DATA = Path(os.environ.get("EDGERT_SKAB_DATA")
                  or Path(__file__).resolve().parents[2] / "shared" / "data" / "SKAB")
@@ -162,11 +162,11 @@ def test_cli_parser_and_bad_data_exit_code(tmp_path, capsys):
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd")
-    skab.add_parser(sub)
+    skab_cli.add_parser(sub)
     args = p.parse_args(["skab", "--data", "D", "--files", "2", "--json"])
-    assert args.fn is skab.cmd_skab and args.files == 2 and args.json
+    assert args.fn is skab_cli.cmd_skab and args.files == 2 and args.json
     assert args.method == "edgeae"
-    assert skab.main(["--data", str(tmp_path / "missing")]) == 2
+    assert skab_cli.main(["--data", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
 
 
@@ -272,7 +272,7 @@ def test_convae_one_file_end_to_end():
 @needs_tf
 @needs_data
 def test_cli_json_two_files(capsys):
-    assert skab.main(["--data", str(SKAB_DATA), "--files", "2", "--epochs", "2",
+    assert skab_cli.main(["--data", str(SKAB_DATA), "--files", "2", "--epochs", "2",
                       "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     j = json.loads(out[-1])

@@ -9,7 +9,7 @@ import pytest
 
 from edgert.adapt import SafeNormalization
 from edgert.drift import PageHinkley
-from edgert.evaluate import skab
+from edgert.evaluate import skab, skab_cli
 from edgert.evaluate import skab_adapt as sa
 from edgert.scoring import FixedThreshold
 from edgert.thresholds import SpotThreshold
@@ -170,18 +170,18 @@ def test_safe_replay_without_adaptation_is_the_fixed_run(shipped_ae):
 
 
 def test_cli_rejects_bad_adapt_options(tmp_path, capsys):
-    assert skab.main(["--data", str(tmp_path), "--adapt", "bogus"]) == 2
+    assert skab_cli.main(["--data", str(tmp_path), "--adapt", "bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
-    assert skab.main(["--data", str(tmp_path), "--adapt", "spot", "--method", "convae"]) == 2
+    assert skab_cli.main(["--data", str(tmp_path), "--adapt", "spot", "--method", "convae"]) == 2
     assert "edgeae" in capsys.readouterr().err
-    assert skab.main(["--data", str(tmp_path / "missing"), "--adapt", "spot"]) == 2
+    assert skab_cli.main(["--data", str(tmp_path / "missing"), "--adapt", "spot"]) == 2
     assert "not a directory" in capsys.readouterr().err
 
 
 @needs_tf
 @needs_data
 def test_cli_adapt_one_file(capsys):
-    assert skab.main(["--data", str(SKAB_DATA), "--files", "1", "--epochs", "1",
+    assert skab_cli.main(["--data", str(SKAB_DATA), "--files", "1", "--epochs", "1",
                       "--adapt", "spot,safe", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     j = json.loads(out[-1])

@@ -166,3 +166,95 @@ def test_plain_names_accepted(model_dir):
         assert models.check_plain_name(ok, "w", "name") == ok
     edit(model_dir, lambda m: m.__setitem__("name", "motor-ae.v2"))
     assert models.load(model_dir).name == "motor-ae.v2"
+
+
+# ---------------------------------------------------------------- the one manifest writer
+def _manifest_dirs():
+    """Every shipped model directory with a manifest (the models and their CV folds)."""
+    return sorted(p.parent for p in models.models_root().rglob("manifest.json"))
+
+
+@pytest.mark.parametrize("src", _manifest_dirs(), ids=lambda p: str(p.relative_to(models.models_root())))
+def test_writer_reproduces_shipped_manifests_byte_for_byte(src, tmp_path):
+    """The writer and the reader share one format: writing a shipped manifest's fields (with
+    ``files`` recomputed from the files) gives the shipped bytes, and the result loads."""
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("folds", "__pycache__", "*.py"))
+    shipped = (src / "manifest.json").read_bytes()
+    m = json.loads(shipped)
+    m["files"] = {name: "0" * 64 for name in m["files"]}  # stale digests: the writer recomputes them
+    models.write_manifest(dst, m)
+    assert (dst / "manifest.json").read_bytes() == shipped
+    models.load(dst)
+
+
+def test_write_model_dir_round_trips_through_load(tmp_path):
+    """write_model_dir writes the files and the manifest with their sha256; load verifies it."""
+    src = models.load("motor-ae")
+    m = json.loads((src.dir / "manifest.json").read_text())
+    del m["files"], m["float_model"]
+    m["variants"] = {"dynamic": m["variants"]["dynamic"]}
+    content = src.variants["dynamic"].path.read_bytes()
+    written = models.write_model_dir(tmp_path / "copy", m, {m["variants"]["dynamic"]["file"]: content},
+                                     indent=1)
+    got = models.load(tmp_path / "copy")
+    name = got.variants["dynamic"].path.name
+    assert got.manifest["files"] == {name: models.sha256(src.variants["dynamic"].path)}
+    assert got.variants["dynamic"].sha256 == written.variants["dynamic"].sha256 == got.manifest["files"][name]
+    assert (tmp_path / "copy" / "manifest.json").read_text().startswith('{\n "schema"')  # indent=1
+    assert [v.layout for v in got.variants.values()] == ["NHWC"]
+
+
+def test_writer_refuses_what_the_reader_would(tmp_path):
+    """A manifest load would refuse is not written: no manifest.json is left behind."""
+    src = models.load("motor-ae")
+    m = json.loads((src.dir / "manifest.json").read_text())
+    content = {v.path.name: v.path.read_bytes() for v in src.variants.values()}
+    del m["float_model"], m["files"]
+    bad = json.loads(json.dumps(m))
+    bad["kind"] = "regressor"  # a field the reader checks
+    with pytest.raises(models.ModelError, match="field 'kind'"):
+        models.write_model_dir(tmp_path / "a", bad, content)
+    assert not (tmp_path / "a" / "manifest.json").exists()
+    missing = json.loads(json.dumps(m))  # a file referenced but not written
+    missing["float_model"] = {"file": "motor-ae_float.keras"}
+    with pytest.raises(models.ModelError, match="_float.keras: named in the manifest .* but missing"):
+        models.write_model_dir(tmp_path / "b", missing, content)
+    assert not (tmp_path / "b" / "manifest.json").exists()
+    wrong = json.loads(json.dumps(m))
+    wrong["variants"]["dynamic"]["input"]["scale"] *= 2  # quantization the file does not have
+    with pytest.raises(models.ModelError, match="quantization"):
+        models.write_model_dir(tmp_path / "c", wrong, content)
+    assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_variant_carries_layout_rows_and_source():
+    """The shipped motor-ae packed variant: layout, rows and digest from the manifest."""
+    m = models.load("motor-ae")
+    raw = json.loads((m.dir / "manifest.json").read_text())
+    p = m.variants["packed"]
+    assert p.layout == "packed" and p.rows == raw["variants"]["packed"]["rows"] > 1
+    assert p.input.shape == (1, p.rows, m.window, m.n_channels) and p.source is None
+    assert p.sha256 == raw["files"][p.path.name]
+    for name in ("dynamic", "b1"):
+        assert (m.variants[name].layout, m.variants[name].rows) == ("NHWC", 1)
+
+
+def test_compiled_variant_inherits_layout_and_rows_from_its_source(model_dir):
+    """A variant compiled from the packed one (``source_variant``) is packed with its rows."""
+    def add(m):
+        e = {k: v for k, v in m["variants"]["packed"].items() if k not in ("layout", "rows")}
+        m["variants"]["copy"] = {**e, "source_variant": "packed"}
+    edit(model_dir, add)
+    m = models.load(model_dir)
+    c = m.variants["copy"]
+    assert (c.layout, c.rows, c.source) == ("packed", m.variants["packed"].rows, "packed")
+    edit(model_dir, lambda m: m["variants"]["copy"].__setitem__("source_variant", ["packed"]))
+    with pytest.raises(models.ModelError, match="variants.copy: field 'source_variant'"):
+        models.load(model_dir)
+
+
+def test_unknown_layout_refused(model_dir):
+    edit(model_dir, lambda m: m["variants"]["b1"].__setitem__("layout", "NCHW"))
+    with pytest.raises(models.ModelError, match="variants.b1: field 'layout' must be one of"):
+        models.load(model_dir)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _litert
+from .. import tflite
+from ..models import read_variant
 from .base import BackendError
 
 
@@ -94,7 +95,6 @@ class DynamicBatchBackend:
         self.name = name
         self.runtime = runtime
         try:
-            from ..models import read_variant
             path = read_variant(model, variant)  # bytes, verified: see read_variant
         except Exception as exc:
             raise BackendError(str(exc)) from None
@@ -156,7 +156,7 @@ class CpuBackend(DynamicBatchBackend):
 
     def __init__(self, model, max_batch: int = 32, num_threads: int = 1):
         try:
-            Interpreter, _, runtime, version = _litert.find()
+            Interpreter, _, runtime, version = tflite.find()
         except ImportError as exc:
             raise BackendError(str(exc), cause="runtime absent") from None
         variant = model.variants.get("dynamic")

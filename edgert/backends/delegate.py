@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 
-from . import _litert, probe
+from .. import tflite
+from . import probe
 from .base import BackendError
 from .cpu import DynamicBatchBackend, _Slot
 from .packed import PackedBackend, model_source
@@ -82,7 +83,7 @@ def build(model, path: str, options: dict | None = None, max_batch: int = 32, nu
     """
     options = dict(options or {})
     try:
-        Interpreter, load_delegate, runtime, version = _litert.find()
+        Interpreter, load_delegate, runtime, version = tflite.find()
     except ImportError as exc:
         raise BackendError(str(exc), cause="runtime absent") from None
     what = f"delegate {path}"

@@ -26,7 +26,8 @@ import re
 import shutil
 import subprocess
 
-from . import _litert, probe
+from .. import tflite
+from . import probe
 from .base import BackendError
 from .cpu import _Slot
 from .delegate import _one_line, probe_failure
@@ -130,7 +131,7 @@ def build(model, options: dict | None = None, max_batch: int = 32, num_threads: 
         hint = f"{lib} is at {where}" if where else f"{lib} is not on the library path either"
         raise BackendError(f"{exc} ({hint})", cause=exc.cause) from None
     try:
-        Interpreter, load_delegate, runtime, version = _litert.find()
+        Interpreter, load_delegate, runtime, version = tflite.find()
     except ImportError as exc:
         raise BackendError(str(exc), cause="runtime absent") from None
     packed_rows(model, variant)  # refuse a variant of the wrong shape before touching devices

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models import read_variant
 from .base import BackendError
 
 
-def model_source(model, variant):
-    """What an interpreter should load: the variant's verified bytes
-    (`edgert.models.read_variant`, when that exists), else its path."""
-    try:
-        from ..models import read_variant
-    except ImportError:  # pragma: no cover - older models module
-        return str(variant.path)
+def model_source(model, variant) -> bytes:
+    """What an interpreter should load: the variant's bytes, checked against the manifest's
+    sha256 (`edgert.models.read_variant`)."""
     try:
         return read_variant(model, variant)
     except Exception as exc:
@@ -36,32 +33,28 @@ def model_source(model, variant):
 def packed_rows(model, variant) -> int:
     """B of a static ``[1, B, W, C]`` variant (1 for ``b1``); BackendError if it is not one.
 
-    The output is ``[1, B, …]`` (an autoencoder's ``[1, B, W, C]``, a classifier's
-    ``[1, B, classes]``), or anything ``[1, …]`` when B = 1.
+    The layout and rows come from the manifest as `edgert.models.load` read it
+    (``variant.layout``, ``variant.rows``; a compiled variant inherits its source's), and the
+    loader has checked a packed input against them. The output is ``[1, B, …]`` (an
+    autoencoder's ``[1, B, W, C]``, a classifier's ``[1, B, classes]``), or anything ``[1, …]``
+    when B = 1.
     """
     shape = tuple(variant.input.shape)
-    variants = model.manifest.get("variants", {})
-    vd = dict(variants.get(variant.name, {}))
-    src = variants.get(vd.get("source_variant"), {})  # a compiled variant inherits its source's layout
-    for key in ("layout", "rows"):
-        if key not in vd and key in src:
-            vd[key] = src[key]
     W, C = model.window, model.n_channels
     if len(shape) != 4 or shape[0] != 1 or shape[2:] != (W, C) or shape[1] < 1:
         raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} input {list(shape)} is not "
                            f"[1, B, {W}, {C}] (a b1 or packed layout)", cause="no variant")
     rows = int(shape[1])
+    if rows > 1 and variant.layout != "packed":
+        raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} has {rows} rows but "
+                           f"layout {variant.layout!r} (expected 'packed')", cause="no variant")
+    if variant.layout == "packed" and variant.rows != rows:
+        raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} says rows {variant.rows} "
+                           f"but its input is {list(shape)}", cause="no variant")
     out = tuple(variant.output.shape)
     if not out or out[0] != 1 or (rows > 1 and (len(out) < 2 or out[1] != rows)):
         raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} output {list(out)} is not "
                            f"[1, {rows}, …] like its input {list(shape)}", cause="no variant")
-    declared = vd.get("rows")
-    if declared is not None and declared != rows:
-        raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} says rows {declared} "
-                           f"but its input is {list(shape)}", cause="no variant")
-    if rows > 1 and vd.get("layout", "packed") != "packed":
-        raise BackendError(f"{model.dir}/manifest.json: variant {variant.name!r} has {rows} rows but "
-                           f"layout {vd.get('layout')!r} (expected 'packed')", cause="no variant")
     return rows
 
 

@@ -179,14 +179,14 @@ def installed_packages(names=("libedgetpu1-std", "libedgetpu1-max", "python3-pyc
 
 def versions_text(pr: ProbeResult, lib: str | None = None, label: str = "delegate") -> str:
     """"runtime ai-edge-litert 2.3.0, delegate /x.so (-> /y.so), libedgetpu …" for messages."""
-    from . import _litert
+    from .. import tflite
 
     info = {**pr.info, **pr.result}
     parts = []
     runtime, version = info.get("runtime"), info.get("runtime_version")
     if not runtime:
         try:
-            _, _, runtime, version = _litert.find()
+            _, _, runtime, version = tflite.find()
         except ImportError:
             runtime, version = "no runtime", ""
     parts.append(f"runtime {runtime} {version}".rstrip())
@@ -259,9 +259,9 @@ def _no_core_dumps() -> None:
 
 def _runtime():
     _stage("import runtime")
-    from edgert.backends import _litert
+    from edgert import tflite
 
-    Interpreter, load_delegate, runtime, version = _litert.find()
+    Interpreter, load_delegate, runtime, version = tflite.find()
     _info(runtime=runtime, runtime_version=version, python=sys.version.split()[0])
     return Interpreter, load_delegate, runtime, version
 

@@ -10,7 +10,8 @@ import json
 import platform
 import sys
 
-from . import _litert, probe, spec
+from .. import tflite
+from . import probe, spec
 from .base import BackendError
 
 
@@ -26,7 +27,7 @@ def _dist_version(name: str) -> str | None:
 def _cpu(model) -> dict:
     d: dict = {"installed": {n: _dist_version(n) for n in ("ai-edge-litert", "tflite-runtime")}}
     try:
-        _, _, runtime, version = _litert.find()
+        _, _, runtime, version = tflite.find()
     except ImportError as exc:
         d.update(available=False, why=str(exc))
         return d

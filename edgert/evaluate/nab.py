@@ -282,11 +282,10 @@ def online_scores(err: np.ndarray, probation: float, window: int, cfg: NabConfig
 def _write_model_dir(out: Path, tflite: bytes, cfg: NabConfig, mean: float, std: float,
                      extra: dict) -> Path:
     """A model directory (docs/design.md, "Model directory") with one dynamic-batch variant."""
-    from ..train import Int8Model, _sha256
+    from ..models import write_model_dir as write_dir
+    from ..train import Int8Model
 
-    out.mkdir(parents=True, exist_ok=True)
     fname = "nab-ae_dyn.tflite"
-    (out / fname).write_bytes(tflite)
     io_ = Int8Model(tflite).io()
     for k in io_:
         io_[k]["scale"] = float(io_[k]["scale"])
@@ -300,9 +299,8 @@ def _write_model_dir(out: Path, tflite: bytes, cfg: NabConfig, mean: float, std:
         "class_names": None,
         "variants": {"dynamic": {"file": fname, "batch": "dynamic", **io_}},
         "training": extra,
-        "files": {fname: _sha256(out / fname)},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_dir(out, manifest, {fname: tflite}, indent=1)
     return out
 
 

@@ -5,9 +5,9 @@ Usage::
     edgert eval skab --data DIR [--json] [--files N] [--method edgeae|convae] [--seed S]
                      [--adapt off|all|VARIANT,...]   (edgert.evaluate.skab_adapt)
 
-``DIR`` is SKAB's ``data/`` folder (``valve1/``, ``valve2/``, ``other/``: every CSV with an
-``anomaly`` column is a labelled file; ``anomaly-free/`` has no labels and is not used by
-either method). SKAB is GPL-3.0: it is read from ``DIR`` and never copied anywhere.
+(the command line: `edgert.evaluate.skab_cli`). ``DIR`` is SKAB's ``data/`` folder
+(``valve1/``, ``valve2/``, ``other/``: every CSV with an ``anomaly`` column is a labelled
+file; ``anomaly-free/`` has no labels and is not used by either method). SKAB is GPL-3.0: it is read from ``DIR`` and never copied anywhere.
 
 Protocol (SKAB, outlier detection): for each labelled file the first 400 rows are its training
 part and the rest its test part; a model is trained and its scaler fitted on the training part
@@ -71,9 +71,7 @@ TensorFlow is needed (training); it is imported lazily.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import sys
 import tempfile
@@ -90,7 +88,6 @@ __all__ = [
     "skab_point_flags", "stream_point_flags", "write_model_dir", "Scored", "RuntimeScorer",
     "build_ae", "to_subpixel_model", "int8_dynamic", "ConvAEConfig", "EdgeAEConfig",
     "channel_drift", "run_convae", "run_edgeae", "summarize", "evaluate", "report",
-    "add_parser", "cmd_skab", "main",
 ]
 
 WINDOW = 60
@@ -252,11 +249,10 @@ def write_model_dir(out: Path, name: str, tflite: bytes, columns: Sequence[str],
                     extra: dict | None = None) -> Path:
     """A model directory in the format of docs/design.md ("Model directory") holding one
     dynamic-batch variant."""
-    from ..train import Int8Model, _sha256
+    from ..models import write_model_dir as write_dir
+    from ..train import Int8Model
 
-    out.mkdir(parents=True, exist_ok=True)
     fname = f"{name}_dyn.tflite"
-    (out / fname).write_bytes(tflite)
     io_ = Int8Model(tflite).io()
     for k in io_:
         io_[k]["scale"] = float(io_[k]["scale"])
@@ -270,9 +266,8 @@ def write_model_dir(out: Path, name: str, tflite: bytes, columns: Sequence[str],
         "class_names": None,
         "variants": {"dynamic": {"file": fname, "batch": "dynamic", **io_}},
         "training": extra or {},
-        "files": {fname: _sha256(out / fname)},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_dir(out, manifest, {fname: tflite}, indent=1)
     return out
 
 
@@ -834,71 +829,3 @@ def guarded(run):
         print(f"edgert eval skab: {exc} (training needs TensorFlow: pip install "
               "'edgert[train]')", file=sys.stderr)
     return None
-
-
-def cmd_skab(args) -> int:
-    if getattr(args, "adapt", "off") != "off":
-        from .skab_adapt import cmd
-
-        return cmd(args)
-    res = guarded(lambda log: evaluate(args.data, method=args.method, files=args.files,
-                                       seed=args.seed, epochs=args.epochs, log=log))
-    if res is None:
-        return 2
-    print(report(res), flush=True)
-    if args.json:
-        s, st = res["skab"], res["stream"]
-        out = {"f1": _r(s["f1"], 4), "far": _r(s["far"], 3), "mar": _r(s["mar"], 3),
-               "stream_f1": _r(st["f1"], 4), "stream_far": _r(st["far"], 3),
-               "stream_mar": _r(st["mar"], 3), "files": res["files"],
-               "trivial_f1": _r(res["trivial"]["f1"], 4),
-               "windows_per_s": round(res["windows_per_s"]),
-               "method": res["method"], "seed": res["seed"], "seconds": res["seconds"],
-               "counts": {k: {m: res[k][m] for m in ("tp", "fp", "fn", "tn")}
-                          for k in ("skab", "stream")}}
-        if "level" in res:
-            lv = res["level"]
-            out.update({"level_f1": _r(lv["skab"]["f1"], 4), "level_far": _r(lv["skab"]["far"], 3),
-                        "level_mar": _r(lv["skab"]["mar"], 3),
-                        "level_stream_f1": _r(lv["stream"]["f1"], 4),
-                        "level_stream_far": _r(lv["stream"]["far"], 3),
-                        "level_stream_mar": _r(lv["stream"]["mar"], 3)})
-        print(json.dumps(out), flush=True)
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Adds ``skab`` to ``subparsers`` (those of ``edgert eval``)."""
-    p = subparsers.add_parser(
-        "skab", help="SKAB outlier detection: per-file int8 autoencoders through the runtime "
-                     "(trains: needs TensorFlow)",
-        description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--data", required=True,
-                   help="SKAB's data/ directory (valve1/, valve2/, other/ ...; GPL-3.0, read "
-                        "in place)")
-    p.add_argument("--json", action="store_true", help="end with one JSON line")
-    p.add_argument("--files", type=int, default=None,
-                   help="only the first N labelled files (valve1/0, valve1/1, ...)")
-    p.add_argument("--method", choices=["edgeae", "convae"], default="edgeae",
-                   help="edgeae (default): per-channel bottleneck AE, drift-aware channels; "
-                        "convae: SKAB's Conv-AE baseline")
-    p.add_argument("--seed", type=int, default=0, help="random seed (training and splits)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="cap the training epochs (quick runs; default 100 with early stopping)")
-    from .skab_adapt import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(fn=cmd_skab)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgert.evaluate.skab")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    add_parser(sub)
-    args = p.parse_args(["skab", *(sys.argv[1:] if argv is None else argv)])
-    return args.fn(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
