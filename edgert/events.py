@@ -6,8 +6,23 @@ Kinds: ``anomaly`` (one per anomalous window), ``stats`` (periodic, sensor ``dae
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import msgpack
 import zmq
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Where the engine's events go (`edgert.pipeline.Pipeline`'s ``sink``): the ZeroMQ PUB
+    publisher below is one; another transport (MQTT, a test's list) is a new class with these
+    two methods, not an engine edit. ``payload`` gets ``v`` (`SCHEMA_VERSION`) added."""
+
+    def publish(self, kind: str, sensor: str, payload: dict) -> None:
+        """Send one event of `kind` (anomaly, scores, drift, adapt, model, stats, lifecycle)."""
+
+    def close(self) -> None:
+        """Release the transport."""
 
 SCHEMA_VERSION = 1  # "v" in every event payload (docs/wire-format.md, "Events")
 STAT_NAMES = ("mean", "std", "rms", "peak", "crest", "kurtosis")

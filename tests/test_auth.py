@@ -57,13 +57,13 @@ class Served:
             self.ctx.destroy(linger=0)
             raise
         self.handled = collections.Counter()
-        real = self.d.handle
+        real = self.d.pipeline.handle
 
         def handle(frames, t):
             self.handled[bytes(frames[0])] += 1
             real(frames, t)
 
-        self.d.handle = handle  # the loop calls self.handle: every message that reaches it is seen
+        self.d.pipeline.handle = handle  # the loop calls the pipeline's handle: every message reaching it is seen
         self.ready = threading.Event()
         self.final = None
         self.t = threading.Thread(target=lambda: setattr(self, "final", self.d.run(ready=self.ready.set)),

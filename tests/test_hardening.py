@@ -75,12 +75,12 @@ def test_daemon_survives_every_big_integer(tmp_path):
 
 def test_an_exception_in_handling_is_counted_not_raised(tmp_path, monkeypatch, caplog):
     d = daemon(tmp_path)
-    import edgert.daemon as dm
+    import edgert.pipeline as pl
 
     def boom(*a, **k):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(dm, "push_block", boom)
+    monkeypatch.setattr(pl, "push_block", boom)
     with caplog.at_level(logging.WARNING, logger="edgert"):
         d.handle(block("m", 0, time.time_ns()), time.perf_counter_ns())
     st = d.stats()
