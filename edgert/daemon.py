@@ -26,7 +26,7 @@ import time
 
 import zmq
 
-from . import auth, kernels
+from . import auth, events, kernels
 from .bus import recv_frames
 from .config import Config
 from .events import EventPublisher
@@ -182,7 +182,7 @@ class Daemon:
         out["model"] = self.pipeline.check_model() if self.events is not None else None
         log.info("reloaded: applied %s; needs restart %s", out["applied"] or "nothing", out["needs_restart"] or "nothing")
         if self.events is not None:
-            self.events.publish("lifecycle", "daemon", {"state": "reloaded", **out})
+            self.events.publish("lifecycle", "daemon", events.lifecycle("reloaded", **out))
         return out
 
     # -- stats ----------------------------------------------------------------
@@ -288,8 +288,8 @@ class Daemon:
         next_watch = time.monotonic() + watch if watch > 0 else float("inf")
         drift_every = self.cfg.drift_interval_s
         next_drift = time.monotonic() + drift_every if drift_every > 0 else float("inf")
-        self.events.publish("lifecycle", "daemon", {"state": "started", "model": self.model.name,
-                                                     "backend": self.backend.name, "pid": os.getpid()})
+        self.events.publish("lifecycle", "daemon", events.lifecycle(
+            "started", model=self.model.name, backend=self.backend.name, pid=os.getpid()))
         log.info("serving %s on %s (%s), events on %s, backend %s, kernels %s",
                  self.model.name, self.listen_endpoint, self.cfg.socket, self.events_endpoint,
                  self.backend.name, kernels.BACKEND)
@@ -355,7 +355,7 @@ class Daemon:
         final = self.stats(top_n=len(pipe.streams) + len(pipe.unknown.by_id))
         final["latency_histogram"] = self.latency.sparse()  # final only: keeps stats events small
         final["queue_delay_histogram"] = self.queue_delay.sparse()
-        self.events.publish("lifecycle", "daemon", {"state": "stopped", **final})
+        self.events.publish("lifecycle", "daemon", events.lifecycle("stopped", **final))
         self.events.close()
         self.auth.close()  # [auth] after the secured sockets are closed
         for path in self._ipc_paths:  # a clean exit leaves no socket file behind

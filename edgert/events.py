@@ -1,7 +1,12 @@
-"""Events out: a PUB socket the daemon binds; frame 0 ``event/<kind>/<sensor>``, frame 1 msgpack.
+"""Events out: the event schema, and the sinks they go to.
 
-Kinds: ``anomaly`` (one per anomalous window), ``stats`` (periodic, sensor ``daemon``),
-``lifecycle`` (start/stop). Subscribers filter by prefix, e.g. ``event/anomaly/``.
+Every payload the daemon publishes is built here, by one function per kind (`anomaly`,
+`scores`, `drift`, `adapt`, `model_swapped`, `model_refused`, `lifecycle`; ``stats`` payloads
+are `edgert.pipeline.Pipeline.stats` and `edgert.daemon.Daemon.stats`), each with the schema
+version ``v`` (`SCHEMA_VERSION`); docs/wire-format.md documents the fields. An `EventSink`
+takes them; `EventPublisher`, a ZeroMQ PUB socket the daemon binds (frame 0
+``event/<kind>/<sensor>``, frame 1 msgpack), is the one edgert ships. Subscribers filter by
+prefix, e.g. ``event/anomaly/``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,56 @@ class EventSink(Protocol):
 
 SCHEMA_VERSION = 1  # "v" in every event payload (docs/wire-format.md, "Events")
 STAT_NAMES = ("mean", "std", "rms", "peak", "crest", "kurtosis")
+
+
+# -- the schema: one builder per event kind ------------------------------------------------
+def anomaly(*, sensor: str, model: str, backend: str, t_start: int, t_end: int, score: float,
+            threshold: float, channels, contributions, channel_error, top_channels, stats: dict,
+            seq: int, latency_us: float, queue_delay_us: float | None, batch: int,
+            cls: str | None = None, class_prob: float | None = None, classifier: str | None = None) -> dict:
+    """``event/anomaly/<sensor>``: one flagged window (fields: docs/wire-format.md)."""
+    ev = {"v": SCHEMA_VERSION, "sensor": sensor, "t_start": t_start, "t_end": t_end, "score": score,
+          "threshold": threshold, "channels": channels, "contributions": contributions,
+          "channel_error": channel_error, "top_channels": top_channels, "stats": stats, "model": model,
+          "backend": backend, "seq": seq, "latency_us": latency_us, "queue_delay_us": queue_delay_us,
+          "batch": batch}
+    if cls is not None:
+        ev.update({"class": cls, "class_prob": class_prob, "classifier": classifier})
+    return ev
+
+
+def scores(*, sensor: str, model: str, t_start: list, score: list, threshold: list, anomaly: list) -> dict:
+    """``event/scores/<sensor>``: every window of one sensor in one batch (parallel lists)."""
+    return {"v": SCHEMA_VERSION, "sensor": sensor, "t_start": t_start, "score": score,
+            "threshold": threshold, "anomaly": anomaly, "model": model}
+
+
+def drift(*, sensor: str, model: str, statistics: list, recalibrating: bool, threshold: float) -> dict:
+    """``event/drift/<sensor>``: Page-Hinkley fired on these statistics."""
+    return {"v": SCHEMA_VERSION, "sensor": sensor, "statistics": statistics,
+            "recalibrating": recalibrating, "threshold": threshold, "model": model}
+
+
+def adapt(*, sensor: str, model: str, step: dict) -> dict:
+    """``event/adapt/<sensor>``: a step of safe adaptation (`edgert.adapt`: probation,
+    accepted or refused, with its figures)."""
+    return {"v": SCHEMA_VERSION, "sensor": sensor, "model": model, **step}
+
+
+def model_swapped(*, model: str, previous: dict, running: dict, backend: str, windows_before: int) -> dict:
+    """``event/model/daemon``: a new model runs from the next batch on."""
+    return {"v": SCHEMA_VERSION, "state": "swapped", "model": model, "previous": previous,
+            "running": running, "backend": backend, "windows_before": windows_before}
+
+
+def model_refused(*, model: str, reason: str, running: dict) -> dict:
+    """``event/model/daemon``: a candidate model was refused; `model` keeps running."""
+    return {"v": SCHEMA_VERSION, "state": "refused", "model": model, "reason": reason, "running": running}
+
+
+def lifecycle(state: str, **fields) -> dict:
+    """``event/lifecycle/daemon``: started, reloaded or stopped (with the final stats)."""
+    return {"v": SCHEMA_VERSION, "state": state, **fields}
 
 
 def topic(kind: str, sensor: str) -> bytes:

@@ -35,6 +35,7 @@ from .adapt import SafeNormalization
 from .batcher import Batcher, run_variant
 from .config import Config
 from .drift import PageHinkley
+from . import events
 from .events import STAT_NAMES, EventSink
 from .scoring import ClassScorer, ReconstructionScorer
 from .stats import BoundedCounts, LatencyHistogram, RateLimitedLog, json_safe, top_by_total
@@ -242,8 +243,8 @@ class Pipeline:
             if recal:
                 self.threshold.recalibrate(int(stream))
             self.drifts += 1
-            ev = {"sensor": sensor, "statistics": which, "recalibrating": recal,
-                  "threshold": float(self.threshold.values(np.array([stream]))[0]), "model": self.model.name}
+            ev = events.drift(sensor=sensor, model=self.model.name, statistics=which, recalibrating=recal,
+                              threshold=float(self.threshold.values(np.array([stream]))[0]))
             self._publish("drift", sensor, ev)
             log.info("drift on %s (%s)%s", safe_id(sensor), ", ".join(which), "; threshold recalibrates" if recal else "")
             out.append(ev)
@@ -256,7 +257,7 @@ class Pipeline:
         sensor = self.names[s]
         if ev["state"] == "accepted" and hasattr(self.threshold, "recalibrate"):
             self.threshold.recalibrate(s)
-        self._publish("adapt", sensor, {"sensor": sensor, "model": self.model.name, **ev})
+        self._publish("adapt", sensor, events.adapt(sensor=sensor, model=self.model.name, step=ev))
         log.info("adaptation on %s: %s", safe_id(sensor), ev)
 
     def _model_signature(self):
@@ -309,8 +310,8 @@ class Pipeline:
         except Exception as exc:
             self.model_refusals += 1
             log.warning("model update refused, %s keeps running: %s", old.name, exc)
-            self._publish("model", "daemon", {"state": "refused", "model": old.name,
-                                                    "reason": str(exc), "running": self._model_id(old)})
+            self._publish("model", "daemon", events.model_refused(model=old.name, reason=str(exc),
+                                                                  running=self._model_id(old)))
             return "refused"
         self.batcher.flush("swap")  # the pending windows are scored by the model they were quantized for
         old_backend = self.backend
@@ -325,9 +326,8 @@ class Pipeline:
             self.norm.reset(new.mean, new.std)
         old_backend.close()
         self.model_swaps += 1
-        info = {"state": "swapped", "model": new.name, "previous": self._model_id(old),
-                "running": self._model_id(new), "backend": backend.name,
-                "windows_before": int(self.win_counts[:len(self.names)].sum())}
+        info = events.model_swapped(model=new.name, previous=self._model_id(old), running=self._model_id(new),
+                                    backend=backend.name, windows_before=int(self.win_counts.sum()))
         log.info("model swapped: %s", info)
         self._publish("model", "daemon", info)
         return "swapped"
@@ -707,40 +707,38 @@ class Pipeline:
         for s in np.unique(sidx):
             sel = sidx == s
             sensor = self.names[int(s)]
-            self._publish("scores", sensor, {
-                "sensor": sensor, "t_start": b.t_start[:k][sel].tolist(),
-                "score": scores[sel].astype(float).tolist(), "threshold": thr[sel].astype(float).tolist(),
-                "anomaly": flags[sel].tolist(), "model": self.model.name})
+            self._publish("scores", sensor, events.scores(
+                sensor=sensor, model=self.model.name, t_start=b.t_start[:k][sel].tolist(),
+                score=scores[sel].astype(float).tolist(), threshold=thr[sel].astype(float).tolist(),
+                anomaly=flags[sel].tolist()))
 
     def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k, cls=None, qd_us=None) -> None:
+        """One ``event/anomaly/<sensor>`` per flagged window. The batch's arrays are turned into
+        Python lists once (``tolist``), not element by element: a fault on many sensors flags
+        whole batches, and that is when the loop must keep up."""
         m = self.model
-        span = (m.window - 1)
-        for j, i in enumerate(idx):
-            st = self.streams[self.names[b.sensor_idx[i]]]
-            order = np.argsort(-shares[j])
-            t_start = int(b.t_start[i])
+        span = m.window - 1
+        names, backend = m.channels, self.backend.name
+        top = np.argsort(-shares, axis=1)[:, :3].tolist()
+        shares_l, err_l = shares.tolist(), ch_err[idx].tolist()
+        stats_l = b.stats[idx].transpose(0, 2, 1).tolist()  # [window][statistic][channel]
+        score_l, thr_l, lat_l = scores[idx].tolist(), thr[idx].tolist(), lat_us[idx].tolist()
+        qd_l = qd_us[idx].tolist() if qd_us is not None else [None] * len(idx)
+        t_l, seq_l, s_l = b.t_start[idx].tolist(), b.seq[idx].tolist(), b.sensor_idx[idx].tolist()
+        cls_l = (cls[0][idx].tolist(), cls[1][idx].tolist()) if cls is not None else None
+        for j in range(len(idx)):
+            st = self.streams[self.names[s_l[j]]]
             extra = {}
-            if cls is not None:
-                extra = {"class": self.classifier.class_names[int(cls[0][i])],
-                         "class_prob": float(cls[1][i]), "classifier": self.classifier.name}
-            self._publish("anomaly", st.sensor, {**extra,
-                "sensor": st.sensor,
-                "t_start": t_start,
-                "t_end": t_start + span * st.dt,
-                "score": float(scores[i]),
-                "threshold": float(thr[i]),
-                "channels": m.channels,
-                "contributions": [float(x) for x in shares[j]],
-                "channel_error": [float(x) for x in ch_err[i]],
-                "top_channels": [m.channels[o] for o in order[:3]],
-                "stats": {name: [float(x) for x in b.stats[i, :, s]] for s, name in enumerate(STAT_NAMES)},
-                "model": m.name,
-                "backend": self.backend.name,
-                "seq": int(b.seq[i]),
-                "latency_us": float(lat_us[i]),
-                "queue_delay_us": float(qd_us[i]) if qd_us is not None and qd_us[i] >= 0 else None,
-                "batch": int(k),
-            })
+            if cls_l is not None:
+                extra = {"cls": self.classifier.class_names[cls_l[0][j]], "class_prob": cls_l[1][j],
+                         "classifier": self.classifier.name}
+            qd = qd_l[j]
+            self._publish("anomaly", st.sensor, events.anomaly(
+                sensor=st.sensor, model=m.name, backend=backend, t_start=t_l[j], t_end=t_l[j] + span * st.dt,
+                score=score_l[j], threshold=thr_l[j], channels=names, contributions=shares_l[j],
+                channel_error=err_l[j], top_channels=[names[o] for o in top[j]],
+                stats=dict(zip(STAT_NAMES, stats_l[j])), seq=seq_l[j], latency_us=lat_l[j],
+                queue_delay_us=qd if qd is not None and qd >= 0 else None, batch=int(k), **extra))
 
     # -- stats ----------------------------------------------------------------
     def _sensor_row(self, st: SensorStream) -> dict:
