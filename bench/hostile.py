@@ -259,8 +259,8 @@ def messages(seconds: float = 14.0, n_ids: int = 10_000, big_frames: int = 2, bi
     fault probe streaming throughout and a late probe that starts after the sensor table
     filled. Returns figures; raises BenchError when the daemon died."""
     ctx = zmq.Context()
-    d = DaemonProc("motor-ae", 0.5, None, "hostile", socket="pull",
-                   extra=("--config", _config(sensor_evict_s=evict_s), *extra))
+    cfg_path = _config(sensor_evict_s=evict_s)
+    d = DaemonProc("motor-ae", 0.5, None, "hostile", socket="pull", extra=("--config", cfg_path, *extra))
     sampler = None
     try:
         d.wait_bound(120)
@@ -350,6 +350,7 @@ def messages(seconds: float = 14.0, n_ids: int = 10_000, big_frames: int = 2, bi
         if sampler is not None:
             sampler.stop()
         d.cleanup()
+        os.unlink(cfg_path)
         ctx.destroy(linger=0)
 
 
@@ -494,8 +495,8 @@ def overload(kind: str = "pull", seconds: float = 20.0, max_queue_mb: float = 64
     import tempfile
 
     ctx = zmq.Context()
-    d = DaemonProc("motor-ae", 0.5, None, f"overload-{kind}", socket=kind,
-                   extra=("--config", _config(max_queue_mb=max_queue_mb, drain_s=drain_s)))
+    cfg_path = _config(max_queue_mb=max_queue_mb, drain_s=drain_s)
+    d = DaemonProc("motor-ae", 0.5, None, f"overload-{kind}", socket=kind, extra=("--config", cfg_path))
     sampler = None
     flood = None
     try:
@@ -560,6 +561,7 @@ def overload(kind: str = "pull", seconds: float = 20.0, max_queue_mb: float = 64
         if sampler is not None:
             sampler.stop()
         d.cleanup()
+        os.unlink(cfg_path)
         ctx.destroy(linger=0)
 
 
