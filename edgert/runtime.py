@@ -32,7 +32,7 @@ from .batcher import Batcher, run_variant
 from .scoring import ClassScorer, ReconstructionScorer
 from .windows import SensorStream, push_block
 
-__all__ = ["Runner", "Batch", "Stream", "ArrayScores", "score_array"]
+__all__ = ["Runner", "Batch", "Stream", "ArrayScores", "score_array", "ring_of"]
 
 
 @dataclass
@@ -126,6 +126,18 @@ class Runner:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def ring_of(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Series ``x`` ``[n, C]`` in a mirrored ring of capacity ``n`` (as a sensor's ring holds
+    samples: float32 ``[2 n, C]``, ``kernels.ring_append``), for `Runner.score_windows`.
+    Returns (ring, cap)."""
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 2 or len(x) < 1:
+        raise ValueError(f"series of shape {x.shape}: need [n >= 1, C]")
+    ring = np.zeros((2 * len(x), x.shape[1]), np.float32)
+    kernels.ring_append(ring, len(x), 0, x)
+    return ring, len(x)
 
 
 @dataclass
