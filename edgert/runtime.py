@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels, models
+from . import kernels, models, wire
 from .batcher import Batcher, run_variant
 from .scoring import ClassScorer, ReconstructionScorer
 from .windows import SensorStream, push_block
@@ -80,11 +80,8 @@ class Runner:
         self.inv_std = np.ascontiguousarray(m.inv_std, dtype=np.float64)
         self.max_batch = self.backend.max_batch
         self.classifier = m.kind == "classifier"
-        self.scorer = None
-        if self.classifier:
-            self.scorer = ClassScorer(m, self.max_batch, v)
-        else:
-            self.scorer = ReconstructionScorer(m, self.max_batch, v)
+        self.scorer = (ClassScorer(m, self.max_batch, v) if self.classifier
+                       else ReconstructionScorer(m, self.max_batch, v))
         self.errors = not self.classifier and int(v.output.shape[-1]) == m.n_channels
 
     @property
@@ -201,14 +198,21 @@ class Stream:
             s.norm_inv_std = np.ascontiguousarray(inv_std, dtype=np.float64)
 
     def push(self, x: np.ndarray) -> None:
-        """Append samples ``[n, C]`` (any bus dtype; float arrays must be finite)."""
+        """Append samples ``[n, C]`` (a bus dtype; others are held as float64). Raises
+        ValueError for another channel count or a nonfinite value (nothing is appended)."""
         x = np.asarray(x)
         C = self.runner.model.n_channels
         if x.ndim != 2 or x.shape[1] != C:
             raise ValueError(f"samples of shape {x.shape}: the model needs [n, {C}]")
-        if x.dtype.str not in kernels._BLOCK_DTYPES:
-            x = x.astype(np.float32)
+        try:
+            wire.dtype_code(x.dtype)
+        except ValueError:  # e.g. int64 or float16: held as f8, as Pipeline.push holds them
+            x = x.astype(np.float64)
         x = np.ascontiguousarray(x)
+        bad = kernels.count_nonfinite(x) if x.dtype.kind == "f" else 0
+        if bad:
+            raise ValueError(f"samples {self.pushed}..{self.pushed + len(x) - 1}: {bad} "
+                             "nonfinite value(s) (NaN or inf)")
         t0 = time.perf_counter()
         push_block(self.sensor, x, 0, 0, self.batcher)
         self.seconds += time.perf_counter() - t0

@@ -3,6 +3,7 @@ through it and get exactly what the daemon's path (`edgert.Pipeline.push`) gets;
 copy of the ring/quantize/invoke/error path exists outside the engine."""
 
 import ast
+import doctest
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,11 @@ def daemon_path():
     x = itsc_recording(REC)
     ds, m = _push_decisions(x, 100)  # blocks that do not line up with windows or hops
     return x, ds, m
+
+
+def test_module_doctest_runs():
+    res = doctest.testmod(runtime, verbose=False)
+    assert res.attempted >= 1 and res.failed == 0
 
 
 def test_core_scores_exactly_what_the_pipeline_pushes(daemon_path):
@@ -109,6 +115,12 @@ def test_stream_options_hop_tail_normalization():
         runner.close()
     with pytest.raises(ValueError, match="tail"):
         runtime.Runner(m, tail=m.window + 1)
+    bad = x.copy()
+    bad[50, 1] = np.nan
+    with pytest.raises(ValueError, match="1 nonfinite"):
+        runtime.score_array("motor-ae", bad)
+    with pytest.raises(ValueError, match=r"needs \[n, 3\]"):
+        runtime.score_array("motor-ae", x[:, :2])
     short = runtime.score_array("motor-ae", x[:m.window - 1])
     assert len(short) == 0 and short.scores is None
 
