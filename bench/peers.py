@@ -18,9 +18,9 @@ Datasets:
 
 Who (``--only`` keys):
 
-* ``edgert``: the int8 model on the runtime path (``kernels.normalize_quantize`` from a
-  mirrored ring, ``edgert.backends`` cpu = LiteRT/XNNPACK, ``kernels.recon_error``, threshold);
-  batch 32.
+* ``edgert``: the int8 model on the runtime path, through the pipeline's scoring core
+  (`edgert.runtime.Runner`: ``kernels.normalize_quantize`` from a mirrored ring, ``edgert.backends``
+  cpu = LiteRT/XNNPACK, ``ReconstructionScorer``'s ``kernels.recon_error``), threshold; batch 32.
 * ``river``: River ``HalfSpaceTrees`` (River's default trees, height and window size; limits
   from the training features) inside its ``QuantileFilter`` (q = ``--quantile``), on
   per-window features (per channel: mean, std, rms, peak, crest, kurtosis from
@@ -156,14 +156,13 @@ class Segment:
 
 def segment(name: str, x: np.ndarray, window: int, hop: int, label: int | None = None) -> Segment:
     """``x`` [n, C] appended to a mirrored ring; windows at 0, hop, 2 hop, ..."""
-    from edgert import kernels
+    from edgert.runtime import ring_of
 
     x = np.ascontiguousarray(x, np.float32)
     n = len(x)
     if x.ndim != 2 or n < window:
         raise ValueError(f"{name}: shape {x.shape}: need [n >= {window}, C]")
-    ring = np.zeros((2 * n, x.shape[1]), np.float32)
-    kernels.ring_append(ring, n, 0, x)
+    ring, _ = ring_of(x)
     starts = np.arange(0, n - window + 1, hop, dtype=np.int64)
     y = None if label is None else np.full(len(starts), label, np.int8)
     return Segment(name, ring, n, starts, y)
@@ -291,24 +290,13 @@ class EdgertPeer(Peer):
     key, label = "edgert", "edgert (int8, LiteRT)"
 
     def fit(self, task: Task) -> None:
-        from edgert import backends, kernels, models
+        from edgert.runtime import Runner
 
-        self.K = kernels
-        self.model = m = models.load(task.model_dir)
-        self.backend = backends.create("cpu", m, max_batch=self.batch, num_threads=1)
-        self.buf = self.backend.input_buffer()
-        v = m.variants["dynamic"]
-        self.q = (float(v.input.scale), int(v.input.zero_point), float(v.output.scale),
-                  int(v.output.zero_point))
-        self.mean = np.ascontiguousarray(m.mean, np.float64)
-        self.inv_std = np.ascontiguousarray(m.inv_std, np.float64)
-        self.W, C = m.window, m.n_channels
         self.rule = copy.deepcopy(task.rule)
-        self.ch = np.zeros((self.batch, C), np.float32)
-        self.tl = np.zeros((self.batch, C), np.float32)
-        self.sc = np.zeros(self.batch, np.float32)
-        self.sc2 = np.zeros(self.batch, np.float32)
-        self.details = {"backend": self.backend.name, "batch": self.batch, "threads": 1,
+        # the pipeline's scoring core: normalize+quantize, LiteRT invoke, recon_error
+        self.runner = Runner(task.model_dir, "cpu", max_batch=self.batch, num_threads=1,
+                             tail=getattr(self.rule, "tail", None) or None)
+        self.details = {"backend": self.runner.name, "batch": self.batch, "threads": 1,
                         "model": str(task.model_dir), **self.rule.info()}
         if getattr(self.rule, "tail", None):  # calibrate on the training windows' errors
             fulls, tails = [], []
@@ -318,17 +306,8 @@ class EdgertPeer(Peer):
             self.rule.calibrate(np.concatenate(fulls), np.concatenate(tails))
 
     def _errors(self, ring, cap, starts):
-        K, (isc, izp, osc, ozp), k, W = self.K, self.q, len(starts), self.W
-        K.normalize_quantize(ring, cap, starts, W, self.mean, self.inv_std, isc, izp, self.buf, 0)
-        out = self.backend.run(k)
-        K.recon_error(self.buf[:len(out)], isc, izp, out, osc, ozp, k, self.ch, self.sc)
-        tail = None
-        t = self.rule.tail
-        if t:
-            K.recon_error(np.ascontiguousarray(self.buf[:k, :, W - t:]), isc, izp,
-                          np.ascontiguousarray(out[:k, :, W - t:]), osc, ozp, k, self.tl, self.sc2)
-            tail = self.tl[:k]
-        return self.ch[:k], tail, self.sc[:k]
+        r = self.runner.score_windows(ring, cap, starts)
+        return r.ch_err, r.tail_err, r.scores
 
     def process(self, ring, cap, starts):
         full, tail, scores = self._errors(ring, cap, starts)

@@ -404,6 +404,9 @@ class Pipeline:
           block: samples per pushed block.
         Returns:
           `Scores` (parallel arrays, one entry per window in time order).
+
+        Per-window errors, the int8 tensors or another hop, without thresholds or decisions:
+        `edgert.runtime.score_array` (the same ring, kernels, batcher, backend and scorer).
         """
         self._n_offline = getattr(self, "_n_offline", 0) + 1
         sensor = f"score:{self._n_offline}"

@@ -36,6 +36,7 @@ class ReconstructionScorer:
         self.out_scale, self.out_zp = float(v.output.scale), int(v.output.zero_point)
         self.ch_err = np.zeros((max_batch, model.n_channels), dtype=np.float32)
         self.scores = np.zeros(max_batch, dtype=np.float32)
+        self._tail_err = self._tail_scores = None  # tail_error's, made on its first call
         self.window = int(model.window)
         self.attribution = PhasorAttribution.from_manifest(
             model.manifest, model.n_channels, model.window, f"{model.dir}/manifest.json")
@@ -46,6 +47,20 @@ class ReconstructionScorer:
         kernels.recon_error(inp[:k], self.in_scale, self.in_zp, out[:k], self.out_scale, self.out_zp,
                             k, self.ch_err, self.scores)
         return self.scores[:k], self.ch_err[:k]
+
+    def tail_error(self, inp: np.ndarray, out: np.ndarray, k: int, tail: int) -> np.ndarray:
+        """The per-channel error over each window's newest ``tail`` rows (`score` over the
+        last ``tail`` time steps only): a float32 ``[k, C]`` view, valid until the next call."""
+        W = self.window
+        if not 0 < tail <= W:
+            raise ValueError(f"tail must be in 1..{W}, got {tail}")
+        if self._tail_err is None:
+            self._tail_err = np.zeros_like(self.ch_err)
+            self._tail_scores = np.zeros_like(self.scores)
+        kernels.recon_error(np.ascontiguousarray(inp[:k, :, W - tail:]), self.in_scale, self.in_zp,
+                            np.ascontiguousarray(out[:k, :, W - tail:]), self.out_scale,
+                            self.out_zp, k, self._tail_err, self._tail_scores)
+        return self._tail_err[:k]
 
     def windows(self, inp: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """The dequantized input windows of rows ``idx``: float64 ``[m, W, C]`` (what the

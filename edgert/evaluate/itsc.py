@@ -15,12 +15,13 @@ and ``motor-ae`` carry theirs, ~190 KB in all). To evaluate freshly trained fold
 directory and pass it: ``edgert train --kind classifier … --cv 5 --out /tmp/cnn`` then
 ``edgert eval itsc --cnn /tmp/cnn``.
 
-Every window goes the way a live window goes: the recording is appended to a mirrored ring
-(``kernels.ring_append``), windows (hop H) are normalized and quantized into the backend's
-int8 input buffer (``kernels.normalize_quantize``), run by ``edgert.backends``' CPU backend
-(LiteRT, the model's dynamic-batch variant, batches of up to 32), and scored by
-``edgert.scoring`` (``ClassScorer`` for the class, ``ReconstructionScorer`` for the
-autoencoder's error; a window is an alarm when its score exceeds the fold's threshold).
+Every window goes the way a live window goes, through the pipeline's own scoring core
+(`edgert.runtime`): the recording is appended to a sensor's ring and its windows (hop H) cut,
+normalized and quantized into the backend's int8 input buffer (``kernels.ingest``), batched
+(``edgert.batcher``, up to 32), run by ``edgert.backends``' CPU backend (LiteRT, the model's
+dynamic-batch variant), and scored by ``edgert.scoring`` (``ClassScorer`` for the class,
+``ReconstructionScorer`` for the autoencoder's error; a window is an alarm when its score
+exceeds the fold's threshold).
 
 (a) Classifier, leave-one-repetition-out (5 folds: repetition r of every class held out, the
 fold model trained on the other four): window accuracy, recording accuracy (majority vote of
@@ -45,7 +46,7 @@ fault angle refitted without the window's repetition (so no figure rests on an a
 the windows it scores). ``--write-attribution`` first (re)computes that field for the ``--ae``
 directory and its folds (`write_attribution`) and writes it into their manifests.
 
-(c) Timing: windows/s through the runtime (quantize + invoke + score, after a warm-up) for
+(c) Timing: windows/s through the runtime (ring, quantize + invoke + score, after a warm-up) for
 each evaluation and fold, on this machine, one interpreter thread.
 
 ``--json``: the last stdout line is ``{"accuracy", "recording_accuracy", "folds", "ae": {...},
@@ -188,26 +189,23 @@ def fold_dirs(model_dir: Path) -> list[Path]:
 
 
 class RuntimeScorer:
-    """One model directory on the runtime path: ring -> normalize_quantize -> CPU backend
-    (dynamic variant) -> scoring."""
+    """One model directory on the runtime path: `edgert.runtime.Stream` (the pipeline's ring,
+    ``kernels.ingest``, batcher, CPU backend on the dynamic variant, scoring), a fresh stream
+    per recording."""
 
     def __init__(self, model_dir, max_batch: int = MAX_BATCH):
-        from edgert import kernels, models, scoring
-        from edgert.backends import create
+        from edgert.runtime import Runner
 
-        self.kernels = kernels
-        self.model = models.load(model_dir)
-        self.backend = create("cpu", self.model, max_batch=max_batch)
-        self.buf = self.backend.input_buffer()
-        self.max_batch = int(self.buf.shape[0])
-        v = self.model.variants["dynamic"]
-        self.scale, self.zp = float(v.input.scale), int(v.input.zero_point)
-        self.mean = np.ascontiguousarray(self.model.mean, np.float64)
-        self.inv_std = np.ascontiguousarray(self.model.inv_std, np.float64)
-        if self.model.kind == "classifier":
-            self.scorer = scoring.ClassScorer(self.model, self.max_batch)
-        else:
-            self.scorer = scoring.ReconstructionScorer(self.model, self.max_batch)
+        self.runner = Runner(model_dir, "cpu", max_batch=max_batch)
+        self.model = self.runner.model
+        self.backend = self.runner.backend
+        self.max_batch = self.runner.max_batch
+        self.scorer = self.runner.scorer
+
+    @property
+    def buf(self) -> np.ndarray:
+        """The backend's input tensor (rows ``[:k]``: the last batch)."""
+        return self.runner.buf
 
     def run(self, x: np.ndarray, detail: dict | None = None) -> tuple[np.ndarray, np.ndarray, float]:
         """Score every window (hop H) of recording ``x`` ``[n, C]``.
@@ -221,59 +219,44 @@ class RuntimeScorer:
             ``departure`` (complex ``[n, C]``, or None without an ``attribution`` field) are
             put in it (not timed).
         Returns (per-window result: class index int64 for a classifier, score float32 for an
-        autoencoder; window starts; seconds spent quantizing + invoking + scoring)."""
+        autoencoder; window starts; seconds spent in the runtime path: ring, quantize, invoke,
+        score)."""
         from edgert import scoring
+        from edgert.runtime import Stream
 
-        m, K = self.model, self.kernels
-        W, H = m.window, m.hop
+        m = self.model
         x = np.ascontiguousarray(x, np.float32)
-        n = len(x)
         if x.ndim != 2 or x.shape[1] != m.n_channels:
             raise ValueError(f"recording shape {x.shape}: the model needs [n, {m.n_channels}]")
-        cap = n
-        ring = np.zeros((2 * cap, x.shape[1]), np.float32)
-        K.ring_append(ring, cap, 0, x)
-        starts = np.arange(0, max(n - W + 1, 0), H, dtype=np.int64)
-        res = np.empty(len(starts), np.int64 if m.kind == "classifier" else np.float32)
         want = detail is not None and m.kind != "classifier"
-        if want:
+        st = Stream(self.runner, keep_tensors=want, keep_stats=want)
+        st.push(x)
+        st.flush()
+        r = st.take()
+        if m.kind == "classifier":
+            res = r.cls.astype(np.int64) if r.cls is not None else np.empty(0, np.int64)
+        else:
+            res = r.scores if r.scores is not None else np.empty(0, np.float32)
+        if want:  # explanations are not part of the timed path (the daemon makes them for
+            n, C = len(r), m.n_channels  # flagged windows only); per batch, as it would
             for key in ("ch_err", "raw_shares", "shares"):
-                detail[key] = np.empty((len(starts), m.n_channels), np.float32)
-            detail["stats"] = np.empty((len(starts), m.n_channels, 6), np.float32)
+                detail[key] = np.empty((n, C), np.float32)
+            detail["stats"] = r.stats if n else np.empty((0, C, 6), np.float32)
             att = self.scorer.attribution
-            detail["departure"] = None if att is None else np.empty((len(starts), m.n_channels),
-                                                                     np.complex128)
-        t_extra = 0.0
-        t0 = time.perf_counter()
-        for i in range(0, len(starts), self.max_batch):
-            st = starts[i:i + self.max_batch]
-            k = len(st)
-            K.normalize_quantize(ring, cap, st, W, self.mean, self.inv_std, self.scale, self.zp,
-                                 self.buf, 0)
-            out = self.backend.run(k)
-            if m.kind == "classifier":
-                idx, _ = self.scorer.classify(out, k)
-                res[i:i + k] = idx
-            else:
-                scores, ch_err = self.scorer.score(self.buf, out, k)
-                res[i:i + k] = scores
-                if want:  # explanations are not part of the timed path (the daemon makes
-                    t1 = time.perf_counter()  # them for flagged windows only)
-                    rows = np.arange(k)
-                    detail["ch_err"][i:i + k] = ch_err
-                    detail["raw_shares"][i:i + k] = scoring.channel_shares(ch_err)
-                    detail["shares"][i:i + k] = self.scorer.shares(self.buf, ch_err, rows)
-                    if att is not None:
-                        detail["departure"][i:i + k] = att.departure(
-                            self.scorer.windows(self.buf, rows))
-                    t_extra += time.perf_counter() - t1
-        dt = time.perf_counter() - t0 - t_extra
-        if want and len(starts):
-            K.window_stats(ring, cap, starts, W, detail["stats"])
-        return res, starts, dt
+            detail["departure"] = None if att is None else np.empty((n, C), np.complex128)
+            for i in range(0, n, self.max_batch):
+                k = min(self.max_batch, n - i)
+                rows = np.arange(k)
+                inq, ch_err = r.inq[i:i + k], r.ch_err[i:i + k]
+                detail["ch_err"][i:i + k] = ch_err
+                detail["raw_shares"][i:i + k] = scoring.channel_shares(ch_err)
+                detail["shares"][i:i + k] = self.scorer.shares(inq, ch_err, rows)
+                if att is not None:
+                    detail["departure"][i:i + k] = att.departure(self.scorer.windows(inq, rows))
+        return res, r.starts, r.seconds
 
     def close(self) -> None:
-        self.backend.close()
+        self.runner.close()
 
 
 def eval_classifier(recs: dict, model_dir, log=None) -> dict:

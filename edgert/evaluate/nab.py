@@ -18,11 +18,11 @@ The detector, per file, with no label used anywhere:
    on hop-1 windows of the normalized series (`NabConfig`: ``edgert.train``'s Edge-TPU
    layout via ``edgert.evaluate.skab.build_ae``; TensorFlow, lazily imported). The model
    directory (manifest, sha256) is written and loaded back by ``edgert.models``.
-2. Stream the whole file through the runtime the way the daemon streams a sensor
-   (``edgert.evaluate.skab.RuntimeScorer``: blocks appended to a mirrored ring,
-   ``kernels.normalize_quantize`` into the backend's int8 input buffer, batches of up to 32
-   windows invoked by LiteRT, ``kernels.recon_error`` from the int8 tensors). Row ``i`` gets
-   the error of the window ending at it, known once row ``i`` has arrived.
+2. Stream the whole file through the runtime the way the daemon streams a sensor (its
+   scoring core, `edgert.runtime.score_array`: blocks appended to the sensor's ring,
+   ``kernels.ingest`` into the backend's int8 input buffer, batches of up to 32 windows
+   invoked by LiteRT, ``kernels.recon_error`` from the int8 tensors). Row ``i`` gets the error
+   of the window ending at it, known once row ``i`` has arrived.
 3. Online decisions (`OnlineScorer`, numpy, no TensorFlow), batch by batch in time order, on
    ``r = log(error)``: the mean of ``r`` over the last 10 rows against the mean and standard
    deviation of ``r`` over the last 8640 rows gives a Gaussian tail probability, reported as
@@ -342,20 +342,23 @@ def _check_reuse(manifest: Path, cfg: NabConfig) -> None:
 
 
 def model_errors(model_dir: Path, values: np.ndarray) -> tuple[np.ndarray, float, str, int]:
-    """Streams ``values`` through the model's CPU backend (`skab.RuntimeScorer`). Returns
-    (err [n]: the window ending at each row, NaN for the first W-1 rows; seconds in the
-    runtime; backend name; window)."""
-    from .skab import RuntimeScorer
+    """Streams ``values`` through the model's CPU backend (the pipeline's scoring core,
+    `edgert.runtime.score_array`, hop 1). Returns (err [n]: the window ending at each row, NaN
+    for the first W-1 rows; seconds in the runtime; backend name; window)."""
+    from ..runtime import Runner, score_array
 
-    sc = RuntimeScorer(Path(model_dir))
+    runner = Runner(Path(model_dir), "cpu")
     try:
-        s = sc.score(np.asarray(values, np.float64)[:, None])
+        w = runner.model.window
+        x = np.ascontiguousarray(np.asarray(values, np.float64)[:, None], np.float32)
+        if len(x) < w:
+            raise ValueError(f"series of {len(x)} rows is shorter than the window ({w})")
+        s = score_array(runner, x, hop=1, block=32)
     finally:
-        sc.close()
-    w = sc.model.window
+        runner.close()
     err = np.full(len(values), np.nan)
     err[w - 1:] = s.ch_err[:, 0]
-    return err, s.seconds, sc.name, w
+    return err, s.seconds, runner.name, w
 
 
 # ---------------------------------------------------------------------------------------------

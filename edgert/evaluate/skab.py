@@ -19,12 +19,13 @@ friendly layout of ``edgert.train``: ``(1, k)`` Conv2D on ``[B, 1, W, C]``, Conv
 without bias, ReLU as separate layers) is converted to a full-integer int8 TFLite model (the
 dynamic-batch CPU variant: each Conv2DTranspose rewritten as its exact sub-pixel CONV_2D +
 RESHAPE, ``edgert.train``'s trick), written as a model directory, loaded and verified by
-``edgert.models`` and run by ``edgert.backends`` (LiteRT, XNNPACK, one thread). The whole file
-is appended in time order (training part, then test part) to a mirrored ring
-(``kernels.ring_append``); each window (hop 1) is normalized and quantized into the backend's
-input buffer (``kernels.normalize_quantize``), invoked in batches of up to 32, and its
-per-channel squared error computed by ``kernels.recon_error`` from the int8 tensors. A window
-is scored as soon as its last sample has been appended, from samples up to that one only.
+``edgert.models`` and run by ``edgert.backends`` (LiteRT, XNNPACK, one thread), through the
+pipeline's own scoring core (`edgert.runtime`). The whole file is appended in time order
+(training part, then test part) to a sensor's ring; each window (hop 1) is normalized and
+quantized into the backend's input buffer as it completes (``kernels.ingest``), invoked in
+batches of up to 32, and its per-channel squared error computed by ``kernels.recon_error``
+(``scoring.ReconstructionScorer``) from the int8 tensors. A window is scored only once its
+last sample has been appended, from samples up to that one only.
 
 Two results, never mixed:
 
@@ -283,7 +284,7 @@ class Scored:
     in_zp: int
     out_scale: float
     out_zp: int
-    seconds: float               # time in normalize_quantize + invoke + recon_error
+    seconds: float               # time in the runtime: ring, quantize, invoke, error
 
     def dequant(self) -> tuple[np.ndarray, np.ndarray]:
         """float64 ``[n_win, W, C]`` input and ``[n_win, W, C_out]`` output, dequantized."""
@@ -293,79 +294,49 @@ class Scored:
 
 
 class RuntimeScorer:
-    """Streams a series through a mirrored ring into a model's CPU backend, the way the daemon
-    does: blocks of ``block`` samples are appended (``kernels.ring_append``); every window
-    (hop 1) completed by the samples appended so far is normalized and quantized into the
-    backend's input buffer (``kernels.normalize_quantize``), invoked in batches of up to
-    ``max_batch``, and its per-channel squared error taken from the int8 tensors
-    (``kernels.recon_error``: over the whole window, and with ``tail`` over its last ``tail``
-    rows too). No window is scored before its last sample is in the ring."""
+    """Streams a series into a model's CPU backend through the pipeline's scoring core
+    (`edgert.runtime.Stream`), the way the daemon takes a sensor's blocks: blocks of ``block``
+    samples are appended to the sensor's ring; every window (hop 1) completed by the samples
+    appended so far is normalized and quantized into the backend's input buffer
+    (``kernels.ingest``), invoked in batches of up to ``max_batch``, and its per-channel
+    squared error taken from the int8 tensors (``ReconstructionScorer``: over the whole window,
+    and with ``tail`` over its last ``tail`` rows too). No window is scored before its last
+    sample is in the ring."""
 
     def __init__(self, model_dir: Path, max_batch: int = 32, block: int = 32,
                  tail: int | None = None):
-        from .. import backends, models
+        from ..runtime import Runner
 
-        self.model = models.load(model_dir)
-        self.backend = backends.create("cpu", self.model, max_batch=max_batch)
+        self.runner = Runner(model_dir, "cpu", max_batch=max_batch, tail=tail)
+        self.model = self.runner.model
+        self.backend = self.runner.backend
         self.block = int(block)
         self.tail = tail
-        v = self.model.variants["dynamic"]
+        v = self.runner.variant
         self.in_spec, self.out_spec = v.input, v.output
-        if tail is not None and not 0 < tail <= self.model.window:
-            raise ValueError(f"tail must be in 1..{self.model.window}, got {tail}")
 
     @property
     def name(self) -> str:
         return self.backend.name
 
     def close(self) -> None:
-        self.backend.close()
+        self.runner.close()
 
     def score(self, x: np.ndarray) -> Scored:
-        from .. import kernels
+        from ..runtime import Stream
 
-        m, be = self.model, self.backend
-        W, C = m.window, m.n_channels
-        c_out = self.out_spec.shape[-1]
+        W = self.model.window
         x = np.ascontiguousarray(x, dtype=np.float32)
-        n = len(x)
-        n_win = n - W + 1
-        if n_win < 1:
-            raise ValueError(f"series of {n} rows is shorter than the window ({W})")
-        cap = W + self.block + be.max_batch
-        ring = np.zeros((2 * cap, C), np.float32)
-        buf = be.input_buffer()
-        inq = np.empty((n_win, 1, W, C), np.int8)
-        outq = np.empty((n_win, 1, W, c_out), np.int8)
-        same = c_out == C
-        ch_err = np.empty((n_win, C), np.float32) if same else None
-        tail_err = np.empty((n_win, C), np.float32) if same and self.tail else None
-        scores = np.empty(be.max_batch, np.float32)
-        mean, inv_std = m.mean, m.inv_std
-        isc, izp = self.in_spec.scale, self.in_spec.zero_point
-        osc, ozp = self.out_spec.scale, self.out_spec.zero_point
-        pos, nxt, secs = 0, 0, 0.0
-        while pos < n:
-            pos = kernels.ring_append(ring, cap, pos, x[pos:pos + self.block])
-            while nxt + W <= pos:  # the windows completed by the samples received so far
-                k = min(be.max_batch, pos - W + 1 - nxt)
-                starts = np.arange(nxt, nxt + k, dtype=np.int64)
-                t0 = time.perf_counter()
-                kernels.normalize_quantize(ring, cap, starts, W, mean, inv_std, isc, izp, buf, 0)
-                out = be.run(k)
-                if same:  # `out` has the rows of the interpreter that ran (>= k)
-                    kernels.recon_error(buf[:len(out)], isc, izp, out, osc, ozp, k,
-                                        ch_err[nxt:nxt + k], scores)
-                    if tail_err is not None:
-                        t = self.tail
-                        kernels.recon_error(np.ascontiguousarray(buf[:k, :, W - t:]), isc, izp,
-                                            np.ascontiguousarray(out[:k, :, W - t:]), osc, ozp,
-                                            k, tail_err[nxt:nxt + k], scores)
-                secs += time.perf_counter() - t0
-                inq[nxt:nxt + k] = buf[:k]
-                outq[nxt:nxt + k] = out[:k]
-                nxt += k
-        return Scored(inq, outq, ch_err, tail_err, isc, izp, osc, ozp, secs)
+        if len(x) - W + 1 < 1:
+            raise ValueError(f"series of {len(x)} rows is shorter than the window ({W})")
+        st = Stream(self.runner, hop=1, keep_tensors=True)
+        for a in range(0, len(x), self.block):
+            st.push(x[a:a + self.block])
+        st.flush()
+        r = st.take()
+        ru = self.runner
+        return Scored(r.inq, r.outq, r.ch_err, r.tail_err, ru.in_scale, ru.in_zp, ru.out_scale,
+                      ru.out_zp, r.seconds)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,10 +22,11 @@ run (same models, same scores):
 * ``safe``: `edgert.adapt.SafeNormalization` (the daemon's ``--adapt safe`` settings: segment
   1 s, hold ``Config.adapt_hold_s``, probation ``Config.adapt_probation_s``), fed per batch with
   the windows' raw mean/std and flags. The normalization changes the model's input, so these
-  variants re-score every window through the runtime as the daemon does: samples appended to a
-  mirrored ring (``kernels.ring_append``), each completed window normalized and quantized with
-  the sensor's *current* mean/inv_std rows (``kernels.normalize_quantize``), invoked, its tail
-  error taken (``kernels.recon_error``) and divided by the calibrated per-channel references.
+  variants re-score every window through the runtime as the daemon does (its scoring core,
+  `edgert.runtime.Stream`): samples appended to the sensor's ring, each completed window
+  normalized and quantized with the sensor's *current* mean/inv_std rows (``kernels.ingest``),
+  invoked, its tail error taken (``ReconstructionScorer.tail_error``) and divided by the
+  calibrated per-channel references.
   An accepted operating point restarts the adaptive threshold (as ``Daemon._adapted``).
   ``safe`` keeps the fixed threshold; ``safe+spot`` adds SPOT.
   (This replay found that `SafeNormalization`'s gain once scaled about zero, so on SKAB's
@@ -100,62 +101,51 @@ def window_stats(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np
 
 class RuntimeStream:
     """Scores windows of one series through a model's CPU backend on demand, in time order,
-    with the normalization rows it is handed at each call (the daemon's per-batch path):
-    samples are appended to a mirrored ring only up to the newest window asked for.
+    with the normalization rows it is handed at each call (the daemon's per-batch path,
+    through its scoring core `edgert.runtime.Stream`): samples are appended to the sensor's
+    ring only up to the newest window asked for, and the windows they complete are quantized
+    with the rows of that call.
 
     ``score(i, k, mean, inv_std)`` -> float64 [k]: windows i..i+k-1 (window s = rows s..s+W-1),
     per scored channel the tail error / ``ref``, maximum over ``channels``."""
 
     def __init__(self, model_dir, x: np.ndarray, tail: int, ref: np.ndarray,
                  channels, max_batch: int = 1):
-        from .. import backends, models
+        from ..runtime import Runner, Stream
 
-        self.model = models.load(model_dir)
-        self.backend = backends.create("cpu", self.model, max_batch=max_batch)
-        v = self.model.variants["dynamic"]
-        self.isc, self.izp = v.input.scale, v.input.zero_point
-        self.osc, self.ozp = v.output.scale, v.output.zero_point
-        W, C = self.model.window, self.model.n_channels
-        if v.output.shape[-1] != C:
-            raise ValueError(f"{model_dir}: the model reconstructs {v.output.shape[-1]} of {C} "
+        self.runner = Runner(model_dir, "cpu", max_batch=max_batch, tail=tail)
+        self.model = m = self.runner.model
+        if not self.runner.errors:
+            raise ValueError(f"{model_dir}: the model reconstructs "
+                             f"{self.runner.variant.output.shape[-1]} of {m.n_channels} "
                              "channels; adaptive re-scoring needs one output per channel")
-        if not 0 < tail <= W:
-            raise ValueError(f"tail must be in 1..{W}, got {tail}")
-        self.W, self.tail = W, int(tail)
+        self.W, self.tail = m.window, int(tail)
         self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.cap = W + self.backend.max_batch + 1
-        self.ring = np.zeros((2 * self.cap, C), np.float32)
-        self.pos = 0
-        self.buf = self.backend.input_buffer()
-        self.err = np.empty((self.backend.max_batch, C), np.float32)
-        self._scores = np.empty(self.backend.max_batch, np.float32)
+        self.stream = Stream(self.runner, hop=1)
+        self.next = 0  # the next window the stream cuts
         self.ch = np.asarray(channels, dtype=np.int64)
         self.ref = np.asarray(ref, np.float64)
 
     def score(self, i: int, k: int, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-        from .. import kernels
-
-        W, t = self.W, self.tail
-        if k > self.backend.max_batch:
-            raise ValueError(f"batch of {k} windows exceeds the backend's {self.backend.max_batch}")
+        W = self.W
+        if k > self.runner.max_batch:
+            raise ValueError(f"batch of {k} windows exceeds the backend's {self.runner.max_batch}")
         end = i + k - 1 + W  # rows needed: up to the newest window's last sample
         if end > len(self.x):
             raise ValueError(f"window {i + k - 1} runs past the series ({len(self.x)} rows)")
-        if self.pos < end:
-            self.pos = kernels.ring_append(self.ring, self.cap, self.pos, self.x[self.pos:end])
-        if i < self.pos - self.cap:
-            raise ValueError(f"window {i} has left the ring (asked out of order)")
-        starts = np.arange(i, i + k, dtype=np.int64)
-        kernels.normalize_quantize(self.ring, self.cap, starts, W, mean, inv_std, self.isc,
-                                   self.izp, self.buf, 0)
-        out = self.backend.run(k)
-        kernels.recon_error(np.ascontiguousarray(self.buf[:k, :, W - t:]), self.isc, self.izp,
-                            np.ascontiguousarray(out[:k, :, W - t:]), self.osc, self.ozp, k,
-                            self.err[:k], self._scores)
-        return (self.err[:k][:, self.ch] / self.ref).max(axis=1)
+        if i != self.next:
+            raise ValueError(f"window {i} asked after window {self.next - 1}: windows are cut "
+                             "once, in time order (it has left the ring)")
+        st = self.stream
+        st.normalize_with(mean, inv_std)
+        st.push(self.x[st.pushed:end])
+        st.flush()
+        r = st.take()
+        self.next = i + k
+        return (r.tail_err[:, self.ch] / self.ref).max(axis=1)
 
     def close(self) -> None:
-        self.backend.close()
+        self.runner.close()
 
 
 @dataclass
