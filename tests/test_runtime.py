@@ -62,7 +62,7 @@ def test_core_scores_exactly_what_the_pipeline_pushes(daemon_path):
 def test_evaluators_score_exactly_what_the_pipeline_pushes(daemon_path):
     """eval itsc's scorer at the model's hop, eval skab's at hop 1 (every 16th window is the
     pipeline's) and bench --peers' edgert row: the daemon's scores, bit for bit."""
-    from bench import peers as P
+    from edgert.bench import peers as P
     from edgert.evaluate import itsc, skab
 
     x, ds, m = daemon_path
