@@ -39,7 +39,7 @@ Steps:
 
 5. Print the verdict table. Only when every check passes and ``--publish`` is given is the
    candidate published into the model directory, atomically for a daemon that watches it
-   (``watch_model_s``): its files carry a new generation stem (``<name>round_sig<N>_dyn.tflite`` …)
+   (``watch_model_s``): its files carry a new generation stem (``<name>_r<N>_dyn.tflite`` …)
    and go in first (temp name, fsync, ``os.replace``), the manifest last (temp +
    ``os.replace``), so a reader sees either the old manifest with the old files or the new
    manifest with the new files. Files of generations older than the previous one are then
@@ -340,7 +340,7 @@ def publish(cand: Path, model_dir: Path) -> list[str]:
     removed = []
     for p in model_dir.iterdir():  # generations before the previous one
         if (p.is_file() and p.name not in keep
-                and re.fullmatch(rf"{stem}round_sig\d+_(dyn|b1|packed)\.tflite|{stem}round_sig\d+_float\.keras",
+                and re.fullmatch(rf"{stem}_r\d+_(dyn|b1|packed)\.tflite|{stem}_r\d+_float\.keras",
                                  p.name)):
             p.unlink()
             removed.append(p.name)
@@ -401,7 +401,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
 
     # --- candidate directory ------------------------------------------------------------
     gen = _generation(old.manifest) + 1
-    stem = f"{old.name}round_sig{gen}"
+    stem = f"{old.name}_r{gen}"
     cand = Path(out) if out else Path(tempfile.mkdtemp(prefix=f"edgert-retrain-{old.name}-"))
     xv = normalize(xval, mean, std)
     fl, _ = float_errors(model, xv)
