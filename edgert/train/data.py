@@ -1,4 +1,4 @@
-"""Training data for ``edgert train``: ``--data`` read into a `Dataset` of `Recording`\s
+"""Training data for ``edgert train``: ``--data`` read into a `Dataset` of recordings
 (CSV file, ``.npz``, a directory of class folders, or the shipped ITSC copy), windows cut from
 them and their normalization."""
 
