@@ -439,7 +439,7 @@ class FloatAEPeer(Peer):
 
 def _tf():
     """TensorFlow with one intra-op and one inter-op thread (set before its first op)."""
-    from edgert.train import _tf as edgert_tf
+    from edgert.train import load_tf as edgert_tf
 
     tf = edgert_tf()
     try:
@@ -766,13 +766,13 @@ def _train_skab_file(f, cfg, workdir: Path):
     """``edgert eval skab``'s per-file training (`skab._train_file`), keeping the float Keras
     model: (model dir, keras model, mean, std, epochs)."""
     from edgert.evaluate import skab
-    from edgert.train import set_seed
+    from edgert.train import build_ae, set_seed
 
     mean, std = skab.fit_scaler(f.x[:skab.TRAIN_ROWS])
     xtr = skab.windows_of((f.x[:skab.TRAIN_ROWS] - mean) / std, cfg.window)
     spec = cfg.spec(f.x.shape[1])
     set_seed(cfg.seed)
-    model = skab.build_ae(spec)
+    model = build_ae(spec)
     epochs = skab._fit(model, xtr, cfg)
     tfl = skab.int8_dynamic(spec, model, skab.rep_set(xtr, cfg.rep_headroom, cfg.rep_windows,
                                                       cfg.seed))

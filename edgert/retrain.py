@@ -94,7 +94,7 @@ def calibrate(cfg, fpath: Path, x: np.ndarray, epochs: int, seed: int, lr: float
     each of ``SEGMENTS`` consecutive segments, a model fine-tuned on the others (normalization
     fitted on them) scores it through LiteRT int8. Returns ``{"threshold", "quantile_value",
     "windows", "per_segment_max"}``."""
-    from .train import (Int8Model, _quantile, export_dynamic, fit_normalization, normalize,
+    from .train import (Int8Model, quantile_higher, export_dynamic, fit_normalization, normalize,
                         representative_set)
 
     pooled, seg_max = [], []
@@ -112,7 +112,7 @@ def calibrate(cfg, fpath: Path, x: np.ndarray, epochs: int, seed: int, lr: float
         log(f"  segment {k + 1}/{SEGMENTS} held out: n={len(s)} median={np.median(s):.5f} "
             f"max={s.max():.5f}")
     pooled = np.concatenate(pooled)
-    q = _quantile(pooled, cfg.quantile)
+    q = quantile_higher(pooled, cfg.quantile)
     return {"threshold": cfg.factor * q, "quantile_value": q, "windows": int(len(pooled)),
             "per_segment_max": seg_max}
 
@@ -206,10 +206,10 @@ def check_keras_file(path: Path) -> Path:
 def fine_tune(cfg, path: Path, x: np.ndarray, epochs: int, seed: int, lr: float,
               label: str = "fine-tune"):
     """Loads the float model and fits it on normalized windows ``x [n, 1, W, C]``."""
-    from .train import Progress, _tf, set_seed
+    from .train import Progress, load_tf, set_seed
 
     check_keras_file(path)  # before TensorFlow: an .h5 never reaches the loader
-    tf = _tf()
+    tf = load_tf()
     set_seed(seed)
     # safe_mode=True explicitly (Keras' default today): no code deserialized from the archive
     model = tf.keras.models.load_model(path, compile=False, safe_mode=True)
@@ -356,7 +356,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
             command: str | None = None, log=print) -> dict:
     """Runs the whole procedure (module docstring). Returns ``{"passed", "published", "rows",
     "candidate", …}``; raises ValueError (ModelError, ReservoirError) for bad input."""
-    from .train import (Int8Model, _packed_vs_b1, _r, _tf, export_variants,
+    from .train import (Int8Model, packed_vs_b1, round_sig, load_tf, export_variants,
                         fit_normalization, float_errors, normalize, representative_set,
                         write_model_dir)
 
@@ -368,7 +368,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
         raise models.ModelError(f"{old.dir}/manifest.json: field 'kind' is {old.kind!r}; "
                                 "edgert retrain fine-tunes autoencoders")
     fpath = float_model_path(old)  # a .keras file, checked before TensorFlow is imported
-    _tf()  # sets TensorFlow's environment (oneDNN off) before its first import
+    load_tf()  # sets TensorFlow's environment (oneDNN off) before its first import
     cfg = ae_config(old.manifest)
     res = reservoir.load(reservoir_dir, old.name, window=old.window, channels=old.channels)
     x = res["x"]
@@ -384,7 +384,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
     lr = lr if lr is not None else cfg.learning_rate / 4
     log(f"calibrating the threshold (leave one of {SEGMENTS} time segments out) ...")
     cal = calibrate(cfg, fpath, xtr, epochs, seed, lr, log)
-    threshold = _r(cal["threshold"], 6)
+    threshold = round_sig(cal["threshold"], 6)
     mean, std = fit_normalization(xtr)
     xn = normalize(xtr, mean, std)
     t_fit = time.time()
@@ -406,7 +406,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
     xv = normalize(xval, mean, std)
     fl, _ = float_errors(model, xv)
     s_val, _ = ex.dyn.errors(xv, batch=32)
-    packed_cmp = _packed_vs_b1(ex.packed, ex.b1, xv)
+    packed_cmp = packed_vs_b1(ex.packed, ex.b1, xv)
     corr = float(np.corrcoef(fl, s_val)[0, 1]) if len(xv) > 1 else 1.0
     m = old.manifest
     # 'attribution' (which channel an anomaly names) is kept: its phasor statistics are of the
@@ -414,7 +414,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
     head = {k: m[k] for k in ("schema", "name", "kind", "description", "window", "hop",
                               "sample_rate_hz", "channels", "input_layout", "attribution") if k in m}
     head.update({
-        "normalization": {"mean": [_r(v, 9) for v in mean], "std": [_r(v, 9) for v in std]},
+        "normalization": {"mean": [round_sig(v, 9) for v in mean], "std": [round_sig(v, 9) for v in std]},
         "score": "mean_sq",
         "threshold": threshold,
         "calibration": {
@@ -424,12 +424,12 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
                        "int8, scored its windows through LiteRT; threshold = factor x quantile "
                        "('higher') of the pooled held-out scores"),
             "windows": cal["windows"], "quantile": cfg.quantile, "factor": cfg.factor,
-            "quantile_value": _r(cal["quantile_value"], 6),
-            "per_segment_max": [_r(v, 6) for v in cal["per_segment_max"]]},
+            "quantile_value": round_sig(cal["quantile_value"], 6),
+            "per_segment_max": [round_sig(v, 6) for v in cal["per_segment_max"]]},
         "class_names": None,
     })
-    fidelity = {"float_int8_score_corr": _r(corr, 5),
-                "float_int8_decision_agreement": _r(((fl > threshold) == (s_val > threshold))
+    fidelity = {"float_int8_score_corr": round_sig(corr, 5),
+                "float_int8_decision_agreement": round_sig(((fl > threshold) == (s_val > threshold))
                                                     .mean(), 5),
                 "windows": int(len(xv)), "variant": "dynamic",
                 "packed_equals_b1": packed_cmp["packed_equals_b1"]}
@@ -446,7 +446,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
     }
     metrics = {"validation": rows, "train_windows": int(len(xtr)), "epochs": epochs,
                "learning_rate": lr, "fine_tune_seconds": round(fit_s, 1),
-               "final_train_loss": _r(hist["loss"][-1]), **packed_cmp}
+               "final_train_loss": round_sig(hist["loss"][-1]), **packed_cmp}
     manifest = write_model_dir(cand, cfg, model, ex, head, fidelity, training, metrics,
                                manifest_now=False, stem=stem)
     manifest["retrain"] = {"generation": gen, "parent": _generation(m),
@@ -493,7 +493,7 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_retrain(args) -> int:
-    from .train import _require_tensorflow
+    from .train import require_tensorflow
 
     try:  # the model's own faults first (no TensorFlow needed to find them)
         float_model_path(models.load(args.model))
@@ -501,7 +501,7 @@ def cmd_retrain(args) -> int:
         print(f"edgert retrain: {exc}", file=sys.stderr)
         return 2
     try:
-        _require_tensorflow()
+        require_tensorflow()
     except ImportError as exc:
         print(f"edgert retrain: {exc}", file=sys.stderr)
         return 2

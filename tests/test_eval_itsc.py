@@ -168,7 +168,7 @@ def test_write_attribution_reproduces_the_shipped_fields(tmp_path):
     """The shipped ``attribution`` fields are what ``--write-attribution`` computes (a copy of
     motor-ae with the field removed gets it back, equal), and what ``edgert train`` would write
     (the same function from the same recordings and normalization)."""
-    from edgert.train import AEConfig, _attribution
+    from edgert.train import AEConfig, itsc_attribution
 
     src = models.resolve("motor-ae")
     d = tmp_path / "motor-ae"
@@ -192,7 +192,7 @@ def test_write_attribution_reproduces_the_shipped_fields(tmp_path):
     models.load(d)  # sha256 of the model files untouched: still verifies
     m = json.loads((src / "manifest.json").read_text())
     cfg = AEConfig(window=m["window"], hop=m["hop"], sample_rate_hz=m["sample_rate_hz"])
-    field = _attribution(True, {n: x for n, (x, _) in recs.items()},
+    field = itsc_attribution(True, {n: x for n, (x, _) in recs.items()},
                          {n: c for n, (_, c) in recs.items()}, m["training"]["train_recordings"],
                          np.array(m["normalization"]["mean"]), np.array(m["normalization"]["std"]),
                          cfg, "cmd")["attribution"]

@@ -238,11 +238,11 @@ def test_channel_drift_flags_a_drifting_channel():
 @pytest.mark.parametrize("cfg", [skab.ConvAEConfig(), skab.EdgeAEConfig()],
                          ids=["convae", "edgeae"])
 def test_subpixel_variant_is_exact_and_int8_has_no_transpose_conv(cfg):
-    from edgert.train import set_seed, tflite_ops
+    from edgert.train import build_ae, set_seed, tflite_ops, to_subpixel_model
 
     set_seed(0)
     spec = cfg.spec(8)
-    model = skab.build_ae(spec)
+    model = build_ae(spec)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 1, skab.WINDOW, 8)).astype(np.float32)
     for layer in model.layers:  # non-zero biases too
@@ -250,7 +250,7 @@ def test_subpixel_variant_is_exact_and_int8_has_no_transpose_conv(cfg):
         if w:
             layer.set_weights([rng.normal(scale=0.3, size=v.shape).astype(np.float32)
                                for v in w])
-    skab.to_subpixel_model(spec, model, check=x)  # raises if the outputs differ
+    to_subpixel_model(spec, model, check=x)  # raises if the outputs differ
     ops = tflite_ops(skab.int8_dynamic(spec, model, x))
     assert ops and not any(o.startswith("TRANSPOSE_CONV") for o in ops), ops
     assert {o.split("/")[0] for o in ops} <= {"CONV_2D", "RESHAPE", "RELU"}, ops

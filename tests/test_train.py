@@ -254,3 +254,36 @@ def test_reduced_training_reproduces(tmp_path, kind, data, extra):
     else:
         assert loaded.threshold > 0
         assert m2["training"]["train_recordings"] == ["SC_HLT_001", "SC_HLT_002"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                    reason="TensorFlow is not installed (pip install 'edgert[train]'); "
+                           "CI does not install it")
+def test_one_autoencoder_builder_rebuilds_the_shipped_motor_ae_variants():
+    """`build_ae` (the one conv-autoencoder builder, spec from `ae_spec`) with the shipped
+    float weights converts to the shipped dynamic, b1 and packed files, byte for byte: same
+    layers, names and graph as the model ``edgert train`` shipped. (Conversion calibrates on
+    float activations: on another CPU or TensorFlow than the manifest's, the last bits may
+    differ; see the module docstring of edgert.train.)"""
+    import hashlib
+
+    from edgert.train import (AEConfig, ae_spec, build_ae, export_variants, fit_normalization,
+                              load_tf, normalize, representative_set)
+
+    d = models.resolve("motor-ae")
+    m = json.loads((d / "manifest.json").read_text())
+    cfg = AEConfig(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in m["training"]["config"].items()})
+    shipped = load_tf().keras.models.load_model(d / m["float_model"]["file"], compile=False)
+    model = build_ae(ae_spec(cfg))
+    assert [ly.name for ly in model.layers] == [ly.name for ly in shipped.layers]
+    model.set_weights(shipped.get_weights())
+    recs = [itsc_recording(n) for n in cfg.train_recordings]  # as edgert.train.autoencoder
+    mean, std = fit_normalization(np.concatenate([make_windows(x, cfg.window, cfg.hop)
+                                                  for x in recs]))
+    x_fit = normalize(np.concatenate([make_windows(x, cfg.window, cfg.train_hop) for x in recs]),
+                      mean, std)
+    ex = export_variants(cfg, model, representative_set(cfg, x_fit, m["training"]["seed"]))
+    for v, content in (("dynamic", ex.dyn_bytes), ("b1", ex.b1_bytes),
+                       ("packed", ex.packed_bytes)):
+        assert hashlib.sha256(content).hexdigest() == m["files"][m["variants"][v]["file"]], v

@@ -86,7 +86,7 @@ def faulty_phase(cls: str) -> int | None:
 def load_itsc(data=None) -> dict[str, tuple[np.ndarray, str]]:
     """Recordings by name: (float32 [n, 3], class). ``data``: None (shipped), an ITSC-layout
     directory or an .npz."""
-    from edgert.train import load_dataset
+    from edgert.train.data import load_dataset
 
     ds = load_dataset(data)
     out = {}
@@ -109,7 +109,8 @@ def attribution_for(recs: dict, normal: Sequence[str], mean, std, window: int, h
     model) does not find nearer another class than their own. ``recs``: name -> (x ``[n, C]``,
     class). Raises ValueError when a name is missing or the data has no dominant fundamental."""
     from edgert.scoring import attribution_field, dominant_frequency
-    from edgert.train import label_audit, make_windows, normalize
+    from edgert.train.classifier import label_audit
+    from edgert.train.data import make_windows, normalize
 
     missing = [n for n in normal if n not in recs]
     if missing or not normal:
@@ -140,7 +141,7 @@ def write_attribution(model_dir, recs: dict, command: str, log=None) -> list[Pat
     ``training.train_recordings``) and normalization, and writes it into the manifests (all
     computed first, then each written atomically; the field goes after ``calibration``;
     nothing else changes). Returns the manifests written."""
-    from edgert.train import write_manifest
+    from edgert.train.modeldir import write_manifest
 
     todo = []
     for d in [Path(model_dir), *fold_dirs(model_dir)]:
@@ -261,7 +262,7 @@ class RuntimeScorer:
 
 def eval_classifier(recs: dict, model_dir, log=None) -> dict:
     """(a): every fold model of ``model_dir/folds`` scores the recordings it held out."""
-    from edgert.train import classification_summary, label_audit
+    from edgert.train.classifier import classification_summary, label_audit
 
     dirs = fold_dirs(model_dir)
     if not dirs:
@@ -421,7 +422,7 @@ def eval_autoencoder(recs: dict, model_dir, healthy: str = "SC_HLT", log=None) -
 def _loro_audits(recs: dict) -> dict:
     """Repetition -> recordings ``train.label_audit`` flags among the other repetitions (what
     a fault-angle fit without that repetition leaves out, as `attribution_for` does)."""
-    from edgert.train import label_audit
+    from edgert.train.classifier import label_audit
 
     reps = {m.group("rep") for m in map(_REC.match, recs) if m}
     return {r: {a["recording"] for a in label_audit(

@@ -16,7 +16,7 @@ The detector, per file, with no label used anywhere:
 1. Fit on the probationary rows only (NAB's: the first ``min(floor(0.15 n), 750)`` rows, the
    rows NAB does not score): a scaler (mean, std) and a small int8 convolutional autoencoder
    on hop-1 windows of the normalized series (`NabConfig`: ``edgert.train``'s Edge-TPU
-   layout via ``edgert.evaluate.skab.build_ae``; TensorFlow, lazily imported). The model
+   layout via ``edgert.train.build_ae``; TensorFlow, lazily imported). The model
    directory (manifest, sha256) is written and loaded back by ``edgert.models``.
 2. Stream the whole file through the runtime the way the daemon streams a sensor (its
    scoring core, `edgert.runtime.score_array`: blocks appended to the sensor's ring,
@@ -306,8 +306,8 @@ def _write_model_dir(out: Path, tflite: bytes, cfg: NabConfig, mean: float, std:
 
 def train_file(f: nabdata.NabFile, cfg: NabConfig, out: Path) -> Path:
     """Scaler and autoencoder on ``f``'s probationary rows, int8, written to ``out``."""
-    from ..train import set_seed
-    from .skab import _fit, build_ae, int8_dynamic, rep_set, windows_of
+    from ..train import build_ae, set_seed
+    from .skab import _fit, int8_dynamic, rep_set, windows_of
 
     p = int(math.ceil(nabscore.probation_length(len(f.values))))
     x = f.values[:p]

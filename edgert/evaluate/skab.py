@@ -87,7 +87,7 @@ __all__ = [
     "WINDOW", "TRAIN_ROWS", "LEADERBOARD", "CONVAE_REPRODUCED", "SkabFile", "load_file",
     "labelled_files", "load_skab", "load_anomaly_free", "confusion", "rates",
     "skab_point_flags", "stream_point_flags", "write_model_dir", "Scored", "RuntimeScorer",
-    "build_ae", "to_subpixel_model", "int8_dynamic", "ConvAEConfig", "EdgeAEConfig",
+    "int8_dynamic", "ConvAEConfig", "EdgeAEConfig",
     "channel_drift", "run_convae", "run_edgeae", "summarize", "evaluate", "report",
 ]
 
@@ -340,112 +340,15 @@ class RuntimeScorer:
 
 
 # ---------------------------------------------------------------------------------------------
-# TensorFlow: Edge-TPU-friendly conv autoencoders and their int8 dynamic-batch variant
+# TensorFlow: the int8 dynamic-batch variant of the conv autoencoders (edgert.train.build_ae)
 # ---------------------------------------------------------------------------------------------
-
-def _layers():
-    from ..train import _tf
-
-    tf = _tf()
-    return tf, tf.keras.layers
-
-
-def build_ae(spec: dict, subpixel: bool = False, batch: int | None = None):
-    """A conv autoencoder ``[B, 1, W, C_in] -> [B, 1, W, C_out]`` from a layer list.
-
-    ``spec``: ``{"name", "window", "c_in", "c_out", "layers": [...]}``, each layer a tuple
-    ``("down", filters, k)`` (Conv2D (1,k) stride (1,2) 'same' + ReLU layer), ``("up",
-    filters, k)`` (Conv2DTranspose (1,k) stride (1,2) 'same' without bias + ReLU layer: the
-    Edge TPU rules of edgert.train), ``("conv", filters, k, act)`` (stride-1 Conv2D),
-    ``("drop", rate)``. With ``subpixel=True`` each "up" is its exact sub-pixel equivalent
-    (Conv2D with 2 x filters + constant reshape), the form of the dynamic-batch CPU variant.
-    """
-    from ..train import Shuffle, _subpixel_taps
-
-    tf, L = _layers()
-    W = spec["window"]
-    inp = tf.keras.Input(shape=(1, W, spec["c_in"]), batch_size=batch, name="x")
-    h, w = inp, W
-    for i, ly in enumerate(spec["layers"]):
-        kind = ly[0]
-        if kind == "down":
-            h = L.Conv2D(ly[1], (1, ly[2]), strides=(1, 2), padding="same", name=f"l{i}")(h)
-            h = L.ReLU(name=f"l{i}_relu")(h)
-            w = (w + 1) // 2
-        elif kind == "up":
-            bias = bool(ly[3]) if len(ly) > 3 else False
-            if subpixel:
-                m, _ = _subpixel_taps(ly[2])
-                h = L.Conv2D(2 * ly[1], (1, 2 * m + 1), padding="same", use_bias=bias,
-                             activation="relu", name=f"l{i}_sp")(h)
-                w *= 2
-                h = Shuffle(w, ly[1], name=f"l{i}_shuffle")(h)
-            else:
-                h = L.Conv2DTranspose(ly[1], (1, ly[2]), strides=(1, 2), padding="same",
-                                      use_bias=bias, name=f"l{i}")(h)
-                h = L.ReLU(name=f"l{i}_relu")(h)
-                w *= 2
-        elif kind == "code":  # (1, w) valid Conv2D, linear: the window becomes [1, 1, latent]
-            h = L.Conv2D(ly[1], (1, w), padding="valid", name=f"l{i}")(h)
-            w = 1
-        elif kind == "expand":  # [1, 1, latent] -> [1, ly[2], ly[1]]: ConvT (1, w) valid + ReLU
-            if subpixel:
-                h = L.Conv2D(ly[2] * ly[1], (1, 1), use_bias=False, activation="relu",
-                             name=f"l{i}_sp")(h)
-                h = Shuffle(ly[2], ly[1], name=f"l{i}_shuffle")(h)
-            else:
-                h = L.Conv2DTranspose(ly[1], (1, ly[2]), padding="valid", use_bias=False,
-                                      name=f"l{i}")(h)
-                h = L.ReLU(name=f"l{i}_relu")(h)
-            w = ly[2]
-        elif kind == "conv":
-            act = ly[3] if len(ly) > 3 else None
-            h = L.Conv2D(ly[1], (1, ly[2]), padding="same", activation=act, name=f"l{i}")(h)
-        elif kind == "drop":
-            if not subpixel:
-                h = L.Dropout(ly[1], name=f"l{i}")(h)
-        else:
-            raise ValueError(f"unknown layer kind {kind!r}")
-    if w != W:
-        raise ValueError(f"layers map window {W} to {w}")
-    return tf.keras.Model(inp, h, name=spec["name"])
-
-
-def to_subpixel_model(spec: dict, model, check: np.ndarray | None = None):
-    """The ``subpixel=True`` form of ``spec`` carrying the weights of the trained ``model``
-    (same mapping as edgert.train.to_subpixel); ``check``: assert equal float outputs."""
-    from ..train import _subpixel_taps, check_subpixel
-
-    sp = build_ae(spec, subpixel=True, batch=None)
-    src = {layer.name: layer for layer in model.layers}
-    for i, ly in enumerate(spec["layers"]):
-        if ly[0] == "up":
-            wts = src[f"l{i}"].get_weights()
-            K = wts[0]                                  # [1, k, f_out, f_in]
-            _, k, fo, fi = K.shape
-            m, phases = _subpixel_taps(k)
-            Wt = np.zeros((1, 2 * m + 1, fi, 2 * fo), np.float32)
-            for r, ph in enumerate(phases):
-                for u, t in ph:
-                    Wt[0, u, :, r * fo:(r + 1) * fo] = K[0, t].T
-            # a bias (not Edge-TPU friendly, see build_ae) is the same for both phases
-            sp.get_layer(f"l{i}_sp").set_weights([Wt] + [np.tile(b, 2) for b in wts[1:]])
-        elif ly[0] == "expand":  # ConvT kernel [1, w, f, latent] -> 1x1 conv, column o*f + c
-            K = src[f"l{i}"].get_weights()[0]
-            _, wc, f, lat = K.shape
-            sp.get_layer(f"l{i}_sp").set_weights(
-                [np.transpose(K[0], (2, 0, 1)).reshape(1, 1, lat, wc * f)])
-        elif ly[0] in ("down", "conv", "code"):
-            sp.get_layer(f"l{i}").set_weights(src[f"l{i}"].get_weights())
-    if check is not None:
-        check_subpixel(model, sp, check)
-    return sp
-
 
 def int8_dynamic(spec: dict, model, rep: np.ndarray) -> bytes:
     """Full-integer int8 dynamic-batch TFLite (CONV_2D + RESHAPE + RELU only) of ``model``,
-    calibrated on ``rep`` ``[n, 1, W, C]`` (edgert.train.convert_int8)."""
-    from ..train import convert_int8
+    calibrated on ``rep`` ``[n, 1, W, C]``: the sub-pixel form of ``spec``
+    (edgert.train.to_subpixel_model, float outputs checked equal) converted by
+    edgert.train.convert_int8."""
+    from ..train import convert_int8, to_subpixel_model
 
     return convert_int8(to_subpixel_model(spec, model, check=rep[:128]), rep)
 
@@ -478,9 +381,9 @@ def rep_set(x: np.ndarray, headroom: float, n: int, seed: int) -> np.ndarray:
 def _fit(model, x: np.ndarray, cfg) -> int:
     """SKAB's Conv-AE recipe: Adam, MSE, ``validation_split`` (Keras takes the *last* windows,
     i.e. the end of the training part) and early stopping on it. Returns the epochs run."""
-    from ..train import _tf
+    from ..train import load_tf
 
-    tf = _tf()
+    tf = load_tf()
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="mse")
     cb = [tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                            mode="min")]
@@ -497,7 +400,7 @@ def model_dir_of(workdir: Path, f: SkabFile) -> Path:
 def _train_file(f: SkabFile, cfg, spec: dict, workdir: Path, tail: int | None):
     """Scaler + model on the training part, int8 conversion, model directory, and every
     window of the file scored through the runtime. Returns (Scored, epochs, backend name)."""
-    from ..train import set_seed
+    from ..train import build_ae, set_seed
 
     mean, std = fit_scaler(f.x[:TRAIN_ROWS])
     xtr = windows_of((f.x[:TRAIN_ROWS] - mean) / std, cfg.window)
