@@ -20,9 +20,9 @@ for the README's reliability table. Latency of a probe: sensor time of the block
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -253,22 +253,40 @@ def _header(seq, t0, dt=DT_NS, shape=(BLOCK, 3)) -> bytes:
     return msgpack.packb({"v": 1, "seq": seq, "t0": t0, "dt": dt, "dtype": "f4", "shape": list(shape)})
 
 
-def messages(seconds: float = 14.0, n_ids: int = 10_000, big_frames: int = 2, big_mb: int = 512,
-             evict_s: float = 3.0, extra: tuple = ()) -> dict:
-    """Every hostile message of the field-hardening issue against one daemon (PULL), with a
-    fault probe streaming throughout and a late probe that starts after the sensor table
-    filled. Returns figures; raises BenchError when the daemon died."""
+@contextlib.contextmanager
+def _daemon_under_test(tag: str, socket: str, **config):
+    """A ``python -m edgert serve`` process on fresh ipc endpoints (`config` keys in a temporary
+    TOML file), its RSS sampled and its probes' anomaly and stats events collected; all of it
+    torn down on exit. Yields (ctx, daemon, sampler, events)."""
     ctx = zmq.Context()
-    cfg_path = _config(sensor_evict_s=evict_s)
-    d = DaemonProc("motor-ae", 0.5, None, "hostile", socket="pull", extra=("--config", cfg_path, *extra))
-    sampler = None
+    cfg_path = _config(**config) if config else None
+    d = DaemonProc("motor-ae", 0.5, None, tag, socket=socket, extra=("--config", cfg_path) if cfg_path else ())
+    sampler = evs = None
     try:
         d.wait_bound(120)
         sampler = RssSampler(d.pid)
         sampler.start()
         evs = Anomalies(ctx, d.events)
         evs.start()
-        time.sleep(0.3)
+        time.sleep(0.3)  # the events subscription is in place before anything is sent
+        yield ctx, d, sampler, evs
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if evs is not None:
+            evs.stop()
+        d.cleanup()
+        if cfg_path is not None:
+            os.unlink(cfg_path)
+        ctx.destroy(linger=0)
+
+
+def messages(seconds: float = 14.0, n_ids: int = 10_000, big_frames: int = 2, big_mb: int = 512,
+             evict_s: float = 3.0) -> dict:
+    """Every hostile message of the field-hardening issue against one daemon (PULL), with a
+    fault probe streaming throughout and a late probe that starts after the sensor table
+    filled. Returns figures; raises BenchError when the daemon died."""
+    with _daemon_under_test("hostile", "pull", sensor_evict_s=evict_s) as (ctx, d, sampler, evs):
         probe = Probe(ctx, d.listen, "probe-own", "pull", seconds)
         probe.start()
         time.sleep(2.5)  # the probe streams healthy then faulty data before the attack starts
@@ -346,12 +364,6 @@ def messages(seconds: float = 14.0, n_ids: int = 10_000, big_frames: int = 2, bi
                            "windows": final["per_sensor"].get("probe-late", {}).get("windows", 0)},
         }
         return out
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        d.cleanup()
-        os.unlink(cfg_path)
-        ctx.destroy(linger=0)
 
 
 def _config(**keys) -> str:
@@ -370,16 +382,7 @@ def big_blocks(seconds: float = 10.0, block_samples: int = 65536, every_s: float
     """A sensor sends blocks of `block_samples` (the default max_block_samples) every
     `every_s` while the probe streams in real time: the probe's latency shows how long one
     such block holds the loop (a block is cut, quantized and scored in one go)."""
-    ctx = zmq.Context()
-    d = DaemonProc("motor-ae", 0.5, None, "bigblocks", socket="pull")
-    sampler = None
-    try:
-        d.wait_bound(120)
-        sampler = RssSampler(d.pid)
-        sampler.start()
-        evs = Anomalies(ctx, d.events)
-        evs.start()
-        time.sleep(0.3)
+    with _daemon_under_test("bigblocks", "pull") as (ctx, d, sampler, evs):
         probe = Probe(ctx, d.listen, "probe-own", "pull", seconds)
         probe.start()
         big = _sender(ctx, d.listen, "pull", sndhwm=4, linger=5000)
@@ -405,11 +408,6 @@ def big_blocks(seconds: float = 10.0, block_samples: int = 65536, every_s: float
                 "drops_by_reason": final["drops_by_reason"],
                 "accounting": accounting(final, sent + probe.sent),
                 "probe": detection(probe.fault_spans, evs.anomalies.get("probe-own", []), probe.t_start)}
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        d.cleanup()
-        ctx.destroy(linger=0)
 
 
 # -- scenario: sustained overload ------------------------------------------------------------
@@ -494,75 +492,62 @@ def overload(kind: str = "pull", seconds: float = 20.0, max_queue_mb: float = 64
     the drain and ``discarded_at_stop`` are exercised). Returns figures."""
     import tempfile
 
-    ctx = zmq.Context()
-    cfg_path = _config(max_queue_mb=max_queue_mb, drain_s=drain_s)
-    d = DaemonProc("motor-ae", 0.5, None, f"overload-{kind}", socket=kind, extra=("--config", cfg_path))
-    sampler = None
     flood = None
-    try:
-        d.wait_bound(120)
-        sampler = RssSampler(d.pid)
-        sampler.start()
-        evs = Anomalies(ctx, d.events)
-        evs.start()
-        time.sleep(0.5)
-        probe = Probe(ctx, d.listen, "probe-own", kind, seconds + settle + 3.0)
-        probe.start()
-        time.sleep(settle)
-        rss_idle = sampler.last()
-        cpu0 = cpu_seconds(d.pid)
-        out_path = tempfile.mktemp(suffix=".json", prefix="edgert-flood-")
-        t0 = time.monotonic()
-        flood = subprocess.Popen([sys.executable, "-c",
-                                  "import sys; from edgert.bench.hostile import _flood_main as m; "
-                                  "m(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], float(sys.argv[5]))",
-                                  d.listen, kind, str(seconds), out_path, "3.0"])
-        flood.wait(timeout=seconds + 120)
-        t1 = time.monotonic()
-        rss_flood_max = sampler.max_between(t0, t1)
-        stats_at_end = evs.last_stats or {}
-        cpu1 = cpu_seconds(d.pid)
-        with open(out_path) as f:
-            fl = json.load(f)
-        os.unlink(out_path)
-        if kind == "pull":
-            probe.halt()
-            probe.stop()
-            final = strict_final(d)  # at once: the backlog is drained (drain_s), the rest counted
-            rss_after = None
-        else:
-            time.sleep(3.0)  # the probe goes on: the daemon recovers
-            rss_after = sampler.last()
-            probe.halt()
-            probe.stop()
-            time.sleep(0.5)
-            final = strict_final(d)
-        sampler.stop()
-        evs.stop()
-        processed_flood = sum(v["messages"] for k, v in final["per_sensor"].items() if k.startswith("flood-"))
-        return {
-            "socket": kind, "seconds": seconds, "max_queue_mb": max_queue_mb,
-            "rss_idle_mb": rss_idle, "rss_max_mb": rss_flood_max, "rss_after_mb": rss_after,
-            "sent_per_s": round(fl["sent"] / seconds), "processed_per_s": round(processed_flood / (t1 - t0)),
-            "overload_factor": round(fl["sent"] / max(processed_flood, 1), 2),
-            "daemon_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
-            "queue_delay_p99_us_at_end": stats_at_end.get("queue_delay_p99_us"),
-            "internal_errors": final["internal_errors"],
-            "drops_by_reason": final["drops_by_reason"],
-            "accounting": accounting(final, fl["sent"] + fl["probe_sent"] + probe.sent),
-            "probe_own_connection": detection(probe.fault_spans, evs.anomalies.get("probe-own", []), probe.t_start),
-            "probe_shared_connection": detection(fl["probe_spans"], evs.anomalies.get("probe-shared", []),
-                                                 fl["probe_t0"], skip=0),
-            "exit_code": d.proc.returncode,
-        }
-    finally:
-        if flood is not None and flood.poll() is None:
-            flood.kill()
-        if sampler is not None:
+    with _daemon_under_test(f"overload-{kind}", kind, max_queue_mb=max_queue_mb,
+                            drain_s=drain_s) as (ctx, d, sampler, evs):
+        try:
+            probe = Probe(ctx, d.listen, "probe-own", kind, seconds + settle + 3.0)
+            probe.start()
+            time.sleep(settle)
+            rss_idle = sampler.last()
+            cpu0 = cpu_seconds(d.pid)
+            out_path = tempfile.mktemp(suffix=".json", prefix="edgert-flood-")
+            t0 = time.monotonic()
+            flood = subprocess.Popen([sys.executable, "-c",
+                                      "import sys; from edgert.bench.hostile import _flood_main as m; "
+                                      "m(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], float(sys.argv[5]))",
+                                      d.listen, kind, str(seconds), out_path, "3.0"])
+            flood.wait(timeout=seconds + 120)
+            t1 = time.monotonic()
+            rss_flood_max = sampler.max_between(t0, t1)
+            stats_at_end = evs.last_stats or {}
+            cpu1 = cpu_seconds(d.pid)
+            with open(out_path) as f:
+                fl = json.load(f)
+            os.unlink(out_path)
+            if kind == "pull":
+                probe.halt()
+                probe.stop()
+                final = strict_final(d)  # at once: the backlog is drained (drain_s), the rest counted
+                rss_after = None
+            else:
+                time.sleep(3.0)  # the probe goes on: the daemon recovers
+                rss_after = sampler.last()
+                probe.halt()
+                probe.stop()
+                time.sleep(0.5)
+                final = strict_final(d)
             sampler.stop()
-        d.cleanup()
-        os.unlink(cfg_path)
-        ctx.destroy(linger=0)
+            evs.stop()
+            processed_flood = sum(v["messages"] for k, v in final["per_sensor"].items() if k.startswith("flood-"))
+            return {
+                "socket": kind, "seconds": seconds, "max_queue_mb": max_queue_mb,
+                "rss_idle_mb": rss_idle, "rss_max_mb": rss_flood_max, "rss_after_mb": rss_after,
+                "sent_per_s": round(fl["sent"] / seconds), "processed_per_s": round(processed_flood / (t1 - t0)),
+                "overload_factor": round(fl["sent"] / max(processed_flood, 1), 2),
+                "daemon_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
+                "queue_delay_p99_us_at_end": stats_at_end.get("queue_delay_p99_us"),
+                "internal_errors": final["internal_errors"],
+                "drops_by_reason": final["drops_by_reason"],
+                "accounting": accounting(final, fl["sent"] + fl["probe_sent"] + probe.sent),
+                "probe_own_connection": detection(probe.fault_spans, evs.anomalies.get("probe-own", []), probe.t_start),
+                "probe_shared_connection": detection(fl["probe_spans"], evs.anomalies.get("probe-shared", []),
+                                                     fl["probe_t0"], skip=0),
+                "exit_code": d.proc.returncode,
+            }
+        finally:  # the flood process, if the daemon failed under it
+            if flood is not None and flood.poll() is None:
+                flood.kill()
 
 
 def render_lines(r: dict) -> list:
