@@ -39,7 +39,7 @@ from . import events
 from .events import STAT_NAMES, EventSink
 from .scoring import ClassScorer, ReconstructionScorer
 from .stats import BoundedCounts, LatencyHistogram, RateLimitedLog, json_safe, top_by_total
-from .windows import SensorStream, push_block
+from .windows import SensorStream, StreamTable, push_block, ring_capacity
 from .wire import safe_id
 
 __all__ = ["Pipeline", "Decision", "Scores", "make_threshold"]
@@ -150,6 +150,10 @@ class Pipeline:
         C = self.model.n_channels
         self._drift_acc = np.zeros((cfg.max_sensors, 1 + C))
         self._drift_rows = np.zeros((cfg.max_batch, 1 + C))
+        self._packer = None  # events.AnomalyPacker for the running model and backend
+        self._flags = np.zeros(cfg.max_batch, bool)  # per-batch outputs of kernels.book_batch
+        self._lat_us = np.zeros(cfg.max_batch)
+        self._qd_us = np.zeros(cfg.max_batch)
         self._drift_seen = np.zeros(cfg.max_sensors, dtype=np.int64)  # win_counts at the last check
         self.drift = PageHinkley(cfg.max_sensors * (1 + C), threshold=cfg.drift_threshold)
         self.drifts = 0
@@ -183,9 +187,14 @@ class Pipeline:
         # Ring per sensor: sized to the window (kilobytes a sensor), unless the reservoir reads
         # windows back from the rings after their batch is scored: then a batch's worth more.
         self._ring_capacity = cfg.ring_capacity or (1024 if cfg.reservoir_dir else 0)
+        self.table = StreamTable(cfg.max_sensors, C, ring_capacity(self.model.window, self._ring_capacity))
+        self._slot_of: dict[bytes, int] = {}  # raw sensor id -> slot (the compiled path's lookup)
+        self._slot_changes: list | None = None  # (raw id, slot or -1) while handle_many waits on handle
+        self.batch_path = kernels.ingest_messages is not None  # False: per-message Python only
         self._wall_offset = time.time_ns() - time.perf_counter_ns()  # perf ns -> wall ns
         self._now_wall = time.time_ns()  # the daemon refreshes it once per loop wake-up
         self.batch_errors = 0
+        self.batch_path_messages = 0  # messages the compiled path took whole
         self.lost_windows = 0
         self.model_swaps = 0
         self.model_refusals = 0
@@ -499,6 +508,7 @@ class Pipeline:
             st.drops[reason] = st.drops.get(reason, 0) + 1
             if seq is not None:
                 st.dropped(seq)
+            st.sync_fast()  # a contradiction run, a dropped seq ahead: the Python path decides next
             key = (st.index, reason)
         else:
             self.unknown.add("?" if sensor is None else sensor, reason)
@@ -532,8 +542,7 @@ class Pipeline:
             self._evict(oldest)
             idx = self._free.pop()
         st = SensorStream(sensor, idx, self.model.n_channels, self.model.window, self.model.hop,
-                          self._ring_capacity, cfg.gap_samples, cfg.max_seq_gap)
-        st.messages = st.samples = 0
+                          self._ring_capacity, cfg.gap_samples, cfg.max_seq_gap, table=self.table)
         st.drops, st.notes = {}, {}
         st.last_seen = now
         st.note = lambda reason, n=1, _st=st: self._note(_st, reason, n)
@@ -542,6 +551,10 @@ class Pipeline:
             st.norm_inv_std = self.norm.inv_std[idx]
         self.streams[sensor] = st
         self.names[idx] = sensor
+        raw = sensor.encode("utf-8")
+        self._slot_of[raw] = idx
+        if self._slot_changes is not None:
+            self._slot_changes.append((raw, idx))
         return st
 
     def _evict(self, st: SensorStream) -> None:
@@ -568,6 +581,11 @@ class Pipeline:
         if self.classifier is not None:
             self.class_counts[i] = 0
         del self.streams[st.sensor]
+        raw = st.sensor.encode("utf-8")
+        self._slot_of.pop(raw, None)
+        if self._slot_changes is not None:
+            self._slot_changes.append((raw, -1))
+        self.table.fast[i] = 0
         self.names[i] = None
         self._free.append(i)
         self.evicted += 1
@@ -600,6 +618,119 @@ class Pipeline:
                 pass
             self._drop(sensor, "internal", f"{safe_id(sensor)}: internal error while handling a block: {exc!r}",
                        exc_info=exc)
+
+    def handle_many(self, msgs: list, t_recv: list) -> None:
+        """Handle the messages of one receive wake-up, in order: the same result as `handle`
+        on each followed by the daemon's deadline check, at a fraction of the cost.
+
+        The plain case (a known sensor's next block, f4, every check passed) runs in one
+        compiled call for the lot (`edgert.kernels.ingest_messages`); the call stops at any
+        message it cannot vouch for, which goes through `handle` (and gets its drop reason or
+        note), and at a full or due batch, which is scored; then it resumes.
+
+        Args:
+          msgs: the messages, each a list of frames (zmq Frames or bytes).
+          t_recv: perf_counter_ns at each message's receipt.
+        """
+        b = self.batcher
+        if not self.batch_path or b.extra or self.frame_check is not None:
+            for frames, t in zip(msgs, t_recv):
+                self._handle_one(frames, t)
+            return
+        hbuf, hoff, pbuf, poff, ids, slow = self._prepare(msgs)
+        slot_of = self._slot_of
+        M = len(msgs)
+        slots = np.fromiter((slot_of.get(x, -1) for x in ids), np.int64, M)
+        if slow:
+            slots[slow] = -1
+        tr = np.asarray(t_recv, dtype=np.int64)
+        cfg, tb, m = self.cfg, self.table, self.model
+        skew = cfg.max_clock_skew_s
+        skew_ns = min(int(skew * 1e9), 4 * 10**18) if skew else -1  # floor: |d| <= skew*1e9 for int d
+        mean, inv_std = (self.norm.mean, self.norm.inv_std) if self.norm is not None else (b.mean[None], b.inv_std[None])
+        ingest = kernels.ingest_messages
+        i = used = 0
+        start = 0  # first message whose sender is not yet moved to the LRU end
+        where = None  # raw id -> its message positions, built on the first admission or eviction
+        while i < M:
+            i2, used, rows, status = ingest(
+                hbuf, hoff, pbuf, poff, slots, tr, i, used, m.n_channels, cfg.max_block_samples,
+                self._now_wall, skew_ns, float(cfg.gap_samples), tb.pos, tb.next_start, tb.last_seq,
+                tb.t_origin, tb.dt, tb.fast, tb.drop_min, tb.messages, tb.samples, tb.last_seen, tb.rings, tb.cap,
+                m.window, m.hop, mean, inv_std, b.in_scale, b.in_zp, b.buf, b.stats, b.t_start,
+                b.sensor_idx, b.seq, b.t_recv, b.t_last, b.n, b.max_batch, b.max_delay_ns)
+            self.batch_path_messages += i2 - i
+            b.n = rows
+            end = i2 + 1 if used else i2  # a message cut short by a full batch was checked: touched
+            if end > start:
+                self._touch(slots, start, end)
+                start = end
+            i = i2
+            if status == kernels.FULL:
+                b.flush("full")
+            elif status == kernels.DEADLINE:
+                b.flush("deadline")
+            elif status == kernels.SLOW:
+                changes = self._slot_changes = []
+                try:
+                    self._handle_one(msgs[i], int(tr[i]))
+                finally:
+                    self._slot_changes = None
+                if changes:  # a sensor was admitted or evicted: its later messages here follow
+                    if where is None:
+                        where = {}
+                        for j, x in enumerate(ids):
+                            where.setdefault(x, []).append(j)
+                    for raw, slot in changes:
+                        for j in where.get(raw, ()):
+                            if j > i:
+                                slots[j] = slot
+                i += 1
+                start = i
+
+    def _handle_one(self, frames, t: int) -> None:
+        """`handle`, then the daemon's per-message deadline check."""
+        self.handle(frames, t)
+        b = self.batcher
+        if b.n and t >= b.t_recv[0] + b.max_delay_ns:
+            b.flush("deadline")
+
+    def _touch(self, slots, a: int, z: int) -> None:
+        """Move the senders of messages a..z-1 to the recently-active end of the sensor table,
+        in the order of their last message (what `_accept` does one message at a time)."""
+        names, move = self.names, self.streams.move_to_end
+        for s in reversed(dict.fromkeys(slots[a:z][::-1].tolist())):
+            move(names[s])
+
+    @staticmethod
+    def _prepare(msgs: list) -> tuple:
+        """The ids, headers and payloads of a wake-up's messages, concatenated for the compiled
+        path. Returns (hbuf, hoff, pbuf, poff, ids, slow): `slow` lists the messages that must
+        go through `handle` (not 3 frames, a payload whose size is not a multiple of 4: not f4),
+        which stand in the buffers as empty."""
+        ids, hs, ps, slow = [], [], [], []
+        for j, frames in enumerate(msgs):
+            try:
+                f0, f1, f2 = frames
+                b0 = getattr(f0, "bytes", f0)
+                h, p = memoryview(getattr(f1, "buffer", f1)), memoryview(getattr(f2, "buffer", f2))
+                if p.nbytes & 3:
+                    raise ValueError
+                ids.append(b0 if type(b0) is bytes else bytes(b0))
+                hs.append(h)
+                ps.append(p)
+            except (ValueError, TypeError):
+                ids.append(b"")
+                hs.append(b"")
+                ps.append(b"")
+                slow.append(j)
+        n = len(msgs)
+        hoff = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter((x.nbytes if type(x) is memoryview else len(x) for x in hs), np.int64, n), out=hoff[1:])
+        poff = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter((x.nbytes if type(x) is memoryview else len(x) for x in ps), np.int64, n), out=poff[1:])
+        return (np.frombuffer(b"".join(hs), np.uint8), hoff, np.frombuffer(b"".join(ps), np.uint8), poff,
+                ids, slow)
 
     def _handle(self, frames, t_recv: int) -> None:
         try:
@@ -646,6 +777,7 @@ class Pipeline:
         push_block(st, samples, seq, t_recv, self.batcher, t0 + (n - 1) * dt)
         st.messages += 1
         st.samples += n
+        st.sync_fast()
 
     # -- a batch is due -------------------------------------------------------
     def _on_batch(self, b: Batcher, k: int, reason: str) -> None:
@@ -665,11 +797,44 @@ class Pipeline:
             cls = self.cls_scorer.classify(self.cls_backend.run(k), k)
             np.add.at(self.class_counts, (sidx, cls[0]), 1)
         thr = self.threshold.values(sidx)
+        if kernels.book_batch is not None:
+            flags, lat_us, qd_us = self._flags[:k], self._lat_us[:k], self._qd_us[:k]
+            t_dec = time.perf_counter_ns()
+            lat, qd = self.latency, self.queue_delay
+            _, lat_max, qd_max, sane, unsane = kernels.book_batch(
+                scores, thr, sidx, b.t_recv, b.t_last, b.stats, k, t_dec, self._wall_offset, flags, lat_us,
+                qd_us, self.win_counts, self.anom_counts, lat.edges, lat.counts, qd.edges, qd.counts,
+                self._drift_acc, self.cfg.drift_interval_s > 0)
+            lat.total += k
+            lat.max_us = max(lat.max_us, lat_max)
+            if sane:
+                qd.total += sane
+                qd.max_us = max(qd.max_us, qd_max)
+            self.queue_delay_unsane += unsane
+            self.threshold.learn(sidx, scores, flags)
+        else:
+            flags, lat_us, qd_us, t_dec = self._book_numpy(b, k, sidx, scores, thr)
+        if not self.first_decision_ns:
+            self.first_decision_ns = t_dec
+        if self.reservoir is not None:  # before the normalization may change under the rows
+            self.reservoir.feed(b, k, flags, self.streams, self.names)
+        if self.norm is not None:
+            for ev in self.norm.learn(sidx, b.stats[:k, :, 0], b.stats[:k, :, 1], flags, b.t_start[:k]):
+                self._adapted(ev)
+        if self.cfg.publish_scores and self.sink is not None:
+            self._publish_scores(b, sidx, scores, thr, flags, k)
+        if self._collect is not None:  # library use: a Decision per window
+            self._collect_decisions(b, k, scores, thr, flags, ch_err, cls, lat_us, qd_us)
+        if self.sink is not None and flags.any():
+            idx = np.flatnonzero(flags)
+            shares = self.scorer.shares(b.buf, ch_err, idx)  # attribution (scoring.py)
+            self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k, cls, qd_us)
+
+    def _book_numpy(self, b, k, sidx, scores, thr):
+        """`kernels.book_batch` in numpy (no numba). Returns (flags, lat_us, qd_us, t_dec)."""
         flags = scores > thr
         self.threshold.learn(sidx, scores, flags)
         t_dec = time.perf_counter_ns()
-        if not self.first_decision_ns:
-            self.first_decision_ns = t_dec
         lat_us = (t_dec - b.t_recv[:k]) * 1e-3
         self.latency.add(lat_us)
         # Queueing delay: the sensor's time of the message's last sample -> our receipt. Only
@@ -683,27 +848,13 @@ class Pipeline:
             self.queue_delay.add(qd_us[sane])
             self.queue_delay_unsane += int(k - sane.sum())
         np.add.at(self.win_counts, sidx, 1)
-        if self.reservoir is not None:  # before the normalization may change under the rows
-            self.reservoir.feed(b, k, flags, self.streams, self.names)
-        if self.norm is not None:
-            for ev in self.norm.learn(sidx, b.stats[:k, :, 0], b.stats[:k, :, 1], flags, b.t_start[:k]):
-                self._adapted(ev)
+        np.add.at(self.anom_counts, sidx[flags], 1)
         if self.cfg.drift_interval_s > 0:
             rows = self._drift_rows[:k]
             rows[:, 0] = scores
             rows[:, 1:] = b.stats[:k, :, 2]
             np.add.at(self._drift_acc, sidx, rows)
-        if self.cfg.publish_scores and self.sink is not None:
-            self._publish_scores(b, sidx, scores, thr, flags, k)
-        if self._collect is not None:  # library use: a Decision per window
-            self._collect_decisions(b, k, scores, thr, flags, ch_err, cls, lat_us, qd_us)
-        if flags.any():
-            idx = np.flatnonzero(flags)
-            np.add.at(self.anom_counts, sidx[idx], 1)
-            if self.sink is None:
-                return
-            shares = self.scorer.shares(b.buf, ch_err, idx)  # attribution (scoring.py)
-            self._publish_anomalies(b, idx, scores, thr, ch_err, shares, lat_us, k, cls, qd_us)
+        return flags, lat_us, qd_us, t_dec
 
     def _publish_scores(self, b, sidx, scores, thr, flags, k) -> None:
         """One ``event/scores/<sensor>`` per sensor in the batch: every window's score (for plots)."""
@@ -715,12 +866,30 @@ class Pipeline:
                 score=scores[sel].astype(float).tolist(), threshold=thr[sel].astype(float).tolist(),
                 anomaly=flags[sel].tolist()))
 
+    def _packer_ok(self) -> bool:
+        """Whether this batch's anomaly events can be packed by the compiled encoder: the sink
+        takes packed events, numba is there, the channels fit msgpack's short arrays. Keeps a
+        packer for the running model and backend."""
+        if kernels.encode_anomalies is None or getattr(self.sink, "publish_packed", None) is None:
+            return False
+        m, name = self.model, self.backend.name
+        pk = self._packer
+        if pk is None or pk.model != m.name or pk.backend != name:
+            if m.n_channels > 15:
+                return False
+            pk = self._packer = events.AnomalyPacker(m.name, name, m.channels, self.cfg.max_sensors)
+        return True
+
     def _publish_anomalies(self, b, idx, scores, thr, ch_err, shares, lat_us, k, cls=None, qd_us=None) -> None:
         """One ``event/anomaly/<sensor>`` per flagged window. The batch's arrays are turned into
         Python lists once (``tolist``), not element by element: a fault on many sensors flags
         whole batches, and that is when the loop must keep up."""
         m = self.model
         span = m.window - 1
+        if cls is None and self._packer_ok():
+            self._packer.publish(self.sink, self.names, self.table.dt, b, idx, scores, thr, ch_err, shares, lat_us,
+                                 qd_us, k, span)
+            return
         names, backend = m.channels, self.backend.name
         top = np.argsort(-shares, axis=1)[:, :3].tolist()
         shares_l, err_l = shares.tolist(), ch_err[idx].tolist()

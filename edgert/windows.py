@@ -16,6 +16,54 @@ from . import kernels
 from .wire import WireError
 
 
+class StreamTable:
+    """Every sensor's ring and stream state as rows of preallocated arrays (slot = row), so the
+    compiled per-message path (`edgert.kernels.ingest_messages`) reads and updates any sensor's
+    state in one call. `SensorStream` objects are views of one row each.
+
+    The rings are one ``np.zeros`` arena of ``slots * 2 * cap`` samples: the kernel hands pages
+    out untouched, so a slot costs memory only once a sensor has used it.
+
+    Args:
+      slots: number of rows (the daemon's ``max_sensors``).
+      n_channels: channels per sample.
+      cap: ring capacity in samples of every row.
+    """
+
+    def __init__(self, slots: int, n_channels: int, cap: int):
+        self.slots, self.cap = int(slots), int(cap)
+        self.rings = np.zeros((self.slots, 2 * self.cap, n_channels), dtype=np.float32)
+        i8 = np.int64
+        self.pos = np.zeros(slots, i8)  # logical samples appended since the last restart
+        self.next_start = np.zeros(slots, i8)  # logical start of the next window to cut
+        self.last_seq = np.full(slots, -1, i8)  # -1: none yet
+        self.t_origin = np.zeros(slots, i8)  # ns of logical sample 0 since the last restart
+        self.dt = np.zeros(slots, i8)
+        self.fast = np.zeros(slots, np.uint8)  # 1: the compiled path may take this slot's next block
+        self.drop_min = np.full(slots, np.iinfo(np.int64).max, i8)  # smallest dropped seq ahead
+        self.messages = np.zeros(slots, i8)
+        self.samples = np.zeros(slots, i8)
+        self.last_seen = np.zeros(slots, i8)  # perf ns of the last accepted block
+
+    def reset(self, row: int) -> None:
+        """Fresh state for a slot taken by a new sensor (its ring is overwritten before use)."""
+        for a in (self.pos, self.next_start, self.t_origin, self.dt, self.messages, self.samples,
+                  self.last_seen, self.fast):
+            a[row] = 0
+        self.last_seq[row] = -1
+        self.drop_min[row] = np.iinfo(np.int64).max
+
+
+def _row_field(name: str, doc: str):
+    """A SensorStream attribute stored in its StreamTable row (read as a Python int)."""
+    def get(self):
+        return int(getattr(self._t, name)[self._row])
+
+    def set_(self, value):
+        getattr(self._t, name)[self._row] = value
+    return property(get, set_, doc=doc)
+
+
 class SensorStream:
     """Ring buffer and time/sequence bookkeeping of one sensor.
 
@@ -27,26 +75,37 @@ class SensorStream:
       gap_samples: a t0 more than this many sample periods away from the expected one is a
         time gap (forward) or a t0 going backwards (an overlap).
       max_seq_gap: a seq further ahead than this is not a gap (loss) but a contradiction.
+      table: the `StreamTable` whose row `index` holds this stream (None: a table of its own;
+        its ``cap`` then wins over `capacity`).
     """
 
     RESTART_AFTER = 8  # consistent contradicting blocks in a row that restart the stream
 
+    pos = _row_field("pos", "logical samples appended since the last restart")
+    next_start = _row_field("next_start", "logical start of the next window to cut")
+    t_origin = _row_field("t_origin", "ns of logical sample 0 since the last restart")
+    dt = _row_field("dt", "sample period (ns); 0 before the first block")
+    messages = _row_field("messages", "blocks accepted")
+    samples = _row_field("samples", "samples accepted")
+    last_seen = _row_field("last_seen", "perf ns of the last accepted block")
+
     def __init__(self, sensor: str, index: int, n_channels: int, window: int, hop: int,
-                 capacity: int = 0, gap_samples: float = 3.0, max_seq_gap: int = 1 << 20):
+                 capacity: int = 0, gap_samples: float = 3.0, max_seq_gap: int = 1 << 20,
+                 table: StreamTable | None = None):
         self.sensor = sensor
         self.index = index
         self.window = window
         self.hop = hop
-        # Auto (0): room for a window and a few hops beyond it, so a block is appended in few
-        # chunks while a sensor costs kilobytes, not the 24 KB a fixed 1,024-sample ring did.
-        self.cap = max(int(capacity), 2 * window) if capacity else max(2 * window, 256)
-        self.ring = np.zeros((2 * self.cap, n_channels), dtype=np.float32)
+        if table is None:
+            table = StreamTable(1, n_channels, ring_capacity(window, capacity))
+            self._row = 0
+        else:
+            self._row = index
+            table.reset(index)
+        self._t = table
+        self.cap = table.cap
+        self.ring = table.rings[self._row]
         self.gap_samples = gap_samples
-        self.last_seq: int | None = None
-        self.t_origin = 0  # ns of logical sample 0 since the last restart
-        self.dt = 0
-        self.pos = 0  # logical samples appended since the last restart
-        self.next_start = 0  # logical start of the next window to cut
         self.restarts = 0
         self.max_seq_gap = int(max_seq_gap)
         self.lost_blocks = 0  # blocks skipped by seq gaps (lost on the way)
@@ -57,6 +116,23 @@ class SensorStream:
         # daemon adapts; None: the model's, held by the batcher.
         self.norm_mean: np.ndarray | None = None
         self.norm_inv_std: np.ndarray | None = None
+
+    @property
+    def last_seq(self) -> int | None:
+        v = int(self._t.last_seq[self._row])
+        return None if v < 0 else v
+
+    @last_seq.setter
+    def last_seq(self, value: int | None) -> None:
+        self._t.last_seq[self._row] = -1 if value is None else value
+
+    def sync_fast(self) -> None:
+        """Let the compiled path take this stream's next block only in the plain case: no run
+        of contradicting blocks under way, no gap to retract, and (checked there) no dropped
+        block at or before its seq."""
+        t, r = self._t, self._row
+        t.fast[r] = self._cand is None and self._last_gap == 0
+        t.drop_min[r] = min(self._dropped_ahead) if self._dropped_ahead else np.iinfo(np.int64).max
 
     def normalization(self, batcher) -> tuple[np.ndarray, np.ndarray]:
         """(mean, inv_std) this sensor's windows are normalized with: its own rows when the
@@ -152,6 +228,13 @@ class SensorStream:
         self._cand = (seq + 1, t0 + n * dt, dt, count)
         raise WireError(reason, f"{message} ({count} consistent such blocks in a row; "
                         f"{self.RESTART_AFTER} restart the stream)", self.sensor)
+
+
+def ring_capacity(window: int, capacity: int = 0) -> int:
+    """Ring capacity in samples: `capacity` (at least 2 windows), or for 0 room for a window and
+    a few hops beyond it, so a block is appended in few chunks while a sensor costs kilobytes,
+    not the 24 KB a fixed 1,024-sample ring did."""
+    return max(int(capacity), 2 * window) if capacity else max(2 * window, 256)
 
 
 def push_block(stream: SensorStream, samples: np.ndarray, seq: int, t_recv: int, batcher,

@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 
 __all__ = ["BACKEND", "ring_append", "count_nonfinite", "normalize_quantize", "recon_error",
-           "window_stats", "ingest", "warmup"]
+           "window_stats", "ingest", "ingest_messages", "book_batch",
+           "encode_anomalies", "warmup"]
 
 
 def _numba_unavailable() -> str | None:
@@ -34,10 +35,16 @@ _why = _numba_unavailable()
 if _why is None:
     from ._jit import count_nonfinite, ingest, normalize_quantize, recon_error, ring_append, window_stats
 
+    from ._batch import DEADLINE, DONE, FULL, SLOW, book_batch, ingest_messages
+    from ._events import encode_anomalies
+
     BACKEND = "numba"
 else:
     from .ref import count_nonfinite, ingest, normalize_quantize, recon_error, ring_append, window_stats
 
+    # No compiled per-message path without numba: the pipeline handles each message in Python.
+    ingest_messages = book_batch = encode_anomalies = None
+    DONE, FULL, SLOW, DEADLINE = 0, 1, 2, 3
     BACKEND = "numpy"
     warnings.warn(f"edgert.kernels: numba is unavailable ({_why}); the numpy kernels serve "
                   "instead (slower)", RuntimeWarning, stacklevel=2)
@@ -91,4 +98,35 @@ def warmup(progress=None) -> float:
             block = np.ones((3, C), dtype=dt)
             block.flags.writeable = writable
             ingest(ring, cap, 0, 0, block, W, 1, mean, inv_std, 0.5, 0, q, stats, t_start, 0, 2, 0, 1)
+    if ingest_messages is not None:
+        _warm_ingest_messages(ring, cap, W, C, q, stats)
     return time.perf_counter() - t0
+
+
+def _warm_ingest_messages(ring, cap, W, C, q, stats) -> None:
+    """Compile (or load) the per-message batch kernel with the types the pipeline passes."""
+    i8 = np.int64
+    one = np.zeros(1, i8)
+    z2 = np.zeros(2, i8)
+    rings = ring[None]
+    # headers and payloads are views of joined bytes: read-only arrays, typed apart by numba
+    ingest_messages(np.frombuffer(bytes(1), np.uint8), z2, np.frombuffer(bytes(4), np.uint8), z2, np.full(1, -1, i8), one, 0, 0,
+                    C, 1, 0, -1, 3.0, one, one.copy(), np.full(1, -1, i8), one.copy(), one.copy(),
+                    np.zeros(1, np.uint8), one.copy(), one.copy(), one.copy(), one.copy(), rings, cap, W, 1,
+                    np.zeros((1, C)), np.ones((1, C)), 0.5, 0, q, stats, np.zeros(2, i8),
+                    np.zeros(2, np.int32), np.zeros(2, i8), np.zeros(2, i8), np.zeros(2, i8), 0, 2, 1000)
+    edges = np.arange(4, dtype=np.float64)
+    for thr_dtype in (np.float32, np.float64):  # FixedThreshold's values are f4, the adaptive ones f8
+        book_batch(np.zeros(2, np.float32), np.zeros(2, thr_dtype), np.zeros(2, np.int32), z2, z2, stats, 2, 0, 0,
+                   np.zeros(2, np.bool_), np.zeros(2), np.zeros(2), np.zeros(1, i8), np.zeros(1, i8), edges,
+                   np.zeros(4, i8), edges, np.zeros(4, i8), np.zeros((1, C + 1)), True)
+    ro = np.frombuffer(bytes(64), np.uint8)  # the packer's pre-encoded parts are read-only views
+    off = np.zeros(30, i8)
+    shares = np.full((1, C), 0.5, np.float32)
+    for shares_dtype in (np.float32, np.float64):
+        sh = shares.astype(shares_dtype)
+        for thr_dtype in (np.float32, np.float64):
+            encode_anomalies(np.zeros(1, i8), np.zeros(2, np.int32), z2, z2, stats, np.zeros(2, np.float32),
+                             np.zeros(2, thr_dtype), sh, np.zeros((2, C), np.float32), np.zeros(2), np.zeros(2),
+                             np.argsort(-sh, axis=1)[:, :3], 2, 1, np.zeros(1, i8), ro, np.zeros(1, i8),
+                             np.zeros(1, i8), ro, off, ro, off, ro, off, np.zeros(4096, np.uint8), np.zeros(2, i8))

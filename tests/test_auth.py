@@ -57,13 +57,15 @@ class Served:
             self.ctx.destroy(linger=0)
             raise
         self.handled = collections.Counter()
-        real = self.d.pipeline.handle
+        real = self.d.pipeline.handle_many
 
-        def handle(frames, t):
-            self.handled[bytes(frames[0])] += 1
-            real(frames, t)
+        def handle_many(msgs, ts):
+            for frames in msgs:
+                self.handled[bytes(frames[0])] += 1
+            real(msgs, ts)
 
-        self.d.pipeline.handle = handle  # the loop calls the pipeline's handle: every message reaching it is seen
+        # the loop hands every wake-up's messages to the pipeline's handle_many: each one is seen
+        self.d.pipeline.handle_many = handle_many
         self.ready = threading.Event()
         self.final = None
         self.t = threading.Thread(target=lambda: setattr(self, "final", self.d.run(ready=self.ready.set)),

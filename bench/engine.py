@@ -1,0 +1,141 @@
+"""``edgert bench --only engine``: the daemon's per-message path, CPU-normalized, against a
+baseline build and against the bare invoke, in the same run.
+
+What the issue on the engine asks to show, measured by the harness of bench/pipeline.py (one
+sender process pinned to CPU 1, the daemon under test pinned to CPU 0, 8 sensors over ipc
+PUSH/PULL, real ITSC motor current):
+
+* **windows per daemon CPU-second** (the daemon's threads' CPU time from /proc, so another
+  process on its core does not move the figure), at 64- and 256-sample blocks;
+* the same for a **baseline build** (``--baseline-python``: a Python whose ``edgert`` is an
+  older checkout, e.g. the main the engine issue was filed against), the runs interleaved
+  (baseline, current, baseline, current, …) so slow phases of a shared machine hit both;
+* the **bare invoke** (`micro.bench_invoke`: LiteRT on a full batch, nothing else) in windows per
+  CPU-second, measured between the rounds → pipeline / bare, the share of the daemon's CPU that
+  is the model;
+* an **anomaly storm**: every window of every sensor anomalous (the healthy recording at 3×
+  amplitude, so every event is built and published), against the quiet rate.
+
+Ratios are medians of per-round ratios; every round's figure is kept in the JSON.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+import numpy as np
+
+from . import micro, pipeline, sysinfo
+
+
+def storm_streams(model, n_sensors: int) -> list:
+    """One anomalous [n, C] stream per sensor: the healthy bench recording at 3× amplitude
+    (every window's reconstruction error is far above the threshold)."""
+    blocks = pipeline.sensor_blocks(256)
+    x = np.concatenate(blocks[:64]) * 3.0
+    return [np.ascontiguousarray(np.roll(x, 97 * i, axis=0), dtype=np.float32) for i in range(n_sensors)]
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return round(statistics.median(xs), 3) if xs else None
+
+
+def _run(model, model_arg, prefix, block, seconds, streams, log):
+    r = pipeline.saturate(model, model_arg, duration=seconds, settle=min(1.0, seconds / 4), block=block,
+                          prefix=prefix, streams=streams, log=None)
+    keep = {k: r.get(k) for k in ("windows_per_s", "windows_per_daemon_cpu_s", "daemon_cpu_share",
+                                  "messages_per_s", "anomalies", "problems", "sender_bound")}
+    keep["rss_mb"] = (r.get("final") or {}).get("rss_mb")
+    if log:
+        log(f"    {'storm ' if streams else ''}b{block} {'baseline' if prefix else 'current '}: "
+            f"{keep['windows_per_daemon_cpu_s']} windows/CPU-s, {keep['windows_per_s']} windows/s, "
+            f"anomalies {keep['anomalies']}")
+    return keep
+
+
+def compare(model, model_arg: str, baseline_python: str | None = None, rounds: int = 3,
+            seconds: float = 4.0, blocks: tuple = (64, 256), storm: bool = True, log=None) -> dict:
+    """Interleaved rounds of the current daemon (and the baseline build when given).
+
+    Args:
+      model: the loaded `edgert.models.Model` (window, hop, channels for the sender).
+      model_arg: what ``--model`` gets.
+      baseline_python: a Python whose ``-m edgert serve`` is the build to compare with, or None.
+      rounds: interleaved rounds (each runs every configuration once per build).
+      seconds: saturation seconds per run.
+      blocks: block sizes (samples per message).
+      storm: also run the anomaly storm at the first block size (current build only, and the
+        baseline's when given).
+    Returns:
+      a JSON-safe dict: per configuration and build, the rounds and their medians; ratios.
+    """
+    builds = {"current": None}
+    if baseline_python:
+        builds = {"baseline": (baseline_python, "-m", "edgert", "serve"), "current": None}
+    configs = [(f"b{b}", b, None) for b in blocks]
+    if storm:
+        configs.append((f"storm_b{blocks[0]}", blocks[0], storm_streams(model, 8)))
+    runs = {c[0]: {b: [] for b in builds} for c in configs}
+    bare = []
+    for rnd in range(rounds):
+        if log:
+            log(f"  round {rnd + 1}/{rounds}")
+        for name, block, streams in configs:
+            for build, prefix in builds.items():
+                runs[name][build].append(_run(model, model_arg, prefix, block, seconds, streams, log))
+        inv = micro.bench_invoke(model, repeats=3, target_s=0.3)
+        bare.append(inv.get("windows_per_cpu_s"))
+    out = {"machine": {"cpu": sysinfo.cpu_model(), "int8": sysinfo.cpu_int8()},
+           "python": sys.version.split()[0], "rounds": rounds, "seconds": seconds,
+           "baseline_python": baseline_python, "bare_invoke_windows_per_cpu_s": bare, "configs": {}}
+    for name, per in runs.items():
+        row = {}
+        for build, rs in per.items():
+            row[build] = {"windows_per_cpu_s": _median([r["windows_per_daemon_cpu_s"] for r in rs]),
+                          "windows_per_s": _median([r["windows_per_s"] for r in rs]), "rounds": rs}
+        cur = [r["windows_per_daemon_cpu_s"] for r in per["current"]]
+        row["pipeline_over_bare"] = _median([c / b for c, b in zip(cur, bare) if c and b])
+        if "baseline" in per:
+            base = [r["windows_per_daemon_cpu_s"] for r in per["baseline"]]
+            row["current_over_baseline"] = _median([c / b for c, b in zip(cur, base) if c and b])
+        out["configs"][name] = row
+    if storm:
+        s, q = out["configs"][f"storm_b{blocks[0]}"], out["configs"][f"b{blocks[0]}"]
+        out["storm_over_quiet"] = {b: _median([x["windows_per_daemon_cpu_s"] / y["windows_per_daemon_cpu_s"]
+                                               for x, y in zip(s[b]["rounds"], q[b]["rounds"])
+                                               if x["windows_per_daemon_cpu_s"] and y["windows_per_daemon_cpu_s"]])
+                                   for b in builds}
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    from edgert.models import load as load_model
+
+    ap = argparse.ArgumentParser(prog="python -m edgert.bench.engine", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="motor-ae")
+    ap.add_argument("--baseline-python", help="a Python whose edgert is the build to compare with")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--blocks", default="64,256")
+    ap.add_argument("--no-storm", action="store_true")
+    ap.add_argument("--out", help="write the JSON here")
+    a = ap.parse_args(argv)
+    model = load_model(a.model)
+    res = compare(model, a.model, a.baseline_python, a.rounds, a.seconds,
+                  tuple(int(b) for b in a.blocks.split(",")), not a.no_storm,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    text = json.dumps(res, indent=1)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
