@@ -110,6 +110,38 @@ def compare(model, model_arg: str, baseline_python: str | None = None, rounds: i
     return out
 
 
+def latency_and_memory(model, model_arg: str, saturation_windows_per_s: float, prefix=None,
+                       seconds: float = 5.0, sensor_counts: tuple = (64, 4096), log=None) -> dict:
+    """p99 receipt → decision at half the saturation rate (8 sensors, 64-sample blocks), and the
+    daemon's RSS with many sensors streaming (``sensor_counts``; 64 connections carry them,
+    each sensor its own id, so the daemon holds one ring and one table row per sensor).
+
+    Args:
+      saturation_windows_per_s: the build's saturation rate (windows/s) in this run.
+      prefix: the build's ``serve`` command (None: this Python's edgert).
+    Returns:
+      {"half_load": {...}, "rss": {N: {...}}}
+    """
+    half = pipeline.paced(model, model_arg, 0.5 * saturation_windows_per_s, seconds, n_sensors=8, prefix=prefix)
+    out = {"half_load": {k: half.get(k) for k in ("target_windows_per_s", "windows_per_s", "p50_latency_us",
+                                                  "p99_latency_us", "p999_latency_us", "rss_mb",
+                                                  "daemon_cpu_share", "problems")}, "rss": {}}
+    if log:
+        log(f"    half load {'baseline' if prefix else 'current '}: p99 {out['half_load']['p99_latency_us']} µs "
+            f"at {out['half_load']['windows_per_s']} windows/s")
+    pipeline.raise_fd_limit(1024)
+    for n in sensor_counts:
+        # every sensor sends a few blocks: a window rate of 2 per sensor-second over `seconds`
+        r = pipeline.paced(model, model_arg, min(2.0 * n, 0.3 * saturation_windows_per_s), max(seconds, 8.0),
+                           n_sensors=n, n_sockets=min(n, 64), prefix=prefix)
+        out["rss"][n] = {k: r.get(k) for k in ("rss_mb", "daemon_mem", "windows_per_s", "messages_received",
+                                               "problems")}
+        out["rss"][n]["sensors_active"] = (r.get("final") or {}).get("sensors_active")
+        if log:
+            log(f"    {n} sensors {'baseline' if prefix else 'current '}: RSS {r.get('rss_mb')} MB")
+    return out
+
+
 def main(argv=None) -> int:
     import argparse
     import json
@@ -123,12 +155,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--blocks", default="64,256")
     ap.add_argument("--no-storm", action="store_true")
+    ap.add_argument("--no-latency-memory", action="store_true", help="skip the half-load p99 and RSS runs")
     ap.add_argument("--out", help="write the JSON here")
     a = ap.parse_args(argv)
     model = load_model(a.model)
     res = compare(model, a.model, a.baseline_python, a.rounds, a.seconds,
                   tuple(int(b) for b in a.blocks.split(",")), not a.no_storm,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not a.no_latency_memory:
+        builds = {"current": None}
+        if a.baseline_python:
+            builds["baseline"] = (a.baseline_python, "-m", "edgert", "serve")
+        b0 = res["configs"][f"b{a.blocks.split(',')[0]}"]
+        res["latency_memory"] = {
+            b: latency_and_memory(model, a.model, b0[b]["windows_per_s"], prefix=pre,
+                                  log=lambda m: print(m, file=sys.stderr, flush=True))
+            for b, pre in builds.items()}
     text = json.dumps(res, indent=1)
     if a.out:
         with open(a.out, "w") as f:

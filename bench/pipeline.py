@@ -791,7 +791,7 @@ def _main_thread_share(shares: dict) -> float | None:
 def _final_summary(final: dict) -> dict:
     keys = ("messages", "samples", "windows", "anomalies", "dropped", "drops", "notes", "batches",
             "batch_reasons", "p50_latency_us", "p99_latency_us", "max_latency_us", "uptime_s",
-            "windows_per_s", "rss_mb", "backend", "kernels", "model", "_stop_s")
+            "windows_per_s", "rss_mb", "backend", "kernels", "model", "sensors_active", "_stop_s")
     return {k: final.get(k) for k in keys}
 
 

@@ -23,14 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from . import tflite
+from .errors import ModelError  # noqa: F401  (edgert.models.ModelError is its public name)
 
 KINDS = ("autoencoder", "classifier")
 MANIFEST = "manifest.json"
 MAX_NAME_BYTES = 100  # a name becomes file names with suffixes ("_r12_float.keras"); 255 is the limit
-
-
-class ModelError(ValueError):
-    """A model directory that cannot be used; the message names the file and the field."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from . import kernels
-from .models import ModelError
+from .errors import ModelError
 from .thresholds import FixedThreshold, Threshold  # noqa: F401  (re-exported: the old home)
 
 
