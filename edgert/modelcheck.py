@@ -61,26 +61,18 @@ def backend_scores(model, backend, windows: np.ndarray) -> np.ndarray:
 
     Returns float32 [n].
     """
-    from . import kernels
-    from .batcher import run_variant
-    from .scoring import ReconstructionScorer
+    from .runtime import Runner
 
-    v = run_variant(backend, model)
-    B = backend.max_batch
-    scorer = ReconstructionScorer(model, B, v)
-    buf = backend.input_buffer()
+    runner = Runner(model, backend)  # the scoring core's quantize -> invoke -> error, on this backend
+    B = runner.max_batch
     n, W, C = windows.shape
     out = np.empty(n, np.float32)
     ring = np.zeros((2 * B * W, C), np.float32)  # the kernels' mirrored-ring layout, no wrap
     starts = np.arange(B, dtype=np.int64) * W
-    mean, inv_std = np.asarray(model.mean, np.float64), model.inv_std
     for s in range(0, n, B):
         k = min(B, n - s)
         ring[:k * W] = windows[s:s + k].reshape(k * W, C)
-        kernels.normalize_quantize(ring, B * W, starts[:k], W, mean, inv_std,
-                                   float(v.input.scale), int(v.input.zero_point), buf, 0)
-        res = backend.run(k)
-        out[s:s + k] = scorer.score(buf, res, k)[0]
+        out[s:s + k] = runner.score_windows(ring, B * W, starts[:k]).scores
     return out
 
 

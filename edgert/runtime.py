@@ -54,7 +54,8 @@ class Runner:
 
     Args:
       model: an `edgert.models.Model`, a shipped model name or a model directory.
-      backend: a backend spec (``cpu``, ``auto``, …: `edgert.backends.create`).
+      backend: a backend spec (``cpu``, ``auto``, …: `edgert.backends.create`), or a built
+        backend to score with (e.g. a hot-swap candidate's; `close` then closes it too).
       max_batch: rows per invoke.
       num_threads: interpreter threads.
       tail: also the per-channel error over each window's newest ``tail`` rows (1..W).
@@ -72,7 +73,8 @@ class Runner:
         if tail is not None and not 0 < int(tail) <= W:
             raise ValueError(f"tail must be in 1..{W}, got {tail}")
         self.tail = None if tail is None else int(tail)
-        self.backend = backends.create(backend, m, max_batch=max_batch, num_threads=num_threads)
+        self.backend = (backends.create(backend, m, max_batch=max_batch, num_threads=num_threads)
+                        if isinstance(backend, str) else backend)
         self.variant = v = run_variant(self.backend, m)
         self.in_scale, self.in_zp = float(v.input.scale), int(v.input.zero_point)
         self.out_scale, self.out_zp = float(v.output.scale), int(v.output.zero_point)
