@@ -52,7 +52,17 @@ class Daemon:
 
     def __init__(self, cfg: Config, ctx: zmq.Context | None = None):
         self.cfg = cfg
-        self.pipeline = Pipeline(config=cfg)
+        self.metrics = None  # [metrics] edgert.metrics.Metrics: up (and /readyz 503) before the model loads
+        if cfg.metrics_listen:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(cfg.metrics_listen, cfg.metrics_max_sensors, cfg.health_stall_s)
+        try:
+            self.pipeline = Pipeline(config=cfg)
+        except BaseException:
+            if self.metrics is not None:  # [metrics] release the port
+                self.metrics.close()
+            raise
         self.ctx = ctx or zmq.Context.instance()
         self.discarded_at_stop = 0
         self._reload = False
@@ -129,6 +139,8 @@ class Daemon:
 
     def stop(self, *_args) -> None:
         self._stop = True
+        if self.metrics is not None:  # [metrics] /readyz: 503 from now on
+            self.metrics.health.set_stopping()
 
     def close(self) -> None:
         """Close the sockets of a daemon that was bound but will not `run` (run closes them
@@ -140,6 +152,8 @@ class Daemon:
             self.events.close()
         if self.auth is not None:
             self.auth.close()  # [auth] ZAP and monitor threads
+        if self.metrics is not None:  # [metrics]
+            self.metrics.close()
         for path in self._ipc_paths:
             try:
                 os.unlink(path)
@@ -293,6 +307,10 @@ class Daemon:
         log.info("serving %s on %s (%s), events on %s, backend %s, kernels %s",
                  self.model.name, self.listen_endpoint, self.cfg.socket, self.events_endpoint,
                  self.backend.name, kernels.BACKEND)
+        mx = self.metrics  # [metrics]
+        if mx is not None and not self._stop:
+            mx.publish(self)
+            mx.health.set_ready()
         if ready is not None:
             ready()
         recv = recv_frames
@@ -317,6 +335,8 @@ class Daemon:
                     if batcher.n and t >= batcher.t_recv[0] + batcher.max_delay_ns:
                         batcher.flush("deadline")
             batcher.poll()
+            if mx is not None:  # [metrics] O(1) a wake-up: a timestamp, a snapshot at most every 0.5 s
+                mx.tick(self)
             if tick is not None:
                 tick()
             if self._reload:
@@ -356,6 +376,8 @@ class Daemon:
         final["latency_histogram"] = self.latency.sparse()  # final only: keeps stats events small
         final["queue_delay_histogram"] = self.queue_delay.sparse()
         self.events.publish("lifecycle", "daemon", events.lifecycle("stopped", **final))
+        if mx is not None:  # [metrics] release the port
+            mx.close()
         self.events.close()
         self.auth.close()  # [auth] after the secured sockets are closed
         for path in self._ipc_paths:  # a clean exit leaves no socket file behind
