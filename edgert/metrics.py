@@ -45,12 +45,19 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import numpy as np
 
+from .wire import DROP_REASONS, NOTE_REASONS
+
 SNAPSHOT_S = 0.5  # the loop publishes a snapshot at most this often
 OTHER = "_other"  # the sensor label of every sensor past metrics_max_sensors
 # Bucket bounds of the exported histograms: every 30th edge of the engine's 120-bins-per-decade
 # histogram (a quarter decade, x1.78), 1 µs .. 100 s. They fall exactly on the engine's bin edges,
 # so each cumulative count is exact, not interpolated.
 BUCKET_STEP = 30
+
+
+ZERO_DROPS = dict.fromkeys(DROP_REASONS, 0)
+ZERO_NOTES = dict.fromkeys(NOTE_REASONS, 0)
+ZERO_BATCHES = dict.fromkeys(("full", "deadline", "flush", "swap", "evict"), 0)
 
 
 class MetricsError(ValueError):
@@ -205,9 +212,11 @@ def snapshot(daemon, labels: SensorLabels) -> dict:
     return {
         "time": time.time(),
         "counters": counters,
-        "drops": drops,
-        "notes": dict(pipe.notes_by_reason),
-        "batches": dict(pipe.batcher.reasons),
+        # Every known reason from the start, at 0: rate() and increase() then see a reason's first
+        # drops (a series that appears with its first value has no increase to show).
+        "drops": {**ZERO_DROPS, **drops},
+        "notes": {**ZERO_NOTES, **pipe.notes_by_reason},
+        "batches": {**ZERO_BATCHES, **pipe.batcher.reasons},
         "peers": dict(daemon.peer_events),
         "adaptations": {"accepted": pipe.norm.accepted, "refused": pipe.norm.refused}
         if pipe.norm is not None else {},
