@@ -128,36 +128,63 @@ class SensorLabels:
 
     def __init__(self, limit: int):
         self.limit = int(limit)
-        # name -> [stream object or None, banked (w, a, d), last seen (w, a, d) of that stream]
-        self.rows: dict[str, list] = {}
+        self.names: list[str] = []  # labelled sensors, in the order they were labelled
+        self.index: dict[str, int] = {}  # name -> row
+        self._refs: list = []  # the SensorStream each row last read (None: not in the table)
+        self._bank = np.zeros((0, 3), dtype=np.int64)  # (windows, anomalies, drops) of earlier slots
+        self._last = np.zeros((0, 3), dtype=np.int64)  # ... of the current slot, as last read
 
-    def update(self, pipe) -> dict:
+    def _admit(self, streams) -> None:
+        """Label ids until the table is full; then never again (labels stay stable)."""
+        for name in streams:
+            if name not in self.index and name != OTHER:  # a sensor called "_other" is summed there
+                self.index[name] = len(self.names)
+                self.names.append(name)
+                self._refs.append(None)
+                if len(self.names) >= self.limit:
+                    break
+        grow = len(self.names) - len(self._bank)
+        if grow:
+            self._bank = np.vstack([self._bank, np.zeros((grow, 3), dtype=np.int64)])
+            self._last = np.vstack([self._last, np.zeros((grow, 3), dtype=np.int64)])
+
+    def update(self, pipe) -> tuple[list, np.ndarray]:
         """Read the labelled sensors' counts from the engine (daemon thread only).
+
+        One dict lookup per labelled sensor, the rest vectorized.
 
         Args:
           pipe: the `edgert.pipeline.Pipeline`.
         Returns:
-          ``{sensor: (windows, anomalies, dropped)}`` for the labelled sensors (without `OTHER`).
+          (names, counts): the labelled sensors and an int64 [len(names), 3] array of their
+          (windows, anomalies, dropped blocks), counted over every slot they held.
         """
         streams = pipe.streams
-        if len(self.rows) < self.limit:  # admit ids until the table is full; then never again
-            for name in streams:
-                if name not in self.rows and name != OTHER:  # a sensor called "_other" is summed there
-                    self.rows[name] = [None, (0, 0, 0), (0, 0, 0)]
-                    if len(self.rows) >= self.limit:
-                        break
-        out = {}
-        win, anom = pipe.win_counts, pipe.anom_counts
-        for name, row in self.rows.items():
-            st = streams.get(name)
-            if st is not row[0]:  # evicted, or evicted and admitted again: bank the old slot's counts
-                row[1] = tuple(b + v for b, v in zip(row[1], row[2]))
-                row[0], row[2] = st, (0, 0, 0)
+        if len(self.names) < self.limit:  # O(limit): stops when full, or the table holds fewer sensors
+            self._admit(streams)
+        k = len(self.names)
+        slot = np.full(k, -1, dtype=np.int64)
+        drops = np.zeros(k, dtype=np.int64)
+        refs, get = self._refs, streams.get
+        moved = []
+        for r, name in enumerate(self.names):
+            st = get(name)
+            if st is not refs[r]:  # evicted, or evicted and admitted again
+                moved.append(r)
+                refs[r] = st
             if st is not None:
-                i = st.index
-                row[2] = (int(win[i]), int(anom[i]), sum(st.drops.values()))
-            out[name] = tuple(b + v for b, v in zip(row[1], row[2]))
-        return out
+                slot[r] = st.index
+                if st.drops:
+                    drops[r] = sum(st.drops.values())
+        if moved:  # bank what the old slot counted
+            self._bank[moved] += self._last[moved]
+            self._last[moved] = 0
+        here = np.flatnonzero(slot >= 0)
+        s = slot[here]
+        self._last[here, 0] = pipe.win_counts[s]
+        self._last[here, 1] = pipe.anom_counts[s]
+        self._last[here, 2] = drops[here]
+        return list(self.names), self._bank + self._last
 
 
 def _model_digest(manifest: dict) -> str:
@@ -204,10 +231,10 @@ def snapshot(daemon, labels: SensorLabels) -> dict:
         "queue_delay_clock_ahead": pipe.queue_delay_unsane,
         "discarded_at_stop": daemon.discarded_at_stop,
     }
-    per_sensor = labels.update(pipe)
+    names, counts = labels.update(pipe)
     # What no labelled sensor counted: unlabelled sensors, ids without a slot (their drops).
-    w, a, d = (sum(r[k] for r in per_sensor.values()) for k in range(3))
-    per_sensor[OTHER] = (windows - w, anomalies - a, sum(drops.values()) - d)
+    other = np.array([windows, anomalies, sum(drops.values())], dtype=np.int64) - counts.sum(axis=0)
+    per_sensor = (names + [OTHER], np.vstack([counts, other[None]]))
     lat, qd = pipe.latency, pipe.queue_delay
     return {
         "time": time.time(),
@@ -224,18 +251,32 @@ def snapshot(daemon, labels: SensorLabels) -> dict:
         "per_sensor": per_sensor,
         "latency": (lat.counts.copy(), lat.total, getattr(lat, "sum_us", None), lat.edges),
         "queue_delay": (qd.counts.copy(), qd.total, getattr(qd, "sum_us", None), qd.edges),
-        "model": {"model": model.name, "generation": str(int((model.manifest.get("retrain") or {}).get("generation", 0))),
-                  "digest": _model_digest(model.manifest), "threshold_kind": daemon.cfg.threshold},
-        "backend": {"backend": pipe.backend.name, "kernels": _kernels_backend(),
-                    "fallbacks": ",".join(str(f.get("backend", "?")) if isinstance(f, dict) else str(f)
-                                          for f in getattr(pipe.backend, "fallbacks", None) or [])},
+        **_info(model, pipe.backend, daemon.cfg.threshold, labels),
     }
 
 
-def _kernels_backend() -> str:
+def _info(model, backend, threshold: str, holder) -> dict:
+    """The labels of the info metrics, computed again only when the model or backend changed (a swap).
+
+    Args:
+      model, backend: the running ones; threshold: the threshold kind.
+      holder: where the one cached entry lives (its ``_info`` attribute).
+    """
+    cached = getattr(holder, "_info", None)
+    if cached is not None and cached[0] is model and cached[1] is backend and cached[2] == threshold:
+        return cached[3]
     from . import kernels
 
-    return str(kernels.BACKEND)
+    gen = (model.manifest.get("retrain") or {}).get("generation", 0)
+    info = {
+        "model": {"model": model.name, "generation": str(gen), "digest": _model_digest(model.manifest),
+                  "threshold_kind": threshold},
+        "backend": {"backend": backend.name, "kernels": str(kernels.BACKEND),
+                    "fallbacks": ",".join(str(f.get("backend", "?")) if isinstance(f, dict) else str(f)
+                                          for f in getattr(backend, "fallbacks", None) or [])},
+    }
+    holder._info = (model, backend, threshold, info)  # one entry: an old model is not kept alive
+    return info
 
 
 def histogram_buckets(counts: np.ndarray, total: int, edges: np.ndarray, step: int = BUCKET_STEP) -> list:
@@ -335,8 +376,9 @@ class EdgertCollector:
             yield fam
         for j, (name, doc) in enumerate(PER_SENSOR):
             fam = CounterMetricFamily(name, doc, labels=["sensor"])
-            for sensor, row in snap["per_sensor"].items():
-                fam.add_metric([sensor], row[j])
+            names, counts = snap["per_sensor"]
+            for sensor, v in zip(names, counts[:, j].tolist()):
+                fam.add_metric([sensor], v)
             yield fam
         yield GaugeMetricFamily("edgert_sensors_active", "Sensors holding a slot in the sensor table.",
                                 value=snap["sensors_active"])

@@ -332,15 +332,13 @@ def metric_names(expr: str) -> set:
     return names
 
 
-def test_metric_name_extraction():
+def test_dashboard_uses_only_exported_names(scenario):
+    """Every metric a dashboard expression names is in a live /metrics of edgert serve."""
+    # the extraction itself, on the constructs the dashboard uses
     assert metric_names('histogram_quantile(0.99, sum by (le) (rate(a_bucket{x=~"$i"}[$__rate_interval])))') \
         == {"a_bucket"}
     assert metric_names('topk(10, sum without (sensor) (rate(b_total{s="on(x)"}[5m]))) and on (instance) c_info') \
         == {"b_total", "c_info"}
-
-
-def test_dashboard_uses_only_exported_names(scenario):
-    """Every metric a dashboard expression names is in a live /metrics of edgert serve."""
     exported = set(scenario["scraped"])
     used = set().union(*(metric_names(e) for e in dashboard_exprs()))
     assert used, "no metric names found in the dashboard"
@@ -443,7 +441,7 @@ def test_per_sensor_labels_bounded_in_process(tmp_path):
             assert p.wait_subscribed(5)
             p.send(block, 0, 1_000_000)
             if i == 0:  # s0 is alone in the table at the next snapshot: it is labelled first
-                wait_for(lambda: "s0" in d.metrics.labels.rows, 5, "s0 labelled")
+                wait_for(lambda: "s0" in d.metrics.labels.index, 5, "s0 labelled")
 
         def windows_total():
             m = scrape(base)
