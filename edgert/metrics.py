@@ -397,20 +397,45 @@ class EdgertCollector:
 
 
 # -- the server -----------------------------------------------------------------------------------
+MAX_CLIENTS = 8  # requests served at once; more are closed at once (bounded threads and memory)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    timeout = 5  # a client that connects and says nothing cannot hold the (single) server thread longer
+    timeout = 5  # a client that connects and says nothing holds its thread no longer than this
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         pass  # no line per scrape in the daemon's log
 
 
-class _Server(WSGIServer):
-    """wsgiref's server, one request at a time, without the reverse-DNS lookup of ``server_bind``."""
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """wsgiref's server, a thread per request up to `MAX_CLIENTS` (a slow scraper or a client that
+    says nothing does not hold up the health probes), without the reverse-DNS lookup of
+    ``server_bind``."""
+
+    daemon_threads = True
+    block_on_close = False
 
     def server_bind(self):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
         self.setup_environ()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: close, do not queue
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def _server_class(host: str):

@@ -391,6 +391,11 @@ def test_healthz_and_readyz_follow_the_loop(tmp_path):
         assert ready.wait(30)
         assert http_get(base + "/readyz") == (200, "ready\n")
         assert http_get(base + "/healthz")[0] == 200
+        host, port = d.metrics.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port))):  # a client that connects and says nothing
+            t0 = time.monotonic()
+            assert http_get(base + "/healthz", timeout=2)[0] == 200  # does not hold up the probes
+            assert time.monotonic() - t0 < 1.0
         stall.set()  # the loop blocks in its tick hook
         status, text = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http_get(base + "/healthz")),
                                 5, "/healthz 503 with the loop stalled")
