@@ -13,7 +13,8 @@ message by ``max_block_samples``, sensor state by ``max_sensors`` with idle evic
 for ids without a slot by ``max_unknown_ids``. SIGTERM/SIGINT stop intake, handle what is
 queued for up to ``drain_s`` (the rest is counted as ``discarded_at_stop``), flush the pending
 batch, and `run` returns the final stats (the CLI prints them as one JSON line). SIGHUP
-reloads what can change live (`reload`).
+reloads what can change live (`reload`). With ``metrics_listen``, `edgert.metrics` serves
+Prometheus /metrics, /healthz and /readyz from snapshots the loop publishes ([metrics]).
 """
 
 from __future__ import annotations
