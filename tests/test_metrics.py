@@ -442,26 +442,27 @@ def test_per_sensor_labels_bounded_in_process(tmp_path):
         block = itsc_recording(HEALTHY)[:200]  # (200 - 64) // 16 + 1 = 9 windows
         per_block = (200 - 64) // 16 + 1
         pubs = {}
-        for i in range(7):
-            p = pubs[f"s{i}"] = SensorPublisher(d.listen_endpoint, f"s{i}", ctx=ctx)
+        # a sensor that calls itself "_other" gets no label of its own: it is summed there
+        for name in ["s0", OTHER] + [f"s{i}" for i in range(1, 7)]:
+            p = pubs[name] = SensorPublisher(d.listen_endpoint, name, ctx=ctx)
             assert p.wait_subscribed(5)
             p.send(block, 0, 1_000_000)
-            if i == 0:  # s0 is alone in the table at the next snapshot: it is labelled first
+            if name == "s0":  # s0 is alone in the table at the next snapshot: it is labelled first
                 wait_for(lambda: "s0" in d.metrics.labels.index, 5, "s0 labelled")
 
         def windows_total():
             m = scrape(base)
-            return m if m["edgert_windows_total"][frozenset()] == 7 * per_block else None
+            return m if m["edgert_windows_total"][frozenset()] == 8 * per_block else None
 
         m = wait_for(windows_total, 10, "all windows in /metrics")
         per = {dict(k)["sensor"]: v for k, v in m["edgert_sensor_windows_total"].items()}
         assert len(per) == 4 and OTHER in per and "s0" in per, per
         assert all(v == per_block for k, v in per.items() if k != OTHER)
-        assert per[OTHER] == 4 * per_block
+        assert per[OTHER] == 5 * per_block  # 4 unlabelled sensors and the one called "_other"
         assert sum(per.values()) == m["edgert_windows_total"][frozenset()]
         # s0 goes idle, is evicted (sensor_idle_s 0.5), comes back in a new slot: its series goes on.
         wait_for(lambda: (lambda m: m["edgert_sensors_active"][frozenset()] == 0 and
-                          m["edgert_sensors_evicted_total"][frozenset()] == 7)(scrape(base)), 10, "all evicted")
+                          m["edgert_sensors_evicted_total"][frozenset()] == 8)(scrape(base)), 10, "all evicted")
         pubs["s0"].send(block, 10**12, 1_000_000)
 
         def s0_back():
@@ -470,7 +471,7 @@ def test_per_sensor_labels_bounded_in_process(tmp_path):
             return (m, per) if per["s0"] == 2 * per_block else None
 
         m, per = wait_for(s0_back, 10, "s0 counting on after eviction")
-        assert sum(per.values()) == m["edgert_windows_total"][frozenset()] == 8 * per_block
+        assert sum(per.values()) == m["edgert_windows_total"][frozenset()] == 9 * per_block
         assert len(per) == 4
         for p in pubs.values():
             p.close()
@@ -527,6 +528,26 @@ def test_config_metrics_keys(tmp_path):
         p.write_text(bad + "\n")
         with pytest.raises(ValueError, match=bad.split()[0]):
             config.load(str(p))
+
+
+def test_metrics_listen_ipv6_and_every_interface():
+    from edgert.metrics import Metrics
+
+    for listen, want in (("[::1]:0", "[::1]:"), (":0", "0.0.0.0:")):
+        try:
+            m = Metrics(listen)
+        except ValueError as exc:
+            if "::1" in listen and not socket.has_ipv6 or "cannot bind" in str(exc):
+                pytest.skip(f"no IPv6 loopback here: {exc}")
+            raise
+        try:
+            assert m.address.startswith(want)
+            host, port = m.address.rsplit(":", 1)
+            status, _ = http_get(f"http://{host.replace('0.0.0.0', '127.0.0.1')}:{port}/healthz")
+            assert status == 200
+            assert http_get(f"http://{host.replace('0.0.0.0', '127.0.0.1')}:{port}/nope")[0] == 404
+        finally:
+            m.close()
 
 
 def test_serve_without_prometheus_client_says_what_to_install(tmp_path):
