@@ -90,6 +90,7 @@ def _setup_logging(level: str) -> None:
 def cmd_serve(args) -> int:
     from . import config, sdnotify
     from .daemon import Daemon
+    from .metrics import MetricsError  # [metrics]
 
     def load():
         return config.load(args.config, listen=args.listen, events=args.events, model=args.model,
@@ -104,7 +105,8 @@ def cmd_serve(args) -> int:
                            curve_server_key=args.curve_server_key,
                            curve_allowed_clients_dir=args.curve_allowed_clients_dir,
                            curve_event_clients_dir=args.curve_event_clients_dir,
-                           sensor_keys=_sensor_keys(args.sensor_key))
+                           sensor_keys=_sensor_keys(args.sensor_key),
+                           metrics_listen=args.metrics_listen)  # [metrics]
 
     try:
         cfg = load()
@@ -116,6 +118,10 @@ def cmd_serve(args) -> int:
     try:
         d = Daemon(cfg)
         d.bind()
+    except MetricsError as exc:  # [metrics] the address is taken (or prometheus-client missing): a usage error
+        notifier.status(f"failed: {exc}")
+        print(f"edgert serve: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # model, backend or socket errors: say which, exit non-zero
         notifier.status(f"failed: {exc}")
         print(f"edgert serve: {exc}", file=sys.stderr)
@@ -308,6 +314,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--sensor-key", dest="sensor_key", action="append", metavar="ID=KEY",
                    help="with CURVE: sensor ID may only be sent by this client key (.key file or Z85); "
                         "repeat per sensor; then only listed sensor ids are accepted")
+    s.add_argument("--metrics", dest="metrics_listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9108 "
+                        "(config key metrics_listen; default: off)")
     s.add_argument("--config", help="TOML file with the same keys (an [edgert] table or top level)")
     s.set_defaults(fn=cmd_serve)
 

@@ -63,6 +63,10 @@ class Config:
     reservoir_size: int = 4096  # windows in the on-disk ring (bounded file size)
     reservoir_rate: float = 0.05  # fraction of the normal windows kept
     log_level: str = "INFO"
+    # [metrics] Prometheus /metrics, /healthz, /readyz (edgert/metrics.py); "" = off, e.g. "127.0.0.1:9108".
+    metrics_listen: str = ""
+    metrics_max_sensors: int = 64  # sensors with their own `sensor` label; the rest are summed as "_other"
+    health_stall_s: float = 5.0  # /healthz answers 503 when the loop has not woken up for this long
     # CURVE (edgert/auth.py): all empty = off. The daemon's .key_secret file; the directory of the
     # allowed clients' *.key files (sensors, and event subscribers unless curve_event_clients_dir
     # names another directory for them); sensor_keys binds sensor ids to client keys (a table of
@@ -95,10 +99,10 @@ class Config:
             raise ValueError(f"config field 'log_level' must be one of {', '.join(LOG_LEVELS)}, "
                              f"got {self.log_level!r}")
         self.log_level = str(self.log_level).upper()
-        zero_ok = ("max_delay_us", "rcvhwm", "max_msg_bytes", "ring_capacity")
+        zero_ok = ("max_delay_us", "rcvhwm", "max_msg_bytes", "ring_capacity", "metrics_max_sensors")
         for name in ("max_batch", "max_delay_us", "num_threads", "ring_capacity", "max_sensors",
                      "reservoir_size", "rcvhwm", "max_block_samples", "max_msg_bytes", "max_seq_gap",
-                     "max_unknown_ids", "stats_top_n"):
+                     "max_unknown_ids", "stats_top_n", "metrics_max_sensors"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not (0 if name in zero_ok else 1) <= v <= MAX_INT:
                 raise ValueError(f"config field {name!r} must be a positive integer (at most {MAX_INT}), got {v!r}")
@@ -107,6 +111,15 @@ class Config:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"config field {name!r} must be a finite number >= 0, got {v!r}")
+        if self.metrics_max_sensors > 100_000:  # [metrics] label cardinality: a scrape stays small
+            raise ValueError(f"config field 'metrics_max_sensors' must be at most 100000, got {self.metrics_max_sensors}")
+        if not isinstance(self.health_stall_s, (int, float)) or isinstance(self.health_stall_s, bool) \
+                or not math.isfinite(self.health_stall_s) or self.health_stall_s <= 0:
+            raise ValueError(f"config field 'health_stall_s' must be a finite number > 0, got {self.health_stall_s!r}")
+        if self.metrics_listen:
+            from .metrics import parse_listen
+
+            parse_listen(self.metrics_listen)  # MetricsError (a ValueError) naming the address
         if self.max_queue_mb <= 0 or self.stats_interval_s <= 0:
             raise ValueError("config fields 'max_queue_mb' and 'stats_interval_s' must be > 0")
         if self.max_block_samples > (1 << 20):

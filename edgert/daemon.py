@@ -13,7 +13,8 @@ message by ``max_block_samples``, sensor state by ``max_sensors`` with idle evic
 for ids without a slot by ``max_unknown_ids``. SIGTERM/SIGINT stop intake, handle what is
 queued for up to ``drain_s`` (the rest is counted as ``discarded_at_stop``), flush the pending
 batch, and `run` returns the final stats (the CLI prints them as one JSON line). SIGHUP
-reloads what can change live (`reload`).
+reloads what can change live (`reload`). With ``metrics_listen``, `edgert.metrics` serves
+Prometheus /metrics, /healthz and /readyz from snapshots the loop publishes ([metrics]).
 """
 
 from __future__ import annotations
@@ -52,7 +53,17 @@ class Daemon:
 
     def __init__(self, cfg: Config, ctx: zmq.Context | None = None):
         self.cfg = cfg
-        self.pipeline = Pipeline(config=cfg)
+        self.metrics = None  # [metrics] edgert.metrics.Metrics: up (and /readyz 503) before the model loads
+        if cfg.metrics_listen:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(cfg.metrics_listen, cfg.metrics_max_sensors, cfg.health_stall_s)
+        try:
+            self.pipeline = Pipeline(config=cfg)
+        except BaseException:
+            if self.metrics is not None:  # [metrics] release the port
+                self.metrics.close()
+            raise
         # The kernels are compiled (or loaded) now: the compiler's code need not stay resident.
         self.compiler_pages_released = release_compiler_pages()
         self.ctx = ctx or zmq.Context.instance()
@@ -131,6 +142,8 @@ class Daemon:
 
     def stop(self, *_args) -> None:
         self._stop = True
+        if self.metrics is not None:  # [metrics] /readyz: 503 from now on
+            self.metrics.health.set_stopping()
 
     def close(self) -> None:
         """Close the sockets of a daemon that was bound but will not `run` (run closes them
@@ -142,6 +155,8 @@ class Daemon:
             self.events.close()
         if self.auth is not None:
             self.auth.close()  # [auth] ZAP and monitor threads
+        if self.metrics is not None:  # [metrics]
+            self.metrics.close()
         for path in self._ipc_paths:
             try:
                 os.unlink(path)
@@ -295,6 +310,10 @@ class Daemon:
         log.info("serving %s on %s (%s), events on %s, backend %s, kernels %s",
                  self.model.name, self.listen_endpoint, self.cfg.socket, self.events_endpoint,
                  self.backend.name, kernels.BACKEND)
+        mx = self.metrics  # [metrics]
+        if mx is not None and not self._stop:
+            mx.publish(self)
+            mx.health.set_ready()
         if ready is not None:
             ready()
         recv = recv_frames
@@ -319,6 +338,8 @@ class Daemon:
                 if msgs:  # the wake-up's messages in one go (compiled where plain)
                     handle_many(msgs, ts)
             batcher.poll()
+            if mx is not None:  # [metrics] O(1) a wake-up: a timestamp, a snapshot at most every 0.5 s
+                mx.tick(self)
             if tick is not None:
                 tick()
             if self._reload:
@@ -358,6 +379,8 @@ class Daemon:
         final["latency_histogram"] = self.latency.sparse()  # final only: keeps stats events small
         final["queue_delay_histogram"] = self.queue_delay.sparse()
         self.events.publish("lifecycle", "daemon", events.lifecycle("stopped", **final))
+        if mx is not None:  # [metrics] release the port
+            mx.close()
         self.events.close()
         self.auth.close()  # [auth] after the secured sockets are closed
         for path in self._ipc_paths:  # a clean exit leaves no socket file behind

@@ -801,14 +801,16 @@ class Pipeline:
             flags, lat_us, qd_us = self._flags[:k], self._lat_us[:k], self._qd_us[:k]
             t_dec = time.perf_counter_ns()
             lat, qd = self.latency, self.queue_delay
-            _, lat_max, qd_max, sane, unsane = kernels.book_batch(
+            _, lat_max, qd_max, sane, unsane, lat_sum, qd_sum = kernels.book_batch(
                 scores, thr, sidx, b.t_recv, b.t_last, b.stats, k, t_dec, self._wall_offset, flags, lat_us,
                 qd_us, self.win_counts, self.anom_counts, lat.edges, lat.counts, qd.edges, qd.counts,
                 self._drift_acc, self.cfg.drift_interval_s > 0)
             lat.total += k
+            lat.sum_us += lat_sum
             lat.max_us = max(lat.max_us, lat_max)
             if sane:
                 qd.total += sane
+                qd.sum_us += qd_sum
                 qd.max_us = max(qd.max_us, qd_max)
             self.queue_delay_unsane += unsane
             self.threshold.learn(sidx, scores, flags)

@@ -27,6 +27,7 @@ class LatencyHistogram:
         self.counts = np.zeros(self._n + 1, dtype=np.int64)
         self.edges = lo_us * 10.0 ** (np.arange(self._n + 1) / bins_per_decade)
         self.total = 0
+        self.sum_us = 0.0  # [metrics] a Prometheus histogram's _sum (one numpy sum a batch)
         self.max_us = 0.0
 
     def add(self, latencies_us: np.ndarray) -> None:
@@ -37,6 +38,7 @@ class LatencyHistogram:
         np.clip(idx, 0, self._n, out=idx)
         self.counts += np.bincount(idx, minlength=self.counts.size)
         self.total += latencies_us.size
+        self.sum_us += float(latencies_us.sum())
         self.max_us = max(self.max_us, float(latencies_us.max()))
 
     def quantile(self, q: float) -> float:
@@ -58,6 +60,7 @@ class LatencyHistogram:
     def reset(self) -> None:
         self.counts[:] = 0
         self.total = 0
+        self.sum_us = 0.0
         self.max_us = 0.0
 
 

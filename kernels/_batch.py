@@ -296,9 +296,12 @@ def book_batch(scores, thr, sidx, t_recv, t_last, stats, k, t_dec, wall_offset, 
     channel's RMS, `stats[..., 2]`) when `drift_on`.
 
     Returns (anomalies, max latency µs, max sane queue delay µs or -1, sane queue delays,
-    queue delays with the sensor clock ahead of ours).
+    queue delays with the sensor clock ahead of ours, sum of latencies µs, sum of sane queue
+    delays µs).
     """
     n_anom = 0
+    lat_sum = 0.0
+    qd_sum = 0.0
     lat_max = -1.0
     qd_max = -1.0
     sane = 0
@@ -310,12 +313,14 @@ def book_batch(scores, thr, sidx, t_recv, t_last, stats, k, t_dec, wall_offset, 
         lat = (t_dec - t_recv[j]) * 1e-3
         lat_us[j] = lat
         _hist_add(lat_edges, lat_counts, lat)
+        lat_sum += lat
         if lat > lat_max:
             lat_max = lat
         qd = (t_recv[j] + wall_offset - t_last[j]) * 1e-3
         qd_us[j] = qd
         if qd >= 0:
             _hist_add(qd_edges, qd_counts, qd)
+            qd_sum += qd
             sane += 1
             if qd > qd_max:
                 qd_max = qd
@@ -327,4 +332,4 @@ def book_batch(scores, thr, sidx, t_recv, t_last, stats, k, t_dec, wall_offset, 
             drift_acc[s, 0] += scores[j]
             for c in range(C):
                 drift_acc[s, 1 + c] += np.float64(stats[j, c, 2])
-    return n_anom, lat_max, qd_max, sane, k - sane
+    return n_anom, lat_max, qd_max, sane, k - sane, lat_sum, qd_sum
