@@ -142,6 +142,28 @@ def latency_and_memory(model, model_arg: str, saturation_windows_per_s: float, p
     return out
 
 
+def render_lines(r: dict) -> list:
+    """The engine section as text."""
+    f = lambda x: "n/a" if x is None else (f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}")  # noqa: E731
+    int8 = (r.get("machine") or {}).get("int8") or {}
+    lines = [f"engine (windows per daemon CPU-second; CPU {r['machine']['cpu']}, int8 {int8}; "
+             f"bare invoke {', '.join(f(x) for x in r['bare_invoke_windows_per_cpu_s'])} windows per CPU-second)"]
+    for name, row in r["configs"].items():
+        base = row.get("baseline")
+        lines.append(f"  {name:<10} current {f(row['current']['windows_per_cpu_s']):>9}"
+                     + (f"  baseline {f(base['windows_per_cpu_s']):>9}  current/baseline "
+                        f"{f(row.get('current_over_baseline'))}" if base else "")
+                     + f"  pipeline/bare {f(row.get('pipeline_over_bare'))}")
+    if r.get("storm_over_quiet"):
+        lines.append(f"  storm / quiet: {r['storm_over_quiet']}")
+    for b, lm in (r.get("latency_memory") or {}).items():
+        h = lm["half_load"]
+        rss = ", ".join(f"{n} sensors {x.get('rss_mb')} MB" for n, x in lm["rss"].items())
+        lines.append(f"  {b}: p99 {f(h.get('p99_latency_us'))} µs at half load "
+                     f"({f(h.get('windows_per_s'))} windows/s); RSS {rss}")
+    return lines
+
+
 def main(argv=None) -> int:
     import argparse
     import json

@@ -69,7 +69,8 @@ from .jsonsafe import clean as _clean
 from .snapshot import snapshot_model as _snapshot_model
 
 SCHEMA = 2
-SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup", "naive", "hostile")
+SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup", "naive", "hostile",
+            "engine")
 QUICK_SECTIONS = ("kernels", "invoke", "pipeline", "latency")  # what CI runs (--quick)
 GATE_SECTIONS = gate.GATE_SECTIONS  # the sections whose ratios the gate judges
 # Other processes may use this share of the cores during the gated sections; above it the run
@@ -139,6 +140,10 @@ class Settings:
     naive_rounds: int = 3
     # hostile: the daemon under attack (bench/hostile.py); overload seconds per socket type
     hostile_overload_s: float = 60.0
+    # engine: the per-message path against a baseline build (bench/engine.py); the baseline's
+    # Python comes from $EDGERT_BASELINE_PYTHON (a venv with an older edgert), else none
+    engine_rounds: int = 3
+    engine_seconds: float = 4.0
     naive_saturate_s: float = 4.0
     naive_paced_s: float = 3.0
     naive_runtimes: tuple = ("litert", "onnxruntime", "tflite-runtime")
@@ -400,6 +405,27 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
             "big_blocks": hostile.big_blocks(),
             "overload": [hostile.overload(k, settings.hostile_overload_s) for k in ("pull", "sub")]})
 
+    if "engine" in settings.sections:
+        import os
+
+        from . import engine
+
+        base = os.environ.get("EDGERT_BASELINE_PYTHON") or None
+        log(f"edgert bench: engine (windows per daemon CPU-second at 64/256-sample blocks and in an anomaly "
+            f"storm, {settings.engine_rounds} rounds{', against ' + base if base else ''}; p99 at half load; "
+            "RSS at 64 and 4,096 sensors)")
+
+        def _engine():
+            m = _need_model(settings, result, model)
+            out = engine.compare(m, model_arg, base, rounds=settings.engine_rounds,
+                                 seconds=settings.engine_seconds, log=log)
+            builds = {"current": None, **({"baseline": (base, "-m", "edgert", "serve")} if base else {})}
+            out["latency_memory"] = {b: engine.latency_and_memory(m, model_arg, out["configs"]["b64"][b]["windows_per_s"],
+                                                                  prefix=pre, log=log)
+                                     for b, pre in builds.items()}
+            return out
+        _section(result, "engine", _engine)
+
     if "naive" in settings.sections:
         from . import naive
 
@@ -644,6 +670,10 @@ def render(r: dict) -> str:
         from . import naive
 
         lines += [""] + naive.render_lines(r["naive"])
+    if r.get("engine"):
+        from . import engine
+
+        lines += [""] + engine.render_lines(r["engine"])
     if r.get("hostile"):
         from . import hostile
 

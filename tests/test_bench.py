@@ -491,3 +491,20 @@ def test_e2e_steps_on_only_while_the_daemon_keeps_up():
     assert not _unsaturated({**kept_up, "lost_messages": 3})
     assert not _unsaturated({**kept_up, "dropped_by_daemon": 1})
     assert not _unsaturated({"error": "x"})
+
+
+def test_engine_section_measures_the_daemon_against_the_bare_invoke():
+    """`bench/engine.py` on a tiny budget: windows per daemon CPU-second at 64-sample blocks and
+    in an anomaly storm (every window flagged), the bare invoke beside them, and the text."""
+    from edgert.bench import engine
+    from edgert.models import load
+
+    m = load("motor-ae")
+    r = engine.compare(m, "motor-ae", rounds=1, seconds=1.5, blocks=(64,), storm=True)
+    quiet, storm = r["configs"]["b64"], r["configs"]["storm_b64"]
+    assert quiet["current"]["windows_per_cpu_s"] > 0 and storm["current"]["windows_per_cpu_s"] > 0
+    assert storm["current"]["rounds"][0]["anomalies"] > 0 and quiet["current"]["rounds"][0]["anomalies"] == 0
+    assert 0 < quiet["pipeline_over_bare"] < 2 and r["bare_invoke_windows_per_cpu_s"][0] > 0
+    assert r["storm_over_quiet"]["current"] > 0
+    text = "\n".join(engine.render_lines(r))
+    assert "storm / quiet" in text and "pipeline/bare" in text
