@@ -213,3 +213,51 @@ def test_parse_header_matches_wire_decode():
             accepted += 1
             assert blk is not None and (blk.seq, blk.t0, blk.dt, blk.samples.shape) == (seq, t0, dt, (n, c))
     assert accepted >= 200
+
+
+class _DictSink:
+    """Takes events as dicts (the Python path builds each payload)."""
+
+    def __init__(self):
+        self.events = []
+
+    def publish(self, kind, sensor, payload):
+        self.events.append((kind, sensor, dict(payload)))
+
+    def close(self):
+        pass
+
+
+class _PackedSink(_DictSink):
+    """Also takes anomaly payloads packed by `kernels.encode_anomalies`; decodes them as a
+    subscriber would."""
+
+    def publish_packed(self, topics, data, offsets):
+        from edgert import events
+
+        data = bytes(data)
+        for j, t in enumerate(topics):
+            kind, sensor, payload = events.decode([t, data[offsets[j]:offsets[j + 1]]])
+            self.events.append((kind, sensor, payload))
+
+
+@pytest.mark.parametrize("threshold", ["fixed", "spot"])
+def test_packed_anomaly_events_equal_the_python_ones(threshold):
+    """Every anomaly payload the compiled encoder writes decodes to the dict the Python path
+    builds (timing fields aside: they are taken at each path's own decision time)."""
+    msgs = hostile_stream(11, n_msgs=600)
+    rec = _receipts(len(msgs), 11)
+    ref = Pipeline(backend="cpu", max_clock_skew_s=0.0, threshold=threshold, sink=_DictSink())
+    fast = Pipeline(backend="cpu", max_clock_skew_s=0.0, threshold=threshold, sink=_PackedSink())
+    for p in (ref, fast):
+        p.handle_many(msgs, rec)
+        p.batcher.flush("flush")
+    strip = ("latency_us", "queue_delay_us")
+    a = [(k, s, {f: v for f, v in d.items() if f not in strip}) for k, s, d in ref.sink.events if k == "anomaly"]
+    b = [(k, s, {f: v for f, v in d.items() if f not in strip}) for k, s, d in fast.sink.events if k == "anomaly"]
+    assert len(a) > 1000 and a == b
+    first = [next(list(d) for k, _, d in p.sink.events if k == "anomaly") for p in (ref, fast)]
+    assert first[0] == first[1]  # the same field order
+    qa = [d["queue_delay_us"] is None for k, _, d in ref.sink.events if k == "anomaly"]
+    qb = [d["queue_delay_us"] is None for k, _, d in fast.sink.events if k == "anomaly"]
+    assert qa == qb
