@@ -113,8 +113,9 @@ def compare(model, model_arg: str, baseline_python: str | None = None, rounds: i
 def latency_and_memory(model, model_arg: str, saturation_windows_per_s: float, prefix=None,
                        seconds: float = 5.0, sensor_counts: tuple = (64, 4096), log=None) -> dict:
     """p99 receipt → decision at half the saturation rate (8 sensors, 64-sample blocks), and the
-    daemon's RSS with many sensors streaming (``sensor_counts``; 64 connections carry them,
-    each sensor its own id, so the daemon holds one ring and one table row per sensor).
+    daemon's RSS with many sensors streaming (``sensor_counts``, the probe included; 64
+    connections carry them, each sensor its own id, so the daemon holds one ring and one table
+    row per sensor).
 
     Args:
       saturation_windows_per_s: the build's saturation rate (windows/s) in this run.
@@ -131,9 +132,10 @@ def latency_and_memory(model, model_arg: str, saturation_windows_per_s: float, p
             f"at {out['half_load']['windows_per_s']} windows/s")
     pipeline.raise_fd_limit(1024)
     for n in sensor_counts:
-        # every sensor sends a few blocks: a window rate of 2 per sensor-second over `seconds`
-        r = pipeline.paced(model, model_arg, min(2.0 * n, 0.3 * saturation_windows_per_s), max(seconds, 8.0),
-                           n_sensors=n, n_sockets=min(n, 64), prefix=prefix)
+        # n sensors in the daemon's table: the harness's probe and n - 1 loaded ones, each
+        # sending a few blocks (2 windows per sensor-second), 64 connections carrying them
+        r = pipeline.paced(model, model_arg, min(2.0 * (n - 1), 0.3 * saturation_windows_per_s),
+                           max(seconds, 8.0), n_sensors=n - 1, n_sockets=min(n - 1, 64), prefix=prefix)
         out["rss"][n] = {k: r.get(k) for k in ("rss_mb", "daemon_mem", "windows_per_s", "messages_received",
                                                "problems")}
         out["rss"][n]["sensors_active"] = (r.get("final") or {}).get("sensors_active")
