@@ -323,7 +323,7 @@ def test_broker_away_10s_daemon_keeps_detecting_counts_drops_rss_bounded(tmp_pat
     outbox stays within its bounds and RSS with it, what was lost is counted by kind, it
     reconnects, and every anomaly the broker acknowledged reaches a persistent subscriber."""
     b = broker(persistence=True)
-    sub = Subscriber(b.port, ["edgert/#"], client_id="test-persistent", clean=False)
+    sub = Subscriber(b.port, ["plant/#"], client_id="test-persistent", clean=False)
     assert sub.connected.wait(10)
     proc = _serve(tmp_path, "--events", b.url, "--mqtt-node", "n1", "--mqtt-prefix", "plant/edgert",
                   "--config", _toml(tmp_path, mqtt_outbox_messages=500, mqtt_outbox_mb=1.0,
