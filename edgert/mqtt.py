@@ -228,11 +228,17 @@ class _Connection:
     def on_disconnect(self, reason_code) -> None:
         was = self.connected
         self.connected = False
-        if was and not self.closing:
+        if self.closing:
+            return
+        if was:
             self.disconnects += 1
             self.last_error = str(reason_code)
             self.rlog.warning(("lost", self.name), f"MQTT {self.name}: lost {self.url} ({reason_code}); "
                                                   "reconnecting with back-off")
+        elif not self.refusals or self.last_error is None:  # e.g. TLS: a client certificate the broker refused
+            self.last_error = f"closed by the broker before accepting the connection ({reason_code})"
+            self.rlog.warning(("closed", self.name), f"MQTT {self.name}: {self.url} closed the connection "
+                                                    f"before accepting it ({reason_code}); retrying with back-off")
 
     def on_connect_fail(self) -> None:
         self.last_error = "connection failed (broker unreachable)"
@@ -282,7 +288,9 @@ class MqttEventSink:
         self._early: set = set()  # mids paho finished before publish() returned
         self._cond = threading.Condition()
         self._stop = False
-        self.published = 0  # events taken by publish()
+        self._idle = False  # the sender thread waits for work
+        self._handing = 0  # messages the sender took from the outbox and has not recorded yet
+        self.published = 0  # messages queued (events, and Home Assistant's); status messages aside
         self.sent = 0  # handed to paho
         self.delivered = 0  # written (QoS 0) or acknowledged by the broker (QoS 1)
         self.dropped: dict = {}  # kind -> events lost (outbox full, connection lost, closed)
@@ -315,7 +323,6 @@ class MqttEventSink:
             level = escape_level(sensor)
             if len(self._topics) < 4 * self.cfg.max_sensors:
                 self._topics[sensor] = level
-        self.published += 1
         qos = 1 if kind in QOS1_KINDS else 0
         self._enqueue(kind, f"{self.base}/{kind}/{level}", data, qos, False)
         if kind == "model" and payload.get("state") == "swapped":
@@ -327,6 +334,7 @@ class MqttEventSink:
     def _enqueue(self, kind: str, topic: str, data: bytes, qos: int, retain: bool) -> None:
         size = len(data) + len(topic) + ITEM_OVERHEAD
         with self._cond:
+            self.published += 1
             if size > self.max_bytes:
                 self._count_drop(kind)
                 return
@@ -336,7 +344,8 @@ class MqttEventSink:
                 old = (self._lossy or self._keep).popleft()  # the oldest stats/scores go first
                 self._bytes -= old[5]
                 self._count_drop(old[0])
-            self._cond.notify()
+            if self._idle:  # wake the sender only when it sleeps (a notify per event costs a syscall)
+                self._cond.notify()
 
     def _count_drop(self, kind: str, n: int = 1) -> None:
         self.dropped[kind] = self.dropped.get(kind, 0) + n
@@ -434,7 +443,8 @@ class MqttEventSink:
         with self._cond:
             if self._pending.pop(mid, None) is not None:
                 self.delivered += 1
-                self._cond.notify()
+                if self._idle and len(self._pending) <= self.inflight // 2:  # room for a batch
+                    self._cond.notify()
             elif len(self._early) < 4 * self.inflight + 64:  # a status mid, or one not recorded yet
                 self._early.add(mid)
             else:
@@ -442,47 +452,67 @@ class MqttEventSink:
 
     # -- the sender thread: outbox -> paho, at most `inflight` at a time ----------------
     def _sender(self) -> None:
+        """Move outbox entries to paho while connected and under the in-flight window, a batch
+        per wake-up (locks and thread switches are paid per batch, not per event)."""
         mqtt = paho()
         ok, no_conn = mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN
         while True:
             with self._cond:
                 while not self._stop and not (self.conn.connected and len(self._pending) < self.inflight
                                               and (self._keep or self._lossy)):
+                    self._idle = True
                     self._cond.wait(0.5)
+                    self._idle = False
                 if self._stop:
                     return
-                item = (self._keep or self._lossy).popleft()
-                self._bytes -= item[5]
-            kind, topic, data, qos, retain, size = item
-            try:
-                info = self.client.publish(topic, data, qos=qos, retain=retain)
-                rc, mid = info.rc, info.mid
-            except Exception as exc:  # e.g. ValueError for a topic paho refuses: count it, go on
-                self.conn.rlog.warning(("publish", kind), f"MQTT events: {kind} event not published: {exc!r}")
-                rc, mid = None, None
+                batch = []
+                for _ in range(self.inflight - len(self._pending)):
+                    q = self._keep or self._lossy
+                    if not q:
+                        break
+                    item = q.popleft()
+                    self._bytes -= item[5]
+                    batch.append(item)
+                self._handing = len(batch)
+            done = []
+            for item in batch:
+                kind, topic, data, qos, retain, size = item
+                try:
+                    info = self.client.publish(topic, data, qos=qos, retain=retain)
+                    done.append((item, info.rc, info.mid))
+                except Exception as exc:  # e.g. ValueError for a topic paho refuses: count it, go on
+                    self.conn.rlog.warning(("publish", kind), f"MQTT events: {kind} event not published: {exc!r}")
+                    done.append((item, None, None))
             with self._cond:
-                if rc == ok or (rc == no_conn and qos):  # QoS 1 without a connection: paho keeps it
-                    self.sent += 1
-                    if mid in self._early:
-                        self._early.discard(mid)
-                        self.delivered += 1
+                self._handing = 0
+                back = []
+                for item, rc, mid in done:
+                    kind, qos = item[0], item[3]
+                    if rc == ok or (rc == no_conn and qos):  # QoS 1 without a connection: paho keeps it
+                        self.sent += 1
+                        if mid in self._early:
+                            self._early.discard(mid)
+                            self.delivered += 1
+                        else:
+                            self._pending[mid] = (kind, qos)
+                    elif rc == no_conn:  # QoS 0 with the connection just lost: back to the outbox
+                        back.append(item)
                     else:
-                        self._pending[mid] = (kind, qos)
-                elif rc == no_conn:  # QoS 0 with the connection just lost: back to the front
-                    (self._keep if qos else self._lossy).appendleft(item)
-                    self._bytes += size
-                else:
-                    self._count_drop(kind)
+                        self._count_drop(kind)
+                for item in reversed(back):  # in their order, at the front
+                    (self._keep if item[3] else self._lossy).appendleft(item)
+                    self._bytes += item[5]
 
     # -- stats and shutdown --------------------------------------------------------------
     def stats(self) -> dict:
-        """Counts: published (taken), sent (to paho), delivered, dropped by kind, what the
-        outbox holds now, and the connection's state."""
+        """Counts: published (queued), sent (to paho), delivered, dropped by kind, what the
+        outbox and paho hold now (``published = delivered + dropped + outbox_messages +
+        inflight`` at every moment), and the connection's state."""
         with self._cond:
             return {"endpoint": self.endpoint, **self.conn.stats(), "published": self.published,
                     "sent": self.sent, "delivered": self.delivered, "dropped": sum(self.dropped.values()),
                     "dropped_by_kind": dict(self.dropped), "outbox_messages": len(self._keep) + len(self._lossy),
-                    "outbox_bytes": self._bytes, "inflight": len(self._pending),
+                    "outbox_bytes": self._bytes, "inflight": len(self._pending) + self._handing,
                     **({"ha_sensors": len(self._ha), "ha_skipped": self.ha_skipped} if self.ha else {})}
 
     def close(self, timeout: float = 2.0) -> None:
@@ -783,16 +813,13 @@ class MqttSensorPublisher:
 
     Args:
       endpoint: ``mqtt[s]://HOST:PORT/FILTER`` with one ``+`` level.
-      cfg: a `edgert.config.Config` for TLS and credentials (defaults: none).
+      cfg: a `edgert.config.Config` for TLS and credentials (``mqtt_*`` keys).
       channels: channel names written into JSON payloads.
       window: messages not yet acknowledged by the broker at most (flow control).
     """
 
-    def __init__(self, endpoint: str, sensor: str, cfg=None, json_payload: bool = False, channels=None,
+    def __init__(self, endpoint: str, sensor: str, cfg, json_payload: bool = False, channels=None,
                  window: int = 256):
-        from . import config as config_mod
-
-        cfg = cfg or config_mod.Config()
         self.ep = parse_endpoint(endpoint, sensors=True)
         self.topic = self.ep.topic_for(sensor)
         self.sensor = sensor

@@ -41,17 +41,47 @@ def write_password_file(path, users: dict) -> None:
         subprocess.run([tool, "-b", str(path), user, password], check=True, capture_output=True, timeout=20)
 
 
+def make_certs(d) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl CLI), in `d`.
+    Returns {name: path}; skips the test when openssl is missing."""
+    tool = shutil.which("openssl")
+    if tool is None:
+        import pytest
+
+        pytest.skip("openssl is not installed (needed to make test certificates)")
+    d.mkdir(exist_ok=True)
+    p = {k: str(d / k) for k in ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key")}
+
+    def run(*args):
+        subprocess.run([tool, *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edgert-test-ca",
+        "-keyout", p["ca.key"], "-out", p["ca.crt"])
+    for who, subj in (("server", "/CN=127.0.0.1"), ("client", "/CN=edgert-client")):
+        csr = str(d / f"{who}.csr")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", subj, "-keyout", p[f"{who}.key"], "-out", csr)
+        ext = d / f"{who}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1\n" if who == "server" else "extendedKeyUsage=clientAuth\n")
+        run("x509", "-req", "-in", csr, "-CA", p["ca.crt"], "-CAkey", p["ca.key"], "-CAcreateserial", "-days", "2",
+            "-out", p[f"{who}.crt"], "-extfile", str(ext))
+    return p
+
+
 class Mosquitto:
     """One broker process. Args: users ({user: password}: then anonymous clients are refused),
     persistence (keep retained messages and sessions across `stop`/`start`)."""
 
-    def __init__(self, tmp_path, users: dict | None = None, persistence: bool = False, extra: str = ""):
+    def __init__(self, tmp_path, users: dict | None = None, persistence: bool = False, extra: str = "",
+                 tls: dict | None = None):
         self.dir = tmp_path / f"mosquitto-{os.getpid()}-{id(self) & 0xffff:x}"
         self.dir.mkdir()
         self.port = free_port()
         # As root, mosquitto would switch to user "mosquitto", who cannot read this tmp dir.
         lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", f"log_dest file {self.dir / 'mosquitto.log'}",
                  "log_type error", "log_type warning", "log_type notice", "log_type information"]
+        if tls:  # {name: path} from make_certs: TLS only, and a client certificate is required
+            lines += [f"cafile {tls['ca.crt']}", f"certfile {tls['server.crt']}", f"keyfile {tls['server.key']}",
+                      "require_certificate true"]
         if users:
             write_password_file(self.dir / "passwd", users)
             lines += ["allow_anonymous false", f"password_file {self.dir / 'passwd'}"]
@@ -64,9 +94,11 @@ class Mosquitto:
         self.proc = None
         self.start()
 
+        self.tls = bool(tls)
+
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")],

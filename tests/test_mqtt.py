@@ -245,6 +245,8 @@ def test_events_topics_payloads_qos_and_retain(tmp_path, broker):
     assert ha[0][1]["availability_topic"] == "edgert/edge-1/status" and ha[0][1]["device_class"] == "problem"
     assert b"ON" in [p for t, p, *_ in msgs if t == f"edgert/edge-1/ha/{level}/state"]
     assert st["mqtt_dropped"] == 0 and final["mqtt_dropped"] == 0
+    e = final["mqtt"]["events"][0]
+    assert e["published"] == e["delivered"] + e["dropped"] + e["outbox_messages"] + e["inflight"], e
     # retained: a subscriber arriving later gets the status and the discovery config at once
     late = Subscriber(b.port, ["edgert/+/status", "homeassistant/#"])
     try:
@@ -290,6 +292,38 @@ def test_wrong_credentials_refused_and_password_never_logged(tmp_path, broker, c
     assert "refused the connection" in caplog.text
 
 
+@needs_broker
+def test_tls_with_ca_and_client_certificate(tmp_path, broker):
+    """mqtts:// to a broker that requires a client certificate: with the CA and the client's
+    certificate the events arrive; without the certificate, or trusting only the system's CAs,
+    no connection (and nothing is sent in clear)."""
+    from brokers import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    b = broker(tls=certs)
+    assert b.url.startswith("mqtts://")
+    good = config.load(None, mqtt_ca_file=certs["ca.crt"], mqtt_cert_file=certs["client.crt"],
+                       mqtt_key_file=certs["client.key"], mqtt_node="tls")
+    sinks = [mqtt.MqttEventSink(b.url, good, "motor-ae", "cpu")]
+    for kw in (dict(mqtt_ca_file=certs["ca.crt"]), dict()):  # no client certificate; the system's CAs
+        sinks.append(mqtt.MqttEventSink(b.url, config.load(None, mqtt_node="tls", mqtt_client_id=f"x{len(sinks)}",
+                                                           mqtt_reconnect_min_s=0.2, mqtt_reconnect_max_s=0.5, **kw),
+                                        "motor-ae", "cpu"))
+    try:
+        assert wait_for(lambda: sinks[0].stats()["connected"])
+        sinks[0].publish("anomaly", "s1", {"sensor": "s1"})
+        assert wait_for(lambda: sinks[0].stats()["delivered"] >= 1)
+        time.sleep(1.5)  # a few attempts of the others
+        for s in sinks[1:]:
+            st = s.stats()
+            assert not st["connected"] and st["connects"] == 0 and st["last_error"], st
+    finally:
+        for s in sinks:
+            s.close(timeout=0.2)
+    with pytest.raises(ValueError, match="mqtt_ca_file"):
+        mqtt.MqttEventSink(b.url, config.load(None, mqtt_ca_file=str(tmp_path / "nope.crt")), "m", "b")
+
+
 def _serve(tmp_path, *args, env=None):
     """`edgert serve` as a subprocess (stdout: final JSON line; stderr: its log)."""
     return subprocess.Popen([sys.executable, "-m", "edgert", "serve", "--listen", f"ipc://{tmp_path}/s",
@@ -322,7 +356,8 @@ def test_broker_away_10s_daemon_keeps_detecting_counts_drops_rss_bounded(tmp_pat
     for 10 s and restarted. The daemon keeps scoring (windows and anomalies keep counting), its
     outbox stays within its bounds and RSS with it, what was lost is counted by kind, it
     reconnects, and every anomaly the broker acknowledged reaches a persistent subscriber."""
-    b = broker(persistence=True)
+    # no per-client queue limit: the broker must not drop for our (slower) subscriber itself
+    b = broker(persistence=True, extra="max_queued_messages 0")
     sub = Subscriber(b.port, ["plant/#"], client_id="test-persistent", clean=False)
     assert sub.connected.wait(10)
     proc = _serve(tmp_path, "--events", b.url, "--mqtt-node", "n1", "--mqtt-prefix", "plant/edgert",
@@ -384,7 +419,7 @@ def test_broker_away_10s_daemon_keeps_detecting_counts_drops_rss_bounded(tmp_pat
     # counted: stats went first, anomalies lost only beyond the bound; the books balance
     e = final["mqtt"]["events"][0]
     assert final["mqtt_dropped"] == e["dropped"] > 1000 and final["mqtt_dropped_by_kind"]["anomaly"] > 0
-    assert e["published"] == e["delivered"] + e["dropped"], e
+    assert e["published"] == e["delivered"] + e["dropped"] + e["outbox_messages"] + e["inflight"], e
     assert e["connects"] >= 2 and e["disconnects"] >= 1
     assert final["windows"] == sent[0] * PER and final["dropped"] == 0
     # every anomaly the broker acknowledged reached the persistent subscriber (QoS 1, both sides)
@@ -395,7 +430,8 @@ def test_broker_away_10s_daemon_keeps_detecting_counts_drops_rss_bounded(tmp_pat
     print(f"\nbroker away 10 s: events published {e['published']}, delivered {e['delivered']}, dropped "
           f"{e['dropped']} {final['mqtt_dropped_by_kind']}; anomalies {final['anomalies']}, received by the "
           f"subscriber {got}; reconnect {reconnect_s:.2f} s after the broker came back; anon RSS "
-          f"{before['rss_anon_mb']} -> max {max(s['rss_anon_mb'] for s in during)} MB")
+          f"{before['rss_anon_mb']} -> max {max(s['rss_anon_mb'] for s in during)} MB; before the stop: "
+          f"{before['anomalies']} anomalies, {before['mqtt_dropped']} dropped")
     assert got >= anomalies_delivered, (got, anomalies_delivered)
 
 
