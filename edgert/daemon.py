@@ -14,6 +14,11 @@ for ids without a slot by ``max_unknown_ids``. SIGTERM/SIGINT stop intake, handl
 queued for up to ``drain_s`` (the rest is counted as ``discarded_at_stop``), flush the pending
 batch, and `run` returns the final stats (the CLI prints them as one JSON line). SIGHUP
 reloads what can change live (`reload`).
+
+[mqtt] ``listen`` and ``events`` may each be several endpoints: mqtt:// ones are broker
+clients (`edgert.mqtt`): events go to every sink through `edgert.events.FanOut`, and blocks
+from a broker are queued by paho's thread and handed to the same ``handle`` by this thread,
+as a separate step of the loop.
 """
 
 from __future__ import annotations

@@ -249,6 +249,11 @@ class _Connection:
                 "refused": self.refusals, "last_error": self.last_error}
 
 
+def _plain(obj):
+    """JSON for what the json module does not know (numpy scalars and arrays), else its text."""
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+
 # -- events out -------------------------------------------------------------------------------
 class MqttEventSink:
     """Publishes the daemon's events to a broker (see the module docstring).
@@ -315,9 +320,9 @@ class MqttEventSink:
         """Queue one event (``v`` added, NaN → null). Drops the oldest when the outbox is full."""
         payload["v"] = SCHEMA_VERSION
         try:
-            data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+            data = json.dumps(payload, separators=(",", ":"), allow_nan=False, default=_plain).encode()
         except ValueError:  # NaN or Inf somewhere: JSON has none
-            data = json.dumps(json_safe(payload), separators=(",", ":")).encode()
+            data = json.dumps(json_safe(payload), separators=(",", ":"), default=_plain).encode()
         level = self._topics.get(sensor)
         if level is None:
             level = escape_level(sensor)
@@ -677,7 +682,8 @@ class MqttIngest:
         self._queued_bytes = 0
         self.received = 0
         self.queue_full = 0
-        self.oversized: collections.deque = collections.deque(maxlen=1024)  # (level, size) to count in the daemon
+        self.oversized: collections.deque = collections.deque()  # (level, size), at most 1024, counted in drain
+        self.oversized_other = 0  # oversized payloads beyond those 1024: counted without their sensor
         self.bad_topic = 0
         c = self.client
         c.on_connect = self._on_connect
@@ -702,7 +708,11 @@ class MqttIngest:
         n = len(payload)
         self.received += 1
         if n > self.max_payload:
-            self.oversized.append((level, n))  # counted per sensor by the daemon thread (drain)
+            if len(self.oversized) < 1024:
+                self.oversized.append((level, n))  # counted per sensor by the daemon thread (drain)
+            else:
+                with self._lock:
+                    self.oversized_other += 1
             return
         with self._lock:
             if self._queued >= self.max_messages or self._queued_bytes + n > self.max_bytes:
@@ -727,6 +737,12 @@ class MqttIngest:
             if sensor is not None:
                 pipe._drop(sensor, "too_large", f"{safe_id(sensor)}: MQTT payload of {n} bytes, "
                            f"mqtt_max_payload_bytes is {self.max_payload}")
+        if self.oversized_other:
+            with self._lock:
+                n, self.oversized_other = self.oversized_other, 0
+            for _ in range(n):
+                pipe._drop(None, "too_large", f"MQTT payloads over mqtt_max_payload_bytes ({self.max_payload}) "
+                                              "faster than they could be attributed to their sensors")
         batcher = pipe.batcher
         perf = time.perf_counter_ns
         pipe._now_wall = time.time_ns()
