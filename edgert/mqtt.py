@@ -175,6 +175,7 @@ def make_client(cfg, ep: Endpoint, client_id: str, will: tuple | None = None):
     mqtt = paho()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
                          protocol=mqtt.MQTTv311)
+    client.suppress_exceptions = True  # a failing callback is logged by paho; it must not end its thread
     if ep.tls:
         try:
             client.tls_set(ca_certs=cfg.mqtt_ca_file or None, certfile=cfg.mqtt_cert_file or None,
@@ -699,7 +700,11 @@ class MqttIngest:
 
     def _on_message(self, client, userdata, msg) -> None:
         """paho's thread: size check, then queue; never parses, never calls the pipeline."""
-        levels = msg.topic.split("/")
+        try:
+            levels = msg.topic.split("/")
+        except UnicodeDecodeError:  # brokers check topics are UTF-8; count one that is not
+            self.bad_topic += 1
+            return
         if len(levels) != self.n_levels:
             self.bad_topic += 1
             return
