@@ -547,7 +547,7 @@ def test_garbage_and_oversized_payloads_are_counted_not_fatal(tmp_path, broker):
 def test_mqtt_without_paho_is_one_line_exit_2(tmp_path):
     code = ("import sys; sys.modules['paho'] = None; sys.modules['paho.mqtt'] = None; "
             "sys.modules['paho.mqtt.client'] = None\nfrom edgert.cli import main\n"
-            f"sys.exit(main(sys.argv[1:]))\n")
+            "sys.exit(main(sys.argv[1:]))\n")
     for argv in (["serve", "--listen", f"ipc://{tmp_path}/s", "--events", "mqtt://127.0.0.1:1"],
                  ["replay", f"itsc:{HEALTHY}", "--to", "mqtt://127.0.0.1:1/s/+", "--sensor", "m", "--rate", "1000"]):
         out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
