@@ -544,6 +544,45 @@ def test_garbage_and_oversized_payloads_are_counted_not_fatal(tmp_path, broker):
     assert final["per_sensor"]["m1"]["anomalies"] >= 0.5 * PER and final["per_sensor"]["z1"]["anomalies"] >= 0.5 * PER
 
 
+@needs_broker
+def test_input_resubscribes_after_a_broker_restart(tmp_path, broker):
+    """The broker restarts (it forgets every subscription): the daemon's input reconnects,
+    subscribes again and scores what is sent afterwards."""
+    import paho.mqtt.client as pm
+
+    b = broker()
+    r = Running(tmp_path, listen=f"{b.url}/sensors/+", events=f"ipc://{tmp_path}/e", mqtt_reconnect_min_s=0.1,
+                mqtt_reconnect_max_s=0.5)
+    x = itsc_recording(FAULT)
+
+    def send(seq0, t0):
+        c = pm.Client(pm.CallbackAPIVersion.VERSION2)
+        c.connect("127.0.0.1", b.port)
+        c.loop_start()
+        infos = [c.publish("sensors/m1", mqtt.encode_block(seq0 + k, t0 + i * 10**6, 10**6, x[i:i + 64]), qos=1)
+                 for k, i in enumerate(range(0, 1000, 64))]
+        for info in infos:
+            info.wait_for_publish(5)
+        c.disconnect()
+        c.loop_stop()
+
+    try:
+        assert wait_for(lambda: r.d.stats()["mqtt"]["sensors"][0]["connected"])
+        time.sleep(0.2)
+        send(0, 10**12)
+        assert r.wait(lambda s: s["windows"] >= PER, 10)
+        b.stop()
+        assert wait_for(lambda: not r.d.stats()["mqtt"]["sensors"][0]["connected"], 5)
+        b.start()
+        assert wait_for(lambda: r.d.stats()["mqtt"]["sensors"][0]["connects"] >= 2, 10)
+        time.sleep(0.3)  # the new subscription is acknowledged
+        send(16, 10**12 + 10**10)
+        assert r.wait(lambda s: s["windows"] >= 2 * PER, 10), r.d.stats()["mqtt"]
+    finally:
+        final = r.close()
+    assert final["windows"] == 2 * PER and final["dropped"] == 0 and final["per_sensor"]["m1"]["anomalies"] >= PER
+
+
 def test_mqtt_without_paho_is_one_line_exit_2(tmp_path):
     code = ("import sys; sys.modules['paho'] = None; sys.modules['paho.mqtt'] = None; "
             "sys.modules['paho.mqtt.client'] = None\nfrom edgert.cli import main\n"
