@@ -81,6 +81,37 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _sensor_endpoint(text: str) -> str:
+    """A ZeroMQ endpoint, or a broker's ``mqtt[s]://HOST:PORT/TOPIC/+`` (the ``+``: the sensor id)."""
+    from .mqtt import is_mqtt, parse_endpoint
+
+    if not is_mqtt(text):
+        return _endpoint(text)
+    try:
+        parse_endpoint(text, sensors=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _one_or_list(items):
+    """A repeatable option's values: None, one string, or a list (config's listen/events)."""
+    return None if not items else items[0] if len(items) == 1 else items
+
+
+def _mqtt_missing(cfg) -> str | None:
+    """The one-line error when mqtt:// endpoints are configured but paho-mqtt is missing."""
+    from .config import endpoints
+    from .mqtt import MissingExtra, is_mqtt, paho
+
+    if any(is_mqtt(ep) for ep in endpoints(cfg.listen) + endpoints(cfg.events)):
+        try:
+            paho()
+        except MissingExtra as exc:
+            return str(exc)
+    return None
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -93,7 +124,8 @@ def cmd_serve(args) -> int:
     from .metrics import MetricsError  # [metrics]
 
     def load():
-        return config.load(args.config, listen=args.listen, events=args.events, model=args.model,
+        return config.load(args.config, listen=_one_or_list(args.listen), events=_one_or_list(args.events),
+                           model=args.model,
                            backend=args.backend, socket=args.socket, max_batch=args.max_batch,
                            max_delay_us=args.max_delay_us, stats_interval_s=args.stats_interval,
                            threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
@@ -106,12 +138,19 @@ def cmd_serve(args) -> int:
                            curve_allowed_clients_dir=args.curve_allowed_clients_dir,
                            curve_event_clients_dir=args.curve_event_clients_dir,
                            sensor_keys=_sensor_keys(args.sensor_key),
-                           metrics_listen=args.metrics_listen)  # [metrics]
+                           metrics_listen=args.metrics_listen,  # [metrics]
+                           mqtt_topic_prefix=args.mqtt_prefix, mqtt_node=args.mqtt_node,
+                           mqtt_username=args.mqtt_username, mqtt_password_file=args.mqtt_password_file,
+                           mqtt_ca_file=args.mqtt_ca_file, mqtt_ha_discovery=args.mqtt_ha_discovery or None)
 
     try:
         cfg = load()
     except ValueError as exc:
         print(f"edgert serve: {exc}", file=sys.stderr)
+        return 2
+    missing = _mqtt_missing(cfg)
+    if missing:
+        print(f"edgert serve: {missing}", file=sys.stderr)
         return 2
     _setup_logging(cfg.log_level)
     notifier = sdnotify.Notifier()  # no-op unless started by systemd (Type=notify)
@@ -263,9 +302,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    "Every option is also a key of the --config TOML file (command line wins). "
                                    "SIGTERM/SIGINT: drain, flush, print the final stats as one JSON line, exit 0. "
                                    "SIGHUP: reload the config file (live keys applied, others named as needing a restart).")
-    s.add_argument("--listen", help=f"sensor endpoint to bind (tcp://*:5555, ipc:///run/edgert/sensors; "
-                                    f"default {dflt.listen})")
-    s.add_argument("--events", help=f"event PUB endpoint to bind (default {dflt.events})")
+    s.add_argument("--listen", action="append", metavar="EP",
+                   help=f"sensor endpoint to bind (tcp://*:5555, ipc:///run/edgert/sensors), or a broker's topic "
+                        f"filter to subscribe to, mqtt://HOST:PORT/sensors/+ (the + level is the sensor id); "
+                        f"repeatable (default {dflt.listen})")
+    s.add_argument("--events", action="append", metavar="EP",
+                   help=f"event PUB endpoint to bind, or a broker to publish to, mqtt://HOST:PORT (mqtts:// for "
+                        f"TLS); repeatable, e.g. ZeroMQ and MQTT side by side (default {dflt.events})")
+    s.add_argument("--mqtt-prefix", dest="mqtt_prefix", metavar="TOPIC",
+                   help=f"MQTT events: topic prefix (default {dflt.mqtt_topic_prefix})")
+    s.add_argument("--mqtt-node", dest="mqtt_node", metavar="NAME",
+                   help="MQTT events: the node level of the topics (default: this host's name)")
+    s.add_argument("--mqtt-username", dest="mqtt_username", metavar="USER", help="MQTT: broker user name")
+    s.add_argument("--mqtt-password-file", dest="mqtt_password_file", metavar="FILE",
+                   help="MQTT: a file whose first line is the broker password (or mqtt_password_env in the config)")
+    s.add_argument("--mqtt-ca-file", dest="mqtt_ca_file", metavar="FILE",
+                   help="mqtts://: CA certificates to check the broker with (default: the system's)")
+    s.add_argument("--mqtt-ha-discovery", action="store_true", dest="mqtt_ha_discovery",
+                   help="MQTT events: Home Assistant discovery, a binary_sensor per sensor (anomalous or not)")
     s.add_argument("--model", help=f"shipped model name or model directory (default {dflt.model})")
     s.add_argument("--backend", help="auto|cpu|edgetpu[:device=usb:0]|delegate:PATH[:key=value,…], "
                                      "or a fallback chain A|B (default auto = edgetpu|cpu)")
@@ -329,8 +383,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    "arguments from the file LIST, one per line.")
     r.add_argument("files", nargs="*", metavar="FILE", help="CSV, NPZ/NPY, or itsc:NAME (shipped; see --list)")
     r.add_argument("--list", action="store_true", help="name the shipped recordings and exit")
-    r.add_argument("--to", type=_endpoint, metavar="EP", help="the daemon's sensor endpoint (its --listen), e.g. "
-                                                "tcp://127.0.0.1:5555 (required)")
+    r.add_argument("--to", type=_sensor_endpoint, metavar="EP",
+                   help="the daemon's sensor endpoint (its --listen), e.g. tcp://127.0.0.1:5555, or a broker topic "
+                        "mqtt://HOST:PORT/sensors/+ (+ becomes the sensor id) (required)")
+    r.add_argument("--json-payload", action="store_true", dest="json_payload",
+                   help="with --to mqtt://: JSON payloads instead of the binary block")
+    r.add_argument("--mqtt-username", dest="mqtt_username", metavar="USER", help="with --to mqtt://: user name")
+    r.add_argument("--mqtt-password-file", dest="mqtt_password_file", metavar="FILE",
+                   help="with --to mqtt://: a file whose first line is the password")
+    r.add_argument("--mqtt-ca-file", dest="mqtt_ca_file", metavar="FILE",
+                   help="with --to mqtts://: CA certificates (default: the system's)")
     r.add_argument("--sensor", type=_sensor_id, metavar="ID", help="sensor id, 1-64 UTF-8 bytes (required)")
     r.add_argument("--rate", type=_number(float, 0, 1e9, lo_open=True, what=" Hz"), metavar="HZ",
                    help="sample rate, Hz (required)")

@@ -22,10 +22,19 @@ RELOADABLE = ("log_level", "publish_scores", "stats_interval_s", "threshold", "r
               "adapt_hold_s", "adapt_probation_s")
 
 
+# Keys that may be one endpoint or a list of them (ZeroMQ and MQTT side by side).
+ENDPOINT_LISTS = ("listen", "events")
+
+
+def endpoints(value) -> list:
+    """`listen` or `events` as a list of endpoints (they may be one string or a list)."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 @dataclass
 class Config:
-    listen: str = "ipc:///tmp/edgert-sensors"
-    events: str = "ipc:///tmp/edgert-events"
+    listen: str | list = "ipc:///tmp/edgert-sensors"  # or a list; mqtt://HOST:PORT/sensors/+ ingests from a broker
+    events: str | list = "ipc:///tmp/edgert-events"  # or a list; mqtt[s]://HOST:PORT publishes to a broker
     socket: str = "sub"  # "sub" or "pull"
     model: str = "motor-ae"
     classifier: str = ""  # optional classifier model (same window/hop/channels) for fault classes
@@ -75,8 +84,30 @@ class Config:
     curve_allowed_clients_dir: str = ""
     curve_event_clients_dir: str = ""
     sensor_keys: dict = field(default_factory=dict)
+    # MQTT (edgert/mqtt.py, README "MQTT"): for mqtt:// and mqtts:// endpoints in listen/events.
+    mqtt_topic_prefix: str = "edgert"  # events on <prefix>/<node>/<kind>/<sensor>
+    mqtt_node: str = ""  # the <node> topic level ("": this host's name)
+    mqtt_client_id: str = ""  # "": edgert-<node> (events), edgert-<node>-in (sensor input)
+    mqtt_username: str = ""
+    mqtt_password_file: str = ""  # the password: first line of this file ...
+    mqtt_password_env: str = ""  # ... or this environment variable (never in the config itself)
+    mqtt_ca_file: str = ""  # mqtts://: CA certificates ("": the system's)
+    mqtt_cert_file: str = ""  # mqtts://: client certificate (optional) ...
+    mqtt_key_file: str = ""  # ... and its key
+    mqtt_keepalive_s: int = 30
+    mqtt_reconnect_min_s: float = 1.0  # reconnect back-off: from this, doubling ...
+    mqtt_reconnect_max_s: float = 30.0  # ... up to this
+    mqtt_outbox_messages: int = 10000  # events waiting for the broker at most (the oldest go first) ...
+    mqtt_outbox_mb: float = 8.0  # ... and their bytes
+    mqtt_inflight: int = 64  # messages handed to paho and not yet sent/acknowledged at most
+    mqtt_listen_qos: int = 0  # QoS of the sensor-input subscription (0 or 1)
+    mqtt_max_payload_bytes: int = 0  # larger input payloads are dropped (too_large); 0: the largest valid block
+    mqtt_ha_discovery: bool = False  # Home Assistant discovery: a binary_sensor per sensor
+    mqtt_ha_prefix: str = "homeassistant"
+    mqtt_ha_off_delay_s: float = 10.0  # Home Assistant turns a sensor's state OFF this long after its last anomaly
 
     def validate(self) -> "Config":
+        self._validate_endpoints()
         if self.socket not in ("sub", "pull"):
             raise ValueError(f"config field 'socket' must be 'sub' or 'pull', got {self.socket!r}")
         from .backends.spec import parse as parse_backend
@@ -129,6 +160,7 @@ class Config:
                 isinstance(x, str) and 1 <= len(x.encode("utf-8")) <= 64 for x in self.sensors_allowed):
             raise ValueError("config field 'sensors_allowed' must be a list of sensor ids or patterns "
                              f"(1-64 UTF-8 bytes each), got {self.sensors_allowed!r}")
+        self._validate_mqtt()
         from .auth import server_keys
 
         try:
@@ -136,6 +168,54 @@ class Config:
         except RuntimeError as exc:  # libzmq without CURVE
             raise ValueError(f"config key 'curve_server_key': {exc}") from None
         return self
+
+    def _validate_endpoints(self) -> None:
+        for name in ENDPOINT_LISTS:
+            v = getattr(self, name)
+            eps = endpoints(v) if isinstance(v, (str, list, tuple)) else None
+            if not eps or not all(isinstance(e, str) and e for e in eps) or len(eps) > 16:
+                raise ValueError(f"config field {name!r} must be an endpoint or a list of 1-16 endpoints, got {v!r}")
+            if isinstance(v, (list, tuple)):
+                setattr(self, name, eps[0] if len(eps) == 1 else eps)
+        from .mqtt import is_mqtt, parse_endpoint
+
+        for name in ENDPOINT_LISTS:
+            for e in endpoints(getattr(self, name)):
+                if is_mqtt(e):
+                    try:
+                        parse_endpoint(e, sensors=name == "listen")
+                    except ValueError as exc:
+                        raise ValueError(f"config field {name!r}: {exc}") from None
+
+    def _validate_mqtt(self) -> None:
+        for name in ("mqtt_keepalive_s", "mqtt_outbox_messages", "mqtt_inflight"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_INT:
+                raise ValueError(f"config field {name!r} must be a positive integer (at most {MAX_INT}), got {v!r}")
+        v = self.mqtt_max_payload_bytes
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 256 * 2**20:
+            raise ValueError(f"config field 'mqtt_max_payload_bytes' must be 0..{256 * 2**20} (MQTT's limit), got {v!r}")
+        for name in ("mqtt_reconnect_min_s", "mqtt_reconnect_max_s", "mqtt_outbox_mb", "mqtt_ha_off_delay_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"config field {name!r} must be a finite number > 0, got {v!r}")
+        if self.mqtt_reconnect_max_s < self.mqtt_reconnect_min_s:
+            raise ValueError("config field 'mqtt_reconnect_max_s' must be >= mqtt_reconnect_min_s")
+        if self.mqtt_listen_qos not in (0, 1) or isinstance(self.mqtt_listen_qos, bool):
+            raise ValueError(f"config field 'mqtt_listen_qos' must be 0 or 1, got {self.mqtt_listen_qos!r}")
+        for name in ("mqtt_topic_prefix", "mqtt_ha_prefix"):
+            v = getattr(self, name)
+            if not v or any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/") or "//" in v:
+                raise ValueError(f"config field {name!r} must be a topic without wildcards (+ #), NUL or "
+                                 f"empty levels, got {v!r}")
+        if len(self.mqtt_node.encode("utf-8")) > 128 or len(self.mqtt_client_id.encode("utf-8")) > 128:
+            raise ValueError("config fields 'mqtt_node' and 'mqtt_client_id' must be at most 128 bytes")
+        if self.mqtt_password_file and self.mqtt_password_env:
+            raise ValueError("config fields 'mqtt_password_file' and 'mqtt_password_env': set one, not both")
+        if self.mqtt_password_file or self.mqtt_password_env:
+            from .mqtt import read_password
+
+            read_password(self)  # readable now, or a ValueError naming the key (never the password)
 
 
 def load(path: str | None = None, **overrides) -> Config:
@@ -162,7 +242,9 @@ def load(path: str | None = None, **overrides) -> Config:
             default = getattr(cfg, attr)
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if type(value) is not type(default):
+            if attr in ENDPOINT_LISTS and isinstance(value, list):
+                pass  # several endpoints (checked by validate)
+            elif type(value) is not type(default):
                 raise ValueError(f"{path}: key {key!r} must be {type(default).__name__}, got {value!r}")
             setattr(cfg, attr, value)
     for key, value in overrides.items():

@@ -15,10 +15,16 @@ queued for up to ``drain_s`` (the rest is counted as ``discarded_at_stop``), flu
 batch, and `run` returns the final stats (the CLI prints them as one JSON line). SIGHUP
 reloads what can change live (`reload`). With ``metrics_listen``, `edgert.metrics` serves
 Prometheus /metrics, /healthz and /readyz from snapshots the loop publishes ([metrics]).
+
+[mqtt] ``listen`` and ``events`` may each be several endpoints: mqtt:// ones are broker
+clients (`edgert.mqtt`): events go to every sink through `edgert.events.FanOut`, and blocks
+from a broker are queued by paho's thread and handed to the same ``handle`` by this thread,
+as a separate step of the loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -29,9 +35,10 @@ import time
 import zmq
 
 from . import auth, events, kernels
+from . import mqtt as mqtt_mod  # [mqtt] (paho itself is imported only for mqtt:// endpoints)
 from .bus import recv_frames
-from .config import Config
-from .events import EventPublisher
+from .config import Config, endpoints
+from .events import EventPublisher, FanOut
 from .pipeline import Pipeline, make_threshold  # noqa: F401  (make_threshold: the daemon's name for it)
 from .stats import json_safe
 
@@ -86,6 +93,8 @@ class Daemon:
         self.listen_endpoint = None
         self.events_endpoint = None
         self.auth = None  # [auth] edgert.auth.ServerAuth, set in bind()
+        self.mqtt_sinks: list = []  # [mqtt] MqttEventSink per mqtt:// events endpoint
+        self.mqtt_in: list = []  # [mqtt] MqttIngest per mqtt:// listen endpoint
 
     def __getattr__(self, name):
         # Only called for names the daemon itself does not have: the engine's.
@@ -116,9 +125,16 @@ class Daemon:
           silently take the first one's socket over).
         """
         kind = zmq.SUB if self.cfg.socket == "sub" else zmq.PULL
-        for ep in (self.cfg.listen, self.cfg.events):
+        # [mqtt] listen and events may each be several endpoints: ZeroMQ ones are bound here,
+        # mqtt:// ones are broker clients (edgert.mqtt).
+        zmq_listen = [ep for ep in endpoints(self.cfg.listen) if not mqtt_mod.is_mqtt(ep)]
+        zmq_events = [ep for ep in endpoints(self.cfg.events) if not mqtt_mod.is_mqtt(ep)]
+        if len(zmq_listen) + len(zmq_events) < len(endpoints(self.cfg.listen)) + len(endpoints(self.cfg.events)):
+            mqtt_mod.paho()  # MissingExtra naming the extra before anything is bound
+        for ep in zmq_listen + zmq_events:
             _claim_ipc(ep)
-        self.auth = auth.ServerAuth(self.ctx, self.cfg)  # [auth] CURVE + ZAP, or one warning for open tcp
+        self.auth = auth.ServerAuth(self.ctx, dataclasses.replace(  # [auth] CURVE + ZAP, or one warning for open tcp
+            self.cfg, listen=zmq_listen[0] if zmq_listen else "", events=zmq_events[0] if zmq_events else ""))
         self.sock = self.ctx.socket(kind)
         hwm, maxmsg = self.queue_limits()
         self.sock.setsockopt(zmq.RCVHWM, hwm)
@@ -129,15 +145,30 @@ class Daemon:
         self.auth.secure(self.sock, "sensors", monitor=False)  # [auth] one monitor per socket: ours forwards
         self._monitor = self.sock.get_monitor_socket(
             zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | auth.HANDSHAKE_FAILED)
-        self.sock.bind(self.cfg.listen)
-        self.listen_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.events = EventPublisher(self.ctx, self.cfg.events,
-                                     secure=lambda s: self.auth.secure(s, "events"))  # [auth]
-        self.events_endpoint = self.events.endpoint
+        for ep in zmq_listen:  # [mqtt] none when the daemon only listens on a broker
+            self.sock.bind(ep)
+        self.listen_endpoint = (self.sock.getsockopt_string(zmq.LAST_ENDPOINT) if zmq_listen
+                                else endpoints(self.cfg.listen)[0])
+        sinks, zmq_sinks = [], []
+        for ep in endpoints(self.cfg.events):
+            if mqtt_mod.is_mqtt(ep):  # [mqtt]
+                sinks.append(mqtt_mod.MqttEventSink(ep, self.cfg, self.model.name, self.backend.name))
+                self.mqtt_sinks.append(sinks[-1])
+            else:
+                sinks.append(EventPublisher(self.ctx, ep, secure=lambda s: self.auth.secure(s, "events")))  # [auth]
+                zmq_sinks.append(sinks[-1])
+        self.events = sinks[0] if len(sinks) == 1 else FanOut(sinks)
+        self.events_endpoint = zmq_sinks[0].endpoint if zmq_sinks else self.mqtt_sinks[0].endpoint
         self.pipeline.sink = self.events  # anomaly, scores, drift, adapt and model events go out here
+        m = self.model  # [mqtt] the broker input's queue: the same byte budget as a ZeroMQ connection's
+        for ep in endpoints(self.cfg.listen):
+            if mqtt_mod.is_mqtt(ep):
+                self.mqtt_in.append(mqtt_mod.MqttIngest(
+                    ep, self.cfg, self.ctx, max_messages=hwm, max_bytes=int(self.cfg.max_queue_mb * 2**20),
+                    max_payload=mqtt_mod.payload_limit(self.cfg, m.n_channels)))
         if self.auth.sensor_keys:  # [auth] a sensor id may only come from its key
             self.pipeline.frame_check = self.auth.sensor_allowed
-        self._ipc_paths = [ep[len("ipc://"):] for ep in (self.listen_endpoint, self.events_endpoint)
+        self._ipc_paths = [ep[len("ipc://"):] for ep in (self.listen_endpoint, *(s.endpoint for s in zmq_sinks))
                            if ep.startswith("ipc://")]
         log.info("receive queue: RCVHWM %d messages per connection (max_queue_mb %g), frames over %d bytes "
                  "disconnect their sender", hwm, self.cfg.max_queue_mb, maxmsg)
@@ -153,6 +184,8 @@ class Daemon:
         for sock in (self.sock, self._monitor):
             if sock is not None and not sock.closed:
                 sock.close(linger=0)
+        for src in self.mqtt_in:  # [mqtt]
+            src.close()
         if self.events is not None:
             self.events.close()
         if self.auth is not None:
@@ -217,9 +250,23 @@ class Daemon:
             "memory_trims": self.memory_trims,
             "events_published": self.events.published if self.events else 0,
             **auth.stats(self.auth),  # [auth] curve, auth_refused, auth_refused_by
+            **self._mqtt_stats(),  # [mqtt]
             **rss_breakdown(),
         })
         return json_safe(d)
+
+    def _mqtt_stats(self) -> dict:
+        """[mqtt] ``mqtt_dropped`` (events lost, all MQTT sinks), ``mqtt_dropped_by_kind``, and
+        ``mqtt``: each sink's and input's counts. Empty without mqtt:// endpoints."""
+        if not self.mqtt_sinks and not self.mqtt_in:
+            return {}
+        out = [s.stats() for s in self.mqtt_sinks]
+        by_kind: dict = {}
+        for s in out:
+            for k, n in s["dropped_by_kind"].items():
+                by_kind[k] = by_kind.get(k, 0) + n
+        return {"mqtt_dropped": sum(by_kind.values()), "mqtt_dropped_by_kind": by_kind,
+                "mqtt": {"events": out, "sensors": [s.stats() for s in self.mqtt_in]}}
 
     # -- main loop --------------------------------------------------------------
     def _trim_memory(self) -> None:
@@ -301,6 +348,9 @@ class Daemon:
         sock, batcher, handle_many = self.sock, pipe.batcher, pipe.handle_many
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        for src in self.mqtt_in:  # [mqtt] the broker input's queue wakes the loop too
+            poller.register(src.sock, zmq.POLLIN)
+        mqtt_in = self.mqtt_in
         pipe.started_ns = time.perf_counter_ns()
         next_stats = time.monotonic() + self.cfg.stats_interval_s
         watch = self.cfg.watch_model_s
@@ -344,6 +394,8 @@ class Daemon:
                     ts.append(perf())
                 if msgs:  # the wake-up's messages in one go (compiled where plain)
                     handle_many(msgs, ts)
+            for src in mqtt_in:  # [mqtt] blocks from a broker: same handle(), a separate step
+                src.drain(pipe, DRAIN)
             batcher.poll()
             if mx is not None:  # [metrics] O(1) a wake-up: a timestamp, a snapshot at most every 0.5 s
                 mx.tick(self)
@@ -374,6 +426,13 @@ class Daemon:
                 self.events.publish("stats", "daemon", self.stats())
         # Stop: no more input; handle what is queued (bounded), score what is pending, say goodbye.
         self._drain_at_stop(sock)
+        for src in mqtt_in:  # [mqtt] stop the broker input, handle what it queued (drain_s), count the rest
+            src.stop_input()
+            end = time.monotonic() + self.cfg.drain_s
+            while time.monotonic() < end and src.drain(pipe, DRAIN):
+                pass
+            self.discarded_at_stop += src.discard()
+            src.close()
         sock.close(linger=0)
         batcher.flush("flush")
         self._drain_monitor()

@@ -130,6 +130,29 @@ class EventPublisher:
         self.sock.close()
 
 
+class FanOut:
+    """One `EventSink` over several (``--events`` given more than once, e.g. ZeroMQ and MQTT
+    side by side): each event goes to every sink, in order. Each sink adds ``v`` itself.
+
+    Attributes:
+      sinks: the sinks, in the order of the endpoints.
+      published: events handed out (each counted once however many sinks took it).
+    """
+
+    def __init__(self, sinks: list):
+        self.sinks = list(sinks)
+        self.published = 0
+
+    def publish(self, kind: str, sensor: str, payload: dict) -> None:
+        for sink in self.sinks:
+            sink.publish(kind, sensor, payload)
+        self.published += 1
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
 def decode(frames) -> tuple[str, str, dict]:
     """(kind, sensor, payload) of a received event."""
     t = bytes(frames[0]).decode("utf-8")

@@ -556,6 +556,9 @@ def main(args) -> int:
     if missing:
         _err(f"missing {', '.join(missing)} (edgert replay -h for help; --list names the shipped recordings)")
         return 2
+    if getattr(args, "json_payload", False) and not (args.to or "").startswith(("mqtt://", "mqtts://")):
+        _err("--json-payload is for --to mqtt://HOST:PORT/TOPIC/+ (a broker)")
+        return 2
     if args.events_out and not args.events:
         _err("--events-out needs --events ENDPOINT (the daemon's event socket)")
         return 2
@@ -578,8 +581,9 @@ def main(args) -> int:
     keys = {"curve_server_key": getattr(args, "curve_server_key", None),
             "curve_client_key": getattr(args, "curve_client_key", None)}
     try:
-        pub = SensorPublisher(args.to, args.sensor, kind=args.socket, **keys)
-    except (zmq.ZMQError, ValueError, RuntimeError) as exc:
+        pub = (_mqtt_publisher(args, model) if _is_mqtt(args.to)
+               else SensorPublisher(args.to, args.sensor, kind=args.socket, **keys))
+    except (zmq.ZMQError, ValueError, RuntimeError) as exc:  # RuntimeError: also paho missing (the extra)
         _err(f"--to {args.to}: {exc}")
         return 2
     try:
@@ -596,10 +600,32 @@ def main(args) -> int:
             rec.close()
 
 
+def _is_mqtt(endpoint: str) -> bool:
+    from .mqtt import is_mqtt
+
+    return is_mqtt(endpoint)
+
+
+def _mqtt_publisher(args, model):
+    """``--to mqtt[s]://HOST:PORT/TOPIC/+``: an `edgert.mqtt.MqttSensorPublisher` (binary blocks,
+    or JSON with --json-payload). Raises ValueError / RuntimeError (paho missing) for the CLI."""
+    from . import config
+    from .mqtt import MqttSensorPublisher, paho
+
+    paho()
+    cfg = config.load(None, mqtt_username=getattr(args, "mqtt_username", None),
+                      mqtt_password_file=getattr(args, "mqtt_password_file", None),
+                      mqtt_ca_file=getattr(args, "mqtt_ca_file", None))
+    return MqttSensorPublisher(args.to, args.sensor, cfg, json_payload=getattr(args, "json_payload", False),
+                               channels=model.channels)
+
+
 def _send(args, model, data, pub, rec) -> int:
     """The connected part of `main`: wait for the daemon, send, check what it took."""
     if not pub.wait_subscribed(args.wait):
-        if getattr(pub, "refused", None):
+        if hasattr(pub, "why_not"):  # MQTT
+            _err(f"no connection to the broker within {args.wait:g} s: {pub.why_not()}")
+        elif getattr(pub, "refused", None):
             from .auth import CLIENT_HINTS
             _err(f"{args.to} refused this client at the CURVE handshake ({pub.refused}): "
                  f"{CLIENT_HINTS[pub.refused]}")
@@ -623,7 +649,7 @@ def _send(args, model, data, pub, rec) -> int:
             _err(f"the daemon on {args.events} serves model {base['model']}, not {model.name}: pass --model "
                  f"{base['model']} (its name or directory), so the channels are checked against it")
             return 2
-    if args.socket == "push":  # a daemon gone mid-replay: say so instead of blocking for ever
+    if args.socket == "push" and hasattr(pub, "sock"):  # a daemon gone mid-replay: say so instead of blocking for ever
         pub.sock.setsockopt(zmq.SNDTIMEO, int(max(args.wait, 1.0) * 1000))
     segments = itertools.chain.from_iterable(itertools.repeat(data, args.repeat))
     total_blocks = args.repeat * sum(-(-d.shape[0] // args.block) for d in data)
@@ -631,9 +657,15 @@ def _send(args, model, data, pub, rec) -> int:
         res = replay(segments, pub, args.rate, block=args.block, speed=args.speed,
                      realtime=not args.fast, gap_s=args.gap, t0_ns=args.t0,
                      on_block=(lambda *_: rec.poll(0)) if rec else None)
+    except TimeoutError as exc:  # MQTT: the broker stopped acknowledging
+        _err(f"{exc} (after {pub.sent} of {total_blocks} blocks)")
+        return 1
     except zmq.Again:
         _err(f"the daemon stopped taking blocks after {pub.sent} of {total_blocks} (a send blocked for "
              f"{max(args.wait, 1.0):g} s)")
+        return 1
+    if hasattr(pub, "flush") and not pub.flush(max(args.wait, 1.0)):  # MQTT: every block at the broker
+        _err(f"the broker did not acknowledge every block within {max(args.wait, 1.0):g} s")
         return 1
     summary = {"sensor": args.sensor, "blocks": res["blocks"], "samples": res["samples"],
                "seconds": round(res["seconds"], 3)}
