@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["BACKEND", "ring_append", "count_nonfinite", "normalize_quantize", "recon_error",
            "window_stats", "ingest", "ingest_messages", "book_batch",
-           "encode_anomalies", "warmup"]
+           "encode_anomalies", "phasor_shares", "warmup"]
 
 
 def _numba_unavailable() -> str | None:
@@ -36,6 +36,7 @@ if _why is None:
     from ._jit import count_nonfinite, ingest, normalize_quantize, recon_error, ring_append, window_stats
 
     from ._batch import DEADLINE, DONE, FULL, SLOW, book_batch, ingest_messages
+    from ._attribution import phasor_shares
     from ._events import encode_anomalies
 
     BACKEND = "numba"
@@ -43,7 +44,7 @@ else:
     from .ref import count_nonfinite, ingest, normalize_quantize, recon_error, ring_append, window_stats
 
     # No compiled per-message path without numba: the pipeline handles each message in Python.
-    ingest_messages = book_batch = encode_anomalies = None
+    ingest_messages = book_batch = encode_anomalies = phasor_shares = None
     DONE, FULL, SLOW, DEADLINE = 0, 1, 2, 3
     BACKEND = "numpy"
     warnings.warn(f"edgert.kernels: numba is unavailable ({_why}); the numpy kernels serve "
@@ -130,3 +131,5 @@ def _warm_ingest_messages(ring, cap, W, C, q, stats) -> None:
                              np.zeros(2, thr_dtype), sh, np.zeros((2, C), np.float32), np.zeros(2), np.zeros(2),
                              np.argsort(-sh, axis=1)[:, :3], 2, 1, np.zeros(1, i8), ro, np.zeros(1, i8),
                              np.zeros(1, i8), ro, off, ro, off, ro, off, np.zeros(4096, np.uint8), np.zeros(2, i8))
+    phasor_shares(q, np.zeros(1, i8), 0, 0.5, np.ones((2, W)), np.ones(C, np.complex128), np.ones(C), 1j,
+                  shares, np.zeros((1, C), np.float32))

@@ -198,3 +198,32 @@ def test_daemon_events_name_the_faulty_phase(tmp_path):
         if phase == "ia":
             old = np.array([p["channel_error"] for p in hits]).argmax(axis=1)
             assert (old == 0).mean() < 0.1
+
+
+def test_compiled_phasor_shares_match_numpy():
+    """`kernels.phasor_shares` (what the pipeline runs) against `PhasorAttribution.shares` (numpy):
+    the same shares to float rounding, the same channel named, on real and random windows."""
+    from edgert import kernels, models
+    from edgert.scoring import ReconstructionScorer, channel_shares
+
+    if kernels.phasor_shares is None:
+        pytest.skip("numba unavailable")
+    m = models.load("motor-ae")
+    sc = ReconstructionScorer(m, 32)
+    if sc.attribution is None:
+        pytest.skip("motor-ae has no attribution field")
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        inp = rng.integers(-128, 128, size=(32, 1, m.window, m.n_channels)).astype(np.int8)
+        if trial % 2:  # a sine per channel: phasors of the size the model sees
+            t = np.arange(m.window)[:, None]
+            x = 60 * np.sin(2 * np.pi * t / 20 + rng.uniform(0, 6, (1, m.n_channels)))
+            inp[:] = np.clip(np.rint(x * rng.uniform(0.5, 1.5, (32, 1, 1, m.n_channels))), -128, 127)
+        idx = np.sort(rng.choice(32, size=int(rng.integers(1, 33)), replace=False))
+        raw = channel_shares(rng.uniform(0, 1, (len(idx), m.n_channels)).astype(np.float32))
+        want = sc.attribution.shares(sc.windows(inp, idx), raw)
+        got = kernels.phasor_shares(inp, idx.astype(np.int64), sc.in_zp, sc.in_scale, sc.attribution.basis,
+                                    sc.attribution.normal, sc.attribution.spread, sc.attribution.turn, raw,
+                                    np.empty_like(raw))
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+        assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
