@@ -21,7 +21,6 @@ compiled files are still written in the second case), 2 no compiler / unusable m
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import shlex
@@ -302,28 +301,25 @@ def manifest_entry(model, vname: str, mlog: ModelLog, clog: CompileLog, min_runt
 
 
 def update_manifest(model_dir, entries: dict) -> dict:
-    """Add `entries` ({variant name: entry}) to ``model_dir/manifest.json`` with the sha256 of
-    each entry's file in ``files``; the file must already be in `model_dir`. Writes atomically.
+    """Add `entries` ({variant name: entry}) to ``model_dir/manifest.json``; the files must
+    already be in `model_dir`. Written by `edgert.models.write_manifest`, the one writer: it
+    records every file's sha256 and checks the result as `load` would, atomically.
 
     Returns:
       the updated manifest.
     """
-    from .models import MANIFEST, ModelError, sha256
+    from .models import MANIFEST, ModelError, write_manifest
 
     d = Path(model_dir)
-    mpath = d / MANIFEST
-    m = json.loads(mpath.read_text())
+    m = json.loads((d / MANIFEST).read_text())
     variants = m.setdefault("variants", {})
-    files = m.setdefault("files", {})
     for vname, entry in entries.items():
         fpath = d / entry["file"]
         if not fpath.is_file():
             raise ModelError(f"{fpath}: missing (compile output not copied into {d})")
         variants[vname] = entry
-        files[entry["file"]] = sha256(fpath)
-    tmp = mpath.with_name(mpath.name + ".tmp")
-    tmp.write_text(json.dumps(m, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, mpath)
+    m.setdefault("files", {})
+    write_manifest(d, m)
     return m
 
 
