@@ -542,15 +542,16 @@ def _count_check(final: dict, sent_blocks: list, block: int, W: int, H: int, pro
 def saturate(model, model_arg: str, duration: float, settle: float, n_sensors: int = 8, block: int = 64,
              stats_interval: float = 0.2, backlog_msgs: int = 12000, cpu_daemon: int | None = 0,
              startup_timeout: float = 120.0, log=None, socket: str = "pull",
-             prefix: tuple | None = None, streams: list | None = None) -> dict:
+             prefix: tuple | None = None, streams: list | None = None, extra: tuple = ()) -> dict:
     """Max sustained windows/s of the daemon (or of the service `prefix` starts; see module doc).
+    ``extra``: more ``serve`` options (e.g. an MQTT events endpoint).
 
     ``streams`` (one [n, C] array per sensor, cycled) replaces the healthy recording, e.g. an
     anomalous signal for an anomaly storm."""
     W, H = model.window, model.hop
     with Session(model, model_arg, tag="sat", stats_interval=stats_interval, cpu_daemon=cpu_daemon,
                  startup_timeout=startup_timeout, block=block, socket=socket, log=log,
-                 prefix=prefix) as s:
+                 prefix=prefix, extra=tuple(extra)) as s:
         d, evs = s.d, s.evs
         ld = s.load(n_sensors, sndhwm=max(1000, backlog_msgs // n_sensors + 64), streams=streams)
         send = ld.send
