@@ -104,7 +104,7 @@ def cmd_serve(args) -> int:
                            curve_server_key=args.curve_server_key,
                            curve_allowed_clients_dir=args.curve_allowed_clients_dir,
                            curve_event_clients_dir=args.curve_event_clients_dir,
-                           sensor_keys=_sensor_keys(args.sensor_key))
+                           sensor_keys=_sensor_keys(args.sensor_key), workers=args.workers)
 
     try:
         cfg = load()
@@ -113,6 +113,10 @@ def cmd_serve(args) -> int:
         return 2
     _setup_logging(cfg.log_level)
     notifier = sdnotify.Notifier()  # no-op unless started by systemd (Type=notify)
+    if cfg.workers > 1:  # [workers] N processes behind one listening socket, this one supervises
+        from .workers import serve as serve_workers
+
+        return serve_workers(cfg, load, notifier)
     try:
         d = Daemon(cfg)
         d.bind()
@@ -308,6 +312,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--sensor-key", dest="sensor_key", action="append", metavar="ID=KEY",
                    help="with CURVE: sensor ID may only be sent by this client key (.key file or Z85); "
                         "repeat per sensor; then only listed sensor ids are accepted")
+    s.add_argument("--workers", type=_number(int, 1, 256), metavar="N",
+                   help="serve with N worker processes on the same --listen socket (tcp or ipc), each "
+                        "holding whole sensor connections; this process supervises (default 1: one process)")
     s.add_argument("--config", help="TOML file with the same keys (an [edgert] table or top level)")
     s.set_defaults(fn=cmd_serve)
 

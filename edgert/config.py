@@ -63,6 +63,7 @@ class Config:
     reservoir_size: int = 4096  # windows in the on-disk ring (bounded file size)
     reservoir_rate: float = 0.05  # fraction of the normal windows kept
     log_level: str = "INFO"
+    workers: int = 1  # [workers] processes serving --listen (edgert/workers.py); 1: this one process
     # CURVE (edgert/auth.py): all empty = off. The daemon's .key_secret file; the directory of the
     # allowed clients' *.key files (sensors, and event subscribers unless curve_event_clients_dir
     # names another directory for them); sensor_keys binds sensor ids to client keys (a table of
@@ -107,6 +108,8 @@ class Config:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"config field {name!r} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or not 1 <= self.workers <= 256:  # [workers]
+            raise ValueError(f"config field 'workers' must be an integer from 1 to 256, got {self.workers!r}")
         if self.max_queue_mb <= 0 or self.stats_interval_s <= 0:
             raise ValueError("config fields 'max_queue_mb' and 'stats_interval_s' must be > 0")
         if self.max_block_samples > (1 << 20):

@@ -71,6 +71,8 @@ class Daemon:
         self.listen_endpoint = None
         self.events_endpoint = None
         self.auth = None  # [auth] edgert.auth.ServerAuth, set in bind()
+        self.listen_fd = None  # [workers] an inherited listening socket to serve on (ZMQ_USE_FD)
+        self.make_events = None  # [workers] callable(ctx) -> EventSink, instead of binding cfg.events
 
     def __getattr__(self, name):
         # Only called for names the daemon itself does not have: the engine's.
@@ -101,8 +103,10 @@ class Daemon:
           silently take the first one's socket over).
         """
         kind = zmq.SUB if self.cfg.socket == "sub" else zmq.PULL
-        for ep in (self.cfg.listen, self.cfg.events):
-            _claim_ipc(ep)
+        if self.listen_fd is None:  # [workers] else the supervisor claimed it
+            _claim_ipc(self.cfg.listen)
+        if self.make_events is None:  # [workers]
+            _claim_ipc(self.cfg.events)
         self.auth = auth.ServerAuth(self.ctx, self.cfg)  # [auth] CURVE + ZAP, or one warning for open tcp
         self.sock = self.ctx.socket(kind)
         hwm, maxmsg = self.queue_limits()
@@ -114,16 +118,22 @@ class Daemon:
         self.auth.secure(self.sock, "sensors", monitor=False)  # [auth] one monitor per socket: ours forwards
         self._monitor = self.sock.get_monitor_socket(
             zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | auth.HANDSHAKE_FAILED)
+        if self.listen_fd is not None:  # [workers] accept on the supervisor's socket (edgert/workers.py)
+            self.sock.setsockopt(zmq.USE_FD, self.listen_fd)
         self.sock.bind(self.cfg.listen)
         self.listen_endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.events = EventPublisher(self.ctx, self.cfg.events,
-                                     secure=lambda s: self.auth.secure(s, "events"))  # [auth]
+        if self.make_events is not None:  # [workers] events go to the supervisor
+            self.events = self.make_events(self.ctx)
+        else:
+            self.events = EventPublisher(self.ctx, self.cfg.events,
+                                         secure=lambda s: self.auth.secure(s, "events"))  # [auth]
         self.events_endpoint = self.events.endpoint
         self.pipeline.sink = self.events  # anomaly, scores, drift, adapt and model events go out here
         if self.auth.sensor_keys:  # [auth] a sensor id may only come from its key
             self.pipeline.frame_check = self.auth.sensor_allowed
-        self._ipc_paths = [ep[len("ipc://"):] for ep in (self.listen_endpoint, self.events_endpoint)
-                           if ep.startswith("ipc://")]
+        owned = (self.listen_endpoint if self.listen_fd is None else "",  # [workers] the supervisor's file
+                 self.events_endpoint if self.make_events is None else "")
+        self._ipc_paths = [ep[len("ipc://"):] for ep in owned if ep.startswith("ipc://")]
         log.info("receive queue: RCVHWM %d messages per connection (max_queue_mb %g), frames over %d bytes "
                  "disconnect their sender", hwm, self.cfg.max_queue_mb, maxmsg)
 
