@@ -421,7 +421,7 @@ def _add_bench(sub) -> None:
     b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
                    help="do not compare with bench/baseline.json")
     b.add_argument("--only", help="comma-separated sections: kernels,invoke,pipeline,latency,inference,bus,"
-                   "e2e,startup,naive,hostile (default: all; --quick: the first four); with --peers: the peers "
+                   "e2e,startup,naive,hostile,workers (default: all; --quick: the first four); with --peers: the peers "
                    "to run (default: all)")
     b.add_argument("--plot", metavar="DIR", help="write latency CDFs, throughput-vs-load and bus PNGs here")
     b.add_argument("--from", dest="from_json", metavar="FILE", help="render (and --plot) a saved result, run nothing")

@@ -1,0 +1,251 @@
+"""``edgert bench --only workers``: what ``edgert serve --workers N`` costs and gives (edgert/workers.py).
+
+Two measurements, each with the single-process daemon (``N = 1``) and with N worker processes:
+
+- **windows per daemon CPU-second** at one fixed, paced load that every configuration keeps
+  up with (64 sensors, each its own connection, real blocks of a healthy ITSC recording):
+  every window scored over the CPU time of every daemon process (the supervisor and its
+  workers, all threads, from /proc/PID/task/*/stat). The ratio N-workers / single is the
+  overhead of the distribution (one listening socket shared with ZMQ_USE_FD: nothing per
+  message; the cost is N interpreters, N ZeroMQ I/O threads, N stats timers, and the
+  supervisor's event relay).
+- **wall-clock windows/s at saturation**: the sender pushes as fast as it can (a bounded
+  backlog), with no CPU pinning. On a 2-core box the sender itself needs most of a core, so
+  2 workers share the cores with it: the figure says what this box gives, the sender's CPU
+  share is recorded beside it, and the CPU-second figure is the one to scale.
+
+Then, on paper, 4 Cortex-A53 cores (a Coral Dev Board): the measured windows per CPU-second
+of the workers, scaled by a stated per-core slowdown range (an assumption, not measured
+here), times 4 cores, with the sensors remote (no local sender). The CPU model and its int8
+instructions are recorded with every figure (`sysinfo.cpu_int8`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import sysinfo
+from .pipeline import BenchError, Session, _consumed
+
+# An A53 core (in-order, 2-wide, ~1.5 GHz, NEON without the int8 dot-product of ARMv8.2) against
+# one core of the x86-64 server this runs on: an assumed slowdown range for this workload
+# (CPython interpreter + XNNPACK int8), NOT measured here: state it with the estimate.
+A53_SLOWDOWN = (6.0, 12.0)
+A53_CORES = 4
+
+
+def _cpu_s(pids) -> float:
+    """CPU seconds (user+system, every thread) of these processes."""
+    return sum(sum(sysinfo.proc_threads_cpu(p).values()) for p in pids)
+
+
+def _daemon_pids(s: Session, n_workers: int, timeout: float = 120.0) -> list:
+    """The daemon's processes: itself, and with workers the pids of every serving worker
+    (waits until all serve, from the aggregated stats)."""
+    if n_workers == 1:
+        return [s.d.pid]
+    deadline = time.perf_counter() + timeout
+    while True:
+        st = s.next_stats()
+        ws = st.get("workers") or []
+        if len(ws) == n_workers and all(w["state"] == "serving" for w in ws):
+            return [s.d.pid] + [w["pid"] for w in ws]
+        if time.perf_counter() > deadline:
+            raise BenchError(f"{n_workers} workers not all serving after {timeout:.0f} s: {ws}")
+
+
+def _placement(final: dict) -> dict:
+    """Sensors per worker (from the final per-sensor rows), e.g. {"0": 30, "1": 34}."""
+    out: dict = {}
+    for name, row in (final.get("per_sensor") or {}).items():
+        if name.startswith("bench-") and "worker" in row:
+            k = str(row["worker"])
+            out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, seconds: float,
+             n_sensors: int = 64, block: int = 64, stats_interval: float = 1.0, queue_mb: float = 1.0,
+             sndhwm: int = 200, startup_timeout: float = 180.0, log=None) -> dict:
+    """One daemon (``--workers n_workers``; 1 = the single process), loaded for `seconds`.
+
+    Args:
+      rate_msgs: messages per second, paced (round robin over the sensors); None: as fast as
+        the daemon takes them (saturation): each sensor's PUSH queue (`sndhwm`) and the daemon's
+        receive queue (``--max-queue-mb queue_mb``) bound what is outstanding; a full one blocks
+        the sender, so the slowest worker sets the pace of the round robin.
+    Returns:
+      windows, daemon CPU seconds, windows per daemon CPU-second, wall-clock windows/s, the
+      sender's CPU share, sensors per worker, lost messages.
+    """
+    extra = (("--workers", str(n_workers)) if n_workers > 1 else ()) + ("--max-queue-mb", str(queue_mb))
+    meter = sysinfo.LoadMeter()
+    with Session(model, model_arg, tag=f"workers{n_workers}", stats_interval=stats_interval, cpu_daemon=None,
+                 startup_timeout=startup_timeout, block=block, socket="pull", extra=extra, log=log) as s:
+        pids = _daemon_pids(s, n_workers)
+        ld = s.load(n_sensors, sndhwm=sndhwm)
+        base_windows, base = s.evs.last.get("windows", 0), s.base
+        perf = time.perf_counter
+        total, i = 0, 0
+        cpu0, ru0, t0 = [_cpu_s([p]) for p in pids], os.times(), perf()
+        t_end = t0 + seconds
+        snaps = []
+        while True:
+            now = perf()
+            if now >= t_end:
+                break
+            if rate_msgs is not None:
+                due = int((now - t0) * rate_msgs)
+                if total >= due:
+                    if s.evs.drain(1):
+                        snaps.append((perf(), s.evs.last))
+                    continue
+                burst = min(due - total, 256)
+            else:  # as fast as the daemon takes them: a full queue blocks the send (PUSH)
+                burst = n_sensors
+            for _ in range(burst):
+                ld.send(i)
+                i = i + 1 if i + 1 < n_sensors else 0
+            total += burst
+            if s.evs.drain(0):
+                snaps.append((perf(), s.evs.last))
+        t_stop = perf()
+        ru1 = os.times()
+        s.wait_consumed(total, 60.0, "workers")
+        cpu1 = [_cpu_s([p]) for p in pids]
+        t_done = perf()
+        final = s.stop()
+    per_proc = [round(b - a, 3) for a, b in zip(cpu0, cpu1)]
+    windows = final["windows"] - base_windows
+    cpu = sum(per_proc)
+    busy = [(t, x) for t, x in snaps if t0 + 1.0 <= t <= t_stop]
+    wall_rate = None
+    if len(busy) >= 2:
+        (ta, a), (tb, b) = busy[0], busy[-1]
+        wall_rate = round((b["windows"] - a["windows"]) / (tb - ta), 1)
+    sender = (ru1.user - ru0.user) + (ru1.system - ru0.system)
+    return {
+        "workers": n_workers,
+        "paced_msgs_per_s": rate_msgs,
+        "sensors": n_sensors, "block_samples": block,
+        "seconds_loaded": round(t_stop - t0, 3),
+        "seconds_to_drain": round(t_done - t_stop, 3),
+        "messages_sent": total,
+        "windows": windows,
+        "lost_messages": total - (_consumed(final) - base),
+        "daemon_cpu_s": round(cpu, 3),
+        "cpu_s_by_process": ({"supervisor": per_proc[0], "workers": per_proc[1:]} if n_workers > 1
+                             else {"daemon": per_proc[0]}),
+        "windows_per_daemon_cpu_s": round(windows / cpu, 1) if cpu > 0 else None,
+        "daemon_cores_used": round(cpu / (t_done - t0), 3),
+        "wall_windows_per_s": wall_rate,
+        "sender_cpu_share": round(sender / (t_stop - t0), 3),
+        "sensors_per_worker": _placement(final) if n_workers > 1 else {"0": n_sensors},
+        "worker_restarts": final.get("worker_restarts", 0),
+        "p99_latency_us": final.get("p99_latency_us"),
+        # windows per backend invoke: a worker sees 1/N of the load, so at a paced rate its
+        # batches fill less before the max_delay_us deadline sends them
+        "mean_batch": round(final["windows"] / final["batches"], 2) if final.get("batches") else None,
+        "machine_load": {k: v for k, v in meter.stop().items() if k != "per_cpu"},
+        "loadavg_end": sysinfo.loadavg(),
+    }
+
+
+def compare(model, model_arg: str, n_workers: int = 2, *, paced_msgs: float = 6000.0, paced_s: float = 8.0,
+            saturate_s: float = 10.0, rounds: int = 2, n_sensors: int = 64, block: int = 64,
+            stats_interval: float = 1.0, log=None) -> dict:
+    """The workers section: paced CPU efficiency and saturated wall-clock throughput, single
+    process vs `n_workers`, interleaved over `rounds`; plus the Cortex-A53 estimate."""
+    def say(msg):
+        if log:
+            log(msg)
+
+    machine = {"cpu_model": sysinfo.cpu_model(), "cpu_int8": sysinfo.cpu_int8(), "nproc": os.cpu_count()}
+    try:
+        aff = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))  # the daemons need every core: no pinning
+    except (AttributeError, OSError):
+        aff = None
+    paced, saturated = [], []
+    try:
+        for r in range(rounds):
+            for n in (1, n_workers):
+                say(f"  round {r + 1}: {n} worker(s), paced {paced_msgs:g} msgs/s for {paced_s:g} s")
+                paced.append(run_case(model, model_arg, n, rate_msgs=paced_msgs, seconds=paced_s,
+                                      n_sensors=n_sensors, block=block, stats_interval=stats_interval, log=log))
+                say(f"    {paced[-1]['windows_per_daemon_cpu_s']:,.0f} windows per daemon CPU-s")
+            for n in (1, n_workers):
+                say(f"  round {r + 1}: {n} worker(s), saturating for {saturate_s:g} s")
+                saturated.append(run_case(model, model_arg, n, rate_msgs=None, seconds=saturate_s,
+                                          n_sensors=n_sensors, block=block, stats_interval=stats_interval, log=log))
+                say(f"    {saturated[-1]['wall_windows_per_s'] or 0:,.0f} windows/s wall clock, sender "
+                    f"{saturated[-1]['sender_cpu_share']:.2f} of a core")
+    finally:
+        if aff is not None:
+            os.sched_setaffinity(0, aff)
+
+    def med(rows, n, key):
+        vals = sorted(x[key] for x in rows if x["workers"] == n and x[key] is not None)
+        return vals[len(vals) // 2] if vals else None
+
+    single_cpu, multi_cpu = med(paced, 1, "windows_per_daemon_cpu_s"), med(paced, n_workers, "windows_per_daemon_cpu_s")
+    single_wall, multi_wall = med(saturated, 1, "wall_windows_per_s"), med(saturated, n_workers, "wall_windows_per_s")
+    eff = multi_cpu / single_cpu if single_cpu and multi_cpu else None
+    res = {
+        "machine": machine,
+        "n_workers": n_workers,
+        "paced": paced,
+        "saturated": saturated,
+        "summary": {
+            "windows_per_daemon_cpu_s": {"1": single_cpu, str(n_workers): multi_cpu},
+            "cpu_efficiency_workers_over_single": round(eff, 3) if eff else None,
+            "distribution_overhead_share": round(1 - eff, 3) if eff else None,
+            "wall_windows_per_s_saturated": {"1": single_wall, str(n_workers): multi_wall},
+            "wall_speedup": round(multi_wall / single_wall, 3) if single_wall and multi_wall else None,
+            "sender_cpu_share_saturated": med(saturated, n_workers, "sender_cpu_share"),
+        },
+    }
+    res["a53_estimate"] = a53_estimate(multi_cpu, eff)
+    return res
+
+
+def a53_estimate(windows_per_cpu_s: float | None, efficiency: float | None) -> dict | None:
+    """On paper: 4 Cortex-A53 cores, one worker each, the sensors remote (no local sender).
+
+    windows/s ≈ 4 × (windows per daemon CPU-second of the workers here) / slowdown, for the
+    assumed per-core slowdown range `A53_SLOWDOWN`; the supervisor and the I/O threads are
+    inside the measured CPU-seconds already. An estimate, not a measurement."""
+    if not windows_per_cpu_s:
+        return None
+    lo, hi = A53_SLOWDOWN
+    return {
+        "cores": A53_CORES,
+        "assumed_per_core_slowdown_vs_this_cpu": [lo, hi],
+        "windows_per_s": [round(A53_CORES * windows_per_cpu_s / hi), round(A53_CORES * windows_per_cpu_s / lo)],
+        "single_process_windows_per_s": [round(windows_per_cpu_s / (efficiency or 1) / hi),
+                                         round(windows_per_cpu_s / (efficiency or 1) / lo)],
+        "basis": f"{A53_CORES} x {windows_per_cpu_s:,.0f} windows per daemon CPU-second measured here with workers, "
+                 f"divided by an ASSUMED per-core slowdown of {lo:g}-{hi:g}x (in-order A53 at ~1.5 GHz, no int8 "
+                 "dot-product instructions, against this CPU); not measured on a board",
+    }
+
+
+def render_lines(r: dict) -> list:
+    """The section's table lines for `edgert bench`."""
+    s = r["summary"]
+    n = str(r["n_workers"])
+    c = r["machine"]["cpu_int8"]
+    lines = [f"workers (edgert serve --workers {n}; {r['machine']['cpu_model']}, int8: "
+             f"{c['kind']}, VNNI {'yes' if c['vnni'] else 'no'})"]
+    cpu = s["windows_per_daemon_cpu_s"]
+    lines.append(f"  windows per daemon CPU-s   1: {cpu['1'] or 0:,.0f}   {n}: {cpu[n] or 0:,.0f}   "
+                 f"({n} workers / 1: {s['cpu_efficiency_workers_over_single']})")
+    wall = s["wall_windows_per_s_saturated"]
+    lines.append(f"  saturated windows/s wall   1: {wall['1'] or 0:,.0f}   {n}: {wall[n] or 0:,.0f}   "
+                 f"(x{s['wall_speedup']}; the sender used {s['sender_cpu_share_saturated']} of a core)")
+    a = r.get("a53_estimate")
+    if a:
+        lines.append(f"  4 x Cortex-A53 (estimate): {a['windows_per_s'][0]:,}-{a['windows_per_s'][1]:,} windows/s "
+                     f"(assumed per-core slowdown {a['assumed_per_core_slowdown_vs_this_cpu']})")
+    return lines
