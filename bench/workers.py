@@ -23,6 +23,7 @@ instructions are recorded with every figure (`sysinfo.cpu_int8`).
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 from . import sysinfo
@@ -186,27 +187,33 @@ def compare(model, model_arg: str, n_workers: int = 2, *, paced_msgs: float = 60
             os.sched_setaffinity(0, aff)
 
     def med(rows, n, key):
-        vals = sorted(x[key] for x in rows if x["workers"] == n and x[key] is not None)
-        return vals[len(vals) // 2] if vals else None
+        vals = [x[key] for x in rows if x["workers"] == n and x[key] is not None]
+        return round(statistics.median(vals), 1) if vals else None
 
-    single_cpu, multi_cpu = med(paced, 1, "windows_per_daemon_cpu_s"), med(paced, n_workers, "windows_per_daemon_cpu_s")
-    single_wall, multi_wall = med(saturated, 1, "wall_windows_per_s"), med(saturated, n_workers, "wall_windows_per_s")
-    eff = multi_cpu / single_cpu if single_cpu and multi_cpu else None
+    def ratio(a, b):
+        return round(a / b, 3) if a and b else None
+
+    n = str(n_workers)
+    cpu = {"paced": {"1": med(paced, 1, "windows_per_daemon_cpu_s"), n: med(paced, n_workers, "windows_per_daemon_cpu_s")},
+           "saturated": {"1": med(saturated, 1, "windows_per_daemon_cpu_s"),
+                         n: med(saturated, n_workers, "windows_per_daemon_cpu_s")}}
+    wall = {"1": med(saturated, 1, "wall_windows_per_s"), n: med(saturated, n_workers, "wall_windows_per_s")}
     res = {
         "machine": machine,
         "n_workers": n_workers,
         "paced": paced,
         "saturated": saturated,
-        "summary": {
-            "windows_per_daemon_cpu_s": {"1": single_cpu, str(n_workers): multi_cpu},
-            "cpu_efficiency_workers_over_single": round(eff, 3) if eff else None,
-            "distribution_overhead_share": round(1 - eff, 3) if eff else None,
-            "wall_windows_per_s_saturated": {"1": single_wall, str(n_workers): multi_wall},
-            "wall_speedup": round(multi_wall / single_wall, 3) if single_wall and multi_wall else None,
+        "summary": {  # medians over the rounds
+            "windows_per_daemon_cpu_s": cpu,
+            "cpu_efficiency_workers_over_single": {k: ratio(v[n], v["1"]) for k, v in cpu.items()},
+            "wall_windows_per_s_saturated": wall,
+            "wall_speedup": ratio(wall[n], wall["1"]),
             "sender_cpu_share_saturated": med(saturated, n_workers, "sender_cpu_share"),
+            "other_processes_cores": med([{**x, "o": x["machine_load"].get("other_cores")} for x in paced + saturated
+                                          if x["workers"] == n_workers], n_workers, "o"),
         },
     }
-    res["a53_estimate"] = a53_estimate(multi_cpu, eff)
+    res["a53_estimate"] = a53_estimate(cpu["saturated"][n], ratio(cpu["saturated"][n], cpu["saturated"]["1"]))
     return res
 
 
@@ -236,16 +243,17 @@ def render_lines(r: dict) -> list:
     s = r["summary"]
     n = str(r["n_workers"])
     c = r["machine"]["cpu_int8"]
-    lines = [f"workers (edgert serve --workers {n}; {r['machine']['cpu_model']}, int8: "
-             f"{c['kind']}, VNNI {'yes' if c['vnni'] else 'no'})"]
-    cpu = s["windows_per_daemon_cpu_s"]
-    lines.append(f"  windows per daemon CPU-s   1: {cpu['1'] or 0:,.0f}   {n}: {cpu[n] or 0:,.0f}   "
-                 f"({n} workers / 1: {s['cpu_efficiency_workers_over_single']})")
+    lines = [f"workers (edgert serve --workers {n} vs one process; {r['machine']['cpu_model']}, int8: "
+             f"{c['kind']}, VNNI {'yes' if c['vnni'] else 'no'}; medians of {len(r['paced']) // 2} rounds)"]
+    for regime, v in s["windows_per_daemon_cpu_s"].items():
+        lines.append(f"  windows per daemon CPU-s, {regime:<9} 1: {v['1'] or 0:,.0f}   {n}: {v[n] or 0:,.0f}   "
+                     f"({n} workers / 1: {s['cpu_efficiency_workers_over_single'][regime]})")
     wall = s["wall_windows_per_s_saturated"]
-    lines.append(f"  saturated windows/s wall   1: {wall['1'] or 0:,.0f}   {n}: {wall[n] or 0:,.0f}   "
-                 f"(x{s['wall_speedup']}; the sender used {s['sender_cpu_share_saturated']} of a core)")
+    lines.append(f"  saturated windows/s, wall clock   1: {wall['1'] or 0:,.0f}   {n}: {wall[n] or 0:,.0f}   "
+                 f"(x{s['wall_speedup']}; sender {s['sender_cpu_share_saturated']} of a core, other processes "
+                 f"{s['other_processes_cores']} cores)")
     a = r.get("a53_estimate")
     if a:
-        lines.append(f"  4 x Cortex-A53 (estimate): {a['windows_per_s'][0]:,}-{a['windows_per_s'][1]:,} windows/s "
-                     f"(assumed per-core slowdown {a['assumed_per_core_slowdown_vs_this_cpu']})")
+        lines.append(f"  4 x Cortex-A53 (estimate, not measured): {a['windows_per_s'][0]:,}-{a['windows_per_s'][1]:,} "
+                     f"windows/s (assumed per-core slowdown {a['assumed_per_core_slowdown_vs_this_cpu']})")
     return lines

@@ -46,6 +46,7 @@ log = logging.getLogger("edgert")
 
 RESTART_BACKOFF_S = (1.0, 30.0)  # first restart delay, ceiling (doubling per quick death)
 STABLE_S = 30.0  # a worker that ran this long resets the back-off
+HUNG_AFTER_S = 10.0  # a serving worker silent this long (and 10 stats intervals) is killed and restarted
 INTERNAL_HWM = 10000  # events queued per worker toward the supervisor; past it they are counted, dropped
 MAX_WORKERS = 256
 BACKLOG = 1024  # listen() backlog of the shared socket (libzmq's own default is 100)
@@ -397,6 +398,7 @@ class _Worker:
         self.restart_at = 0.0
         self.fast_deaths = 0
         self.error = None
+        self.last_report = 0.0  # time.monotonic() of its last stats event
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -475,7 +477,7 @@ class Supervisor:
         w.pid = w.proc.pid
         w.state = "starting"
         w.started = time.monotonic()
-        w.stats = w.final = None
+        w.stats = w.final = w.error = None
         log.info("worker %d started (pid %d%s)", w.slot, w.pid, f", restart {w.inc}" if w.inc else "")
 
     def _go(self, w: _Worker) -> None:
@@ -551,12 +553,14 @@ class Supervisor:
         _, kind, sensor = topic.split("/", 2)
         if kind == "stats":
             w.stats = payload
+            w.last_report = time.monotonic()
             self._note_owners(w, payload.get("seq") or {})
             return
         if kind == "lifecycle" and sensor == "daemon":
             state = payload.get("state")
             if state == "started":
                 w.state = "serving"
+                w.last_report = time.monotonic()
                 log.info("worker %d serving (pid %s)", slot, head.get("pid"))
             elif state == "stopped":
                 w.final = {k: v for k, v in payload.items() if k != "state"}
@@ -601,6 +605,13 @@ class Supervisor:
                 continue
             rc = w.proc.poll()
             if rc is None:
+                hung = max(HUNG_AFTER_S, 10 * self.cfg.stats_interval_s)
+                if w.state == "serving" and not self._stop and now - w.last_report > hung:
+                    # the systemd watchdog of a worker: its loop stopped (a wedged backend, a deadlock)
+                    log.warning("worker %d (pid %s) sent no stats for %.0f s: killed", w.slot, w.pid, hung)
+                    w.error = f"no stats for {hung:.0f} s (hung), killed"
+                    w.proc.kill()
+                    w.last_report = float("inf")
                 continue
             how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
             ran = now - w.started
