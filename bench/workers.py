@@ -1,18 +1,22 @@
 """``edgert bench --only workers``: what ``edgert serve --workers N`` costs and gives (edgert/workers.py).
 
-Two measurements, each with the single-process daemon (``N = 1``) and with N worker processes:
+Three measurements; the first two with the single-process daemon (``N = 1``) and with N workers:
 
-- **windows per daemon CPU-second** at one fixed, paced load that every configuration keeps
-  up with (64 sensors, each its own connection, real blocks of a healthy ITSC recording):
-  every window scored over the CPU time of every daemon process (the supervisor and its
-  workers, all threads, from /proc/PID/task/*/stat). The ratio N-workers / single is the
-  overhead of the distribution (one listening socket shared with ZMQ_USE_FD: nothing per
-  message; the cost is N interpreters, N ZeroMQ I/O threads, N stats timers, and the
-  supervisor's event relay).
-- **wall-clock windows/s at saturation**: the sender pushes as fast as it can (a bounded
-  backlog), with no CPU pinning. On a 2-core box the sender itself needs most of a core, so
-  2 workers share the cores with it: the figure says what this box gives, the sender's CPU
-  share is recorded beside it, and the CPU-second figure is the one to scale.
+- **windows per daemon CPU-second**, paced (one fixed load every configuration keeps up
+  with) and saturated: 64 sensors on tcp loopback, each its own connection, real blocks of a
+  healthy ITSC recording; every window scored over the CPU time of every daemon process (the
+  supervisor and its workers, all threads, /proc/PID/task/*/stat). N-workers / single is the
+  overhead of the distribution: the kernel places connections (ZMQ_USE_FD), so nothing per
+  message; what costs is N interpreters, N ZeroMQ I/O threads and timers, smaller batches per
+  worker at a given load, and the supervisor's event relay.
+- **wall-clock windows/s at saturation**: the sender sends as fast as the daemon takes blocks
+  (a full PUSH queue blocks it), no CPU pinning. On a 2-core box the sender needs a core
+  too, so 2 workers share the cores with it (and with whatever else runs): the figure says
+  what this box gave, the sender's and the other processes' CPU are recorded beside it, and
+  the CPU-second figure is the one to scale.
+
+- **placement**: 64 sensors connecting at once, three times, over tcp (one SO_REUSEPORT socket
+  per worker) and ipc (one shared socket): how many each worker took.
 
 Then, on paper, 4 Cortex-A53 cores (a Coral Dev Board): the measured windows per CPU-second
 of the workers, scaled by a stated per-core slowdown range (an assumption, not measured
@@ -26,14 +30,54 @@ import os
 import statistics
 import time
 
+import numpy as np
+
 from . import sysinfo
-from .pipeline import BenchError, Session, _consumed
+from . import pipeline as _pipeline
+from .pipeline import BenchError, DaemonProc, Session, _consumed
 
 # An A53 core (in-order, 2-wide, ~1.5 GHz, NEON without the int8 dot-product of ARMv8.2) against
 # one core of the x86-64 server this runs on: an assumed slowdown range for this workload
 # (CPython interpreter + XNNPACK int8), NOT measured here: state it with the estimate.
 A53_SLOWDOWN = (6.0, 12.0)
 A53_CORES = 4
+
+
+class _TcpDaemon(DaemonProc):
+    """`DaemonProc` listening on a free tcp loopback port (with workers, tcp gives each its
+    own SO_REUSEPORT socket: the kernel spreads the sensors evenly; ipc does not)."""
+
+    def __init__(self, *args, extra: tuple = (), **kw):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        tcp = f"tcp://127.0.0.1:{port}"
+        super().__init__(*args, extra=tuple(extra) + ("--listen", tcp), **kw)  # the last --listen wins
+        self.listen = tcp
+
+    def wait_bound(self, timeout: float) -> float:
+        """Wait for the events endpoint (the tcp port shows no file)."""
+        deadline = time.perf_counter() + timeout
+        while not self.events_path.exists():
+            self.check_alive("before binding its sockets")
+            if time.perf_counter() > deadline:
+                raise BenchError(f"daemon did not bind {self.events} within {timeout:.0f} s")
+            time.sleep(0.005)
+        return time.perf_counter() - self.t_spawn
+
+
+class _TcpSession(Session):
+    """`Session` with the daemon on tcp loopback (`_TcpDaemon`)."""
+
+    def __enter__(self):
+        orig = _pipeline.DaemonProc
+        _pipeline.DaemonProc = _TcpDaemon  # Session.__enter__ builds its daemon by this name
+        try:
+            return super().__enter__()
+        finally:
+            _pipeline.DaemonProc = orig
 
 
 def _cpu_s(pids) -> float:
@@ -82,7 +126,7 @@ def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, 
     """
     extra = (("--workers", str(n_workers)) if n_workers > 1 else ()) + ("--max-queue-mb", str(queue_mb))
     meter = sysinfo.LoadMeter()
-    with Session(model, model_arg, tag=f"workers{n_workers}", stats_interval=stats_interval, cpu_daemon=None,
+    with _TcpSession(model, model_arg, tag=f"workers{n_workers}", stats_interval=stats_interval, cpu_daemon=None,
                  startup_timeout=startup_timeout, block=block, socket="pull", extra=extra, log=log) as s:
         pids = _daemon_pids(s, n_workers)
         ld = s.load(n_sensors, sndhwm=sndhwm)
@@ -91,7 +135,6 @@ def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, 
         total, i = 0, 0
         cpu0, ru0, t0 = [_cpu_s([p]) for p in pids], os.times(), perf()
         t_end = t0 + seconds
-        snaps = []
         while True:
             now = perf()
             if now >= t_end:
@@ -99,8 +142,7 @@ def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, 
             if rate_msgs is not None:
                 due = int((now - t0) * rate_msgs)
                 if total >= due:
-                    if s.evs.drain(1):
-                        snaps.append((perf(), s.evs.last))
+                    s.evs.drain(1)
                     continue
                 burst = min(due - total, 256)
             else:  # as fast as the daemon takes them: a full queue blocks the send (PUSH)
@@ -109,8 +151,7 @@ def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, 
                 ld.send(i)
                 i = i + 1 if i + 1 < n_sensors else 0
             total += burst
-            if s.evs.drain(0):
-                snaps.append((perf(), s.evs.last))
+            s.evs.drain(0)
         t_stop = perf()
         ru1 = os.times()
         s.wait_consumed(total, 60.0, "workers")
@@ -120,11 +161,9 @@ def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, 
     per_proc = [round(b - a, 3) for a, b in zip(cpu0, cpu1)]
     windows = final["windows"] - base_windows
     cpu = sum(per_proc)
-    busy = [(t, x) for t, x in snaps if t0 + 1.0 <= t <= t_stop]
-    wall_rate = None
-    if len(busy) >= 2:
-        (ta, a), (tb, b) = busy[0], busy[-1]
-        wall_rate = round((b["windows"] - a["windows"]) / (tb - ta), 1)
+    # wall clock: every window of the load over the time from the first send until the stats
+    # showed the last block consumed (late by at most one stats interval: a lower bound)
+    wall_rate = round(windows / (t_done - t0), 1)
     sender = (ru1.user - ru0.user) + (ru1.system - ru0.system)
     return {
         "workers": n_workers,
@@ -140,7 +179,7 @@ def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, 
                              else {"daemon": per_proc[0]}),
         "windows_per_daemon_cpu_s": round(windows / cpu, 1) if cpu > 0 else None,
         "daemon_cores_used": round(cpu / (t_done - t0), 3),
-        "wall_windows_per_s": wall_rate,
+        "wall_windows_per_s": wall_rate,  # sent, then drained: includes the backlog's drain
         "sender_cpu_share": round(sender / (t_stop - t0), 3),
         "sensors_per_worker": _placement(final) if n_workers > 1 else {"0": n_sensors},
         "worker_restarts": final.get("worker_restarts", 0),
@@ -155,7 +194,7 @@ def run_case(model, model_arg: str, n_workers: int, *, rate_msgs: float | None, 
 
 def compare(model, model_arg: str, n_workers: int = 2, *, paced_msgs: float = 6000.0, paced_s: float = 8.0,
             saturate_s: float = 10.0, rounds: int = 2, n_sensors: int = 64, block: int = 64,
-            stats_interval: float = 1.0, log=None) -> dict:
+            stats_interval: float = 0.5, log=None) -> dict:
     """The workers section: paced CPU efficiency and saturated wall-clock throughput, single
     process vs `n_workers`, interleaved over `rounds`; plus the Cortex-A53 estimate."""
     def say(msg):
@@ -213,6 +252,8 @@ def compare(model, model_arg: str, n_workers: int = 2, *, paced_msgs: float = 60
                                           if x["workers"] == n_workers], n_workers, "o"),
         },
     }
+    say("  placement: 64 sensors connecting at once, 3 times, over tcp (SO_REUSEPORT) and ipc (one socket)")
+    res["placement"] = placement(n_workers, n_sensors, log=log)
     res["a53_estimate"] = a53_estimate(cpu["saturated"][n], ratio(cpu["saturated"][n], cpu["saturated"]["1"]))
     return res
 
@@ -252,8 +293,112 @@ def render_lines(r: dict) -> list:
     lines.append(f"  saturated windows/s, wall clock   1: {wall['1'] or 0:,.0f}   {n}: {wall[n] or 0:,.0f}   "
                  f"(x{s['wall_speedup']}; sender {s['sender_cpu_share_saturated']} of a core, other processes "
                  f"{s['other_processes_cores']} cores)")
+    for transport, v in (r.get("placement") or {}).items():
+        lines.append(f"  sensors per worker, {transport} ({v['mechanism']}): {v['splits']}")
     a = r.get("a53_estimate")
     if a:
         lines.append(f"  4 x Cortex-A53 (estimate, not measured): {a['windows_per_s'][0]:,}-{a['windows_per_s'][1]:,} "
                      f"windows/s (assumed per-core slowdown {a['assumed_per_core_slowdown_vs_this_cpu']})")
     return lines
+
+
+def placement(n_workers: int = 2, n_sensors: int = 64, trials: int = 3, transports=("tcp", "ipc"),
+              startup_timeout: float = 180.0, log=None) -> dict:
+    """How the kernel spreads sensor connections over the workers: for each transport, one
+    ``edgert serve --workers N``, then `trials` times `n_sensors` fresh sensors (XPUB, each its
+    own connection, all connecting at once) and the sensors each worker took.
+
+    tcp: one SO_REUSEPORT socket per worker (a hash of the addresses); ipc: one shared socket
+    (whichever worker's I/O thread accepts first)."""
+    import signal
+    import socket as _socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import zmq
+
+    from edgert import events as ev
+    from edgert.bus import SensorPublisher
+
+    out = {}
+    for transport in transports:
+        tmp = Path(tempfile.mkdtemp(prefix="edgert-bench-placement-"))
+        if transport == "tcp":
+            with _socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                listen = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        else:
+            listen = f"ipc://{tmp}/s"
+        events = f"ipc://{tmp}/e"
+        err = open(tmp / "stderr.log", "w")
+        conf = tmp / "edgert.toml"  # every sensor in the stats events: stats_top_n has no flag
+        conf.write_text(f'listen = "{listen}"\nevents = "{events}"\nworkers = {n_workers}\n'
+                        f'stats_interval_s = 0.2\nstats_top_n = {trials * n_sensors + 8}\n')
+        proc = subprocess.Popen([sys.executable, "-m", "edgert", "serve", "--config", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=err)
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"event/stats/daemon")
+        sub.connect(events)
+
+        def next_stats(timeout):
+            end = time.perf_counter() + timeout
+            while time.perf_counter() < end:
+                if sub.poll(200):
+                    return ev.decode(sub.recv_multipart())[2]
+                if proc.poll() is not None:
+                    raise BenchError(f"daemon exited: {(tmp / 'stderr.log').read_text()[-800:]}")
+            raise BenchError(f"no stats from the daemon within {timeout:.0f} s")
+
+        splits = []
+        try:
+            end = time.perf_counter() + startup_timeout
+            while True:
+                st = next_stats(startup_timeout)
+                if all(w["state"] == "serving" for w in st.get("workers", [])):
+                    break
+                if time.perf_counter() > end:
+                    raise BenchError("workers not serving")
+            for t in range(trials):
+                pubs = [SensorPublisher(listen, f"t{t}-{i}", kind="pub", ctx=ctx) for i in range(n_sensors)]
+                try:
+                    for p in pubs:
+                        if not p.wait_subscribed(20):
+                            raise BenchError(f"sensor {p.sensor}: no worker took its connection")
+                    for p in pubs:
+                        p.send(np.zeros((64, 3), np.float32), time.time_ns(), 1_000_000)
+                    want = {f"t{t}-{i}" for i in range(n_sensors)}
+                    deadline = time.perf_counter() + 20
+                    while True:
+                        st = next_stats(10)
+                        rows = {k: v for k, v in (st.get("per_sensor") or {}).items() if k in want}
+                        if len(rows) == n_sensors and all("worker" in v for v in rows.values()):
+                            break
+                        if time.perf_counter() > deadline:
+                            raise BenchError(f"only {len(rows)} of {n_sensors} sensors placed "
+                                             "(stats_top_n too small?)")
+                    split = [0] * n_workers
+                    for v in rows.values():
+                        split[v["worker"]] += 1
+                    splits.append(split)
+                    if log:
+                        log(f"  {transport}: {n_sensors} sensors -> {split}")
+                finally:
+                    for p in pubs:
+                        p.sock.close(linger=0)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            err.close()
+            sub.close(linger=0)
+            ctx.term()
+        out[transport] = {"mechanism": "SO_REUSEPORT socket per worker" if transport == "tcp" else "one shared socket",
+                          "splits": splits,
+                          "largest_share_max": round(max(max(s) for s in splits) / n_sensors, 3) if splits else None}
+    return out

@@ -1,24 +1,26 @@
-"""``edgert serve --workers N``: N daemon processes behind one listening socket, one supervisor.
+"""``edgert serve --workers N``: N daemon processes behind one ``--listen`` endpoint, one supervisor.
 
-How a message reaches a worker, without Python per message: the supervisor (this module's
-`Supervisor`, the process systemd starts) creates the listening socket of ``--listen`` once
-(tcp or ipc), non-blocking, and starts N worker processes that inherit it. Each worker is an
-ordinary `edgert.daemon.Daemon` whose input socket binds on that inherited descriptor
-(libzmq's ``ZMQ_USE_FD``), so every worker's ZeroMQ I/O thread accepts on the same kernel
-queue and the kernel hands each sensor connection to exactly one of them. A connection, and
+How a message reaches a worker, without Python per message: the supervisor (`Supervisor`,
+the process systemd starts) owns the listening sockets (`Listener`) and hands each worker
+one over a unix socket (SCM_RIGHTS). Each worker is an ordinary `edgert.daemon.Daemon`
+whose input socket binds on that descriptor (libzmq's ``ZMQ_USE_FD``), so the kernel, not
+Python, decides which worker accepts a sensor connection: with ``tcp://`` each worker has
+its own ``SO_REUSEPORT`` socket on the one port (the kernel spreads connections by a hash of
+their addresses), with ``ipc://`` all workers accept on one shared socket. A connection, and
 so every window of the sensor ids it carries, stays with its worker while both live. When a
 worker dies the kernel closes its connections; the sensors' ZeroMQ sockets reconnect on their
-own (100 ms) and a live worker accepts them: that worker starts their streams fresh, and the
+own (100 ms) and a live worker accepts them: it starts their streams fresh, and the
 supervisor notes the gap from the seqs the two workers reported (``handovers``).
 
-The supervisor does no per-message work: it restarts dead workers (with back-off), tells
-systemd READY once every worker serves, forwards SIGTERM/SIGINT/SIGHUP, republishes the
-workers' events (an internal ipc PUSH per worker → one PULL here → the daemon's `EventSink`),
-publishes one aggregated stats stream (`aggregate_stats`) and, on stop, prints the
-aggregated final stats as the single-process daemon does. Each worker writes its own
+The supervisor does no per-message work: it restarts dead (or silent) workers with back-off,
+tells systemd READY once every worker serves, forwards SIGTERM/SIGINT/SIGHUP, republishes
+the workers' events (an internal ipc PUSH per worker → one PULL here → the daemon's
+`EventSink`), publishes one aggregated stats stream (`aggregate_stats`) and, on stop, prints
+the aggregated final stats as the single-process daemon does. Each worker writes its own
 reservoir (``reservoir_dir/worker-K``) and watches the model directory itself.
 
-The worker side runs as ``python -m edgert.workers --slot K --fd FD --run-dir DIR``.
+The worker side runs as ``python -m edgert.workers --slot K --listen EP --run-dir DIR`` with
+its control socket as stdin.
 """
 
 from __future__ import annotations
@@ -52,41 +54,27 @@ MAX_WORKERS = 256
 BACKLOG = 1024  # listen() backlog of the shared socket (libzmq's own default is 100)
 
 
-# -- the shared listening socket -----------------------------------------------------------
-def open_listener(endpoint: str) -> tuple[pysocket.socket, str]:
-    """Create the listening socket of a ``tcp://`` or ``ipc://`` endpoint, non-blocking.
+# -- the listening sockets ----------------------------------------------------------------------
+def _listen(sock: pysocket.socket, addr) -> pysocket.socket:
+    """Bind, listen, non-blocking (closes `sock` on failure).
 
-    Non-blocking matters: every worker's I/O thread is woken for each new connection and
-    all but one find the queue empty; libzmq's accept() must then fail with EAGAIN instead of
-    blocking its I/O thread (libzmq does not set O_NONBLOCK on a ``ZMQ_USE_FD`` socket).
+    Non-blocking matters when several workers accept on one socket: each I/O thread is woken
+    for a new connection and all but one find the queue empty; libzmq's accept() must then
+    fail with EAGAIN instead of blocking its I/O thread (libzmq does not set O_NONBLOCK on a
+    ``ZMQ_USE_FD`` socket)."""
+    try:
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
-    Returns:
-      (socket, the endpoint to give libzmq: tcp with the actual port, ipc unchanged).
-    Raises:
-      ValueError naming the endpoint when it is not tcp/ipc or cannot be resolved; OSError
-      when it cannot be bound (port in use, ipc path held by a live process).
-    """
-    if endpoint.startswith("ipc://"):
-        path = endpoint[len("ipc://"):]
-        if not path or path == "*":
-            raise ValueError(f"--listen {endpoint}: with --workers, an ipc endpoint needs a path")
-        from .daemon import _claim_ipc
 
-        _claim_ipc(endpoint)
-        addr = "\0" + path[1:] if path.startswith("@") else path
-        if not path.startswith("@") and os.path.exists(path):
-            os.unlink(path)  # a stale file (no live listener: _claim_ipc checked)
-        s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-        try:
-            s.bind(addr)
-            s.listen(BACKLOG)
-        except BaseException:
-            s.close()
-            raise
-        s.setblocking(False)
-        return s, endpoint
-    if not endpoint.startswith("tcp://"):
-        raise ValueError(f"--listen {endpoint}: --workers needs a tcp:// or ipc:// endpoint")
+def _tcp_address(endpoint: str) -> tuple:
+    """(family, sockaddr) of ``tcp://HOST:PORT`` (``*`` for all IPv4 interfaces or an
+    ephemeral port). Raises ValueError naming the endpoint."""
     hostport = endpoint[len("tcp://"):]
     host, sep, port = hostport.rpartition(":")
     if not sep or not host:
@@ -97,27 +85,86 @@ def open_listener(endpoint: str) -> tuple[pysocket.socket, str]:
         raise ValueError(f"--listen {endpoint}: port {port!r} is not a number") from None
     if not 0 <= port_n <= 65535:
         raise ValueError(f"--listen {endpoint}: port {port_n} is out of range")
-    if host == "*":
-        host = "0.0.0.0"
-    host = host.strip("[]")
+    host = "0.0.0.0" if host == "*" else host.strip("[]")
     try:
-        family, kind, proto, _, sockaddr = pysocket.getaddrinfo(
-            host, port_n, type=pysocket.SOCK_STREAM, flags=pysocket.AI_PASSIVE)[0]
+        family, _, _, _, sockaddr = pysocket.getaddrinfo(host, port_n, type=pysocket.SOCK_STREAM,
+                                                         flags=pysocket.AI_PASSIVE)[0]
     except OSError as exc:
         raise ValueError(f"--listen {endpoint}: cannot resolve {host!r} ({exc}); with --workers give an "
                          "address, a host name or * (not an interface name)") from None
-    s = pysocket.socket(family, kind, proto)
-    try:
-        s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)  # as libzmq does
-        s.bind(sockaddr)
-        s.listen(BACKLOG)
-    except BaseException:
-        s.close()
-        raise
-    s.setblocking(False)
-    bound_host, bound_port = s.getsockname()[:2]
-    shown = f"[{bound_host}]" if family == pysocket.AF_INET6 else bound_host
-    return s, f"tcp://{shown}:{bound_port}"
+    return family, sockaddr
+
+
+class Listener:
+    """What the workers accept sensor connections on, created by the supervisor.
+
+    ``tcp://`` on Linux: one ``SO_REUSEPORT`` listening socket per worker on the same port; the
+    kernel spreads new connections over them by a hash of the connection's addresses (even,
+    whatever the timing), a connection stays with the socket that took it, and a worker's
+    socket dies with it (its queued connections are reset and reconnect to the others). The
+    supervisor holds the port with a bound socket that does not listen (it takes no
+    connections). ``ipc://`` (and tcp without SO_REUSEPORT): one listening socket shared by
+    every worker: each new connection goes to whichever worker's I/O thread accepts first.
+
+    Raises:
+      ValueError naming the endpoint when it is not tcp/ipc or cannot be resolved; OSError
+      when it cannot be bound (port in use, an ipc path held by a live process).
+    """
+
+    def __init__(self, endpoint: str):
+        self.shared = self.anchor = None
+        if endpoint.startswith("ipc://"):
+            self.mode = "shared"
+            self.shared, self.endpoint = self._ipc(endpoint), endpoint
+        elif endpoint.startswith("tcp://"):
+            family, addr = _tcp_address(endpoint)
+            self.mode = "reuseport" if hasattr(pysocket, "SO_REUSEPORT") else "shared"
+            s = pysocket.socket(family, pysocket.SOCK_STREAM)
+            s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)  # as libzmq does
+            if self.mode == "reuseport":
+                s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEPORT, 1)
+                try:
+                    s.bind(addr)  # holds the port; never listens, so it takes no connection
+                except BaseException:
+                    s.close()
+                    raise
+                self.anchor = s
+            else:
+                self.shared = _listen(s, addr)
+            host, port = s.getsockname()[:2]
+            self.family, self.addr = family, (host, port) + tuple(addr[2:])
+            self.endpoint = f"tcp://[{host}]:{port}" if family == pysocket.AF_INET6 else f"tcp://{host}:{port}"
+        else:
+            raise ValueError(f"--listen {endpoint}: --workers needs a tcp:// or ipc:// endpoint")
+
+    @staticmethod
+    def _ipc(endpoint: str) -> pysocket.socket:
+        path = endpoint[len("ipc://"):]
+        if not path or path == "*":
+            raise ValueError(f"--listen {endpoint}: with --workers, an ipc endpoint needs a path")
+        from .daemon import _claim_ipc
+
+        _claim_ipc(endpoint)  # refuses a path a live process listens on
+        if not path.startswith("@") and os.path.exists(path):
+            os.unlink(path)  # a stale file from a crash
+        addr = "\0" + path[1:] if path.startswith("@") else path
+        return _listen(pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM), addr)
+
+    def for_worker(self) -> tuple[pysocket.socket, bool]:
+        """(the listening socket to hand to a worker, whether the caller closes it once handed)."""
+        if self.mode == "shared":
+            return self.shared, False
+        s = pysocket.socket(self.family, pysocket.SOCK_STREAM)
+        s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
+        s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEPORT, 1)
+        return _listen(s, self.addr), True
+
+    def close(self) -> None:
+        for s in (self.shared, self.anchor):
+            if s is not None:
+                s.close()
+        if self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
+            _unlink(self.endpoint[len("ipc://"):])
 
 
 # -- stats: one function merges the workers' -------------------------------------------------
@@ -322,22 +369,21 @@ def worker_config(run_dir: str, slot: int, listen: str) -> Config:
 
 
 def worker_main(argv=None) -> int:
-    """A worker process: build the daemon, tell the supervisor, wait for its go (a line on
-    stdin), serve on the inherited listening socket until SIGTERM or until the supervisor is
-    gone (stdin closed)."""
+    """A worker process: build the daemon, tell the supervisor, wait for its go (``serve`` and
+    the listening socket, passed over stdin, a unix socket), serve on it until SIGTERM or until
+    the supervisor is gone (its end of stdin closed)."""
     from .daemon import Daemon
 
     p = argparse.ArgumentParser(prog="edgert.workers")
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--inc", type=int, default=0)
-    p.add_argument("--fd", type=int, required=True)
     p.add_argument("--listen", required=True)
     p.add_argument("--run-dir", required=True)
     a = p.parse_args(argv)
     cfg = worker_config(a.run_dir, a.slot, a.listen)
     logging.basicConfig(level=getattr(logging, cfg.log_level), stream=sys.stderr,
                         format=f"%(asctime)s edgert.worker-{a.slot} %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the daemon's handlers are in
+    ctl = pysocket.socket(fileno=os.dup(0))  # the supervisor's control socket
     ctx = zmq.Context()
     sink = WorkerEvents(ctx, f"ipc://{a.run_dir}/events", a.slot, a.inc)
     try:
@@ -350,16 +396,20 @@ def worker_main(argv=None) -> int:
         return 1
     sink.daemon = d
     sink.control("initialized")
-    if sys.stdin.readline().strip() != "serve":  # the supervisor is gone, or stops before we serve
+    try:
+        msg, fds, _, _ = pysocket.recv_fds(ctl, 64, 1)
+    except OSError:
+        msg, fds = b"", []
+    if msg.strip() != b"serve" or not fds:  # the supervisor is gone, or stops before we serve
         sink.close()
         d.pipeline.close()
         ctx.term()
         return 0
-    d.listen_fd = a.fd  # [workers] see edgert.daemon.Daemon.bind
+    d.listen_fd = fds[0]  # [workers] see edgert.daemon.Daemon.bind
     d.make_events = lambda _ctx: sink
     d.reload_config = lambda: worker_config(a.run_dir, a.slot, a.listen)
     d.install_signal_handlers()
-    threading.Thread(target=_stop_when_orphaned, args=(d,), daemon=True).start()
+    threading.Thread(target=_stop_when_orphaned, args=(ctl, d), daemon=True).start()
     try:
         d.bind()
     except Exception as exc:
@@ -372,12 +422,12 @@ def worker_main(argv=None) -> int:
     return 0
 
 
-def _stop_when_orphaned(d) -> None:
-    """Stop the worker when the supervisor's end of stdin closes (the supervisor died)."""
+def _stop_when_orphaned(ctl: pysocket.socket, d) -> None:
+    """Stop the worker when the supervisor's end of the control socket closes (it died)."""
     try:
-        while sys.stdin.readline():
+        while ctl.recv(64):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
     d.stop()
 
@@ -389,6 +439,7 @@ class _Worker:
     def __init__(self, slot: int):
         self.slot = slot
         self.proc: subprocess.Popen | None = None
+        self.ctl: pysocket.socket | None = None  # the supervisor's end of the worker's stdin
         self.inc = -1  # incarnation (0 first, +1 per restart)
         self.pid = None
         self.state = "down"  # down | starting | initialized | serving | stopped
@@ -449,7 +500,8 @@ class Supervisor:
 
         self.run_dir = tempfile.mkdtemp(prefix="edgert-workers-")
         self._write_config(self.cfg)
-        self.listener, self.listen_endpoint = open_listener(self.cfg.listen)
+        self.listener = Listener(self.cfg.listen)
+        self.listen_endpoint = self.listener.endpoint
         _claim_ipc(self.cfg.events)
         self.auth = auth.ServerAuth(self.ctx, self.cfg)
         self.events = events_mod.EventPublisher(self.ctx, self.cfg.events,
@@ -469,11 +521,13 @@ class Supervisor:
     def _spawn(self, w: _Worker) -> None:
         w.inc += 1
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        fd = self.listener.fileno()
-        w.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgert.workers", "--slot", str(w.slot), "--inc", str(w.inc), "--fd", str(fd),
-             "--listen", self.listen_endpoint, "--run-dir", self.run_dir],
-            stdin=subprocess.PIPE, pass_fds=(fd,), env=env, text=True)
+        w.ctl, theirs = pysocket.socketpair()
+        try:
+            w.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgert.workers", "--slot", str(w.slot), "--inc", str(w.inc),
+                 "--listen", self.listener.endpoint, "--run-dir", self.run_dir], stdin=theirs, env=env)
+        finally:
+            theirs.close()
         w.pid = w.proc.pid
         w.state = "starting"
         w.started = time.monotonic()
@@ -481,11 +535,20 @@ class Supervisor:
         log.info("worker %d started (pid %d%s)", w.slot, w.pid, f", restart {w.inc}" if w.inc else "")
 
     def _go(self, w: _Worker) -> None:
+        """Hand the worker its listening socket (SCM_RIGHTS) and let it serve."""
+        sock, close = self.listener.for_worker()
         try:
-            w.proc.stdin.write("serve\n")
-            w.proc.stdin.flush()
-        except (OSError, ValueError):
+            pysocket.send_fds(w.ctl, [b"serve"], [sock.fileno()])
+        except OSError:
             pass  # it died meanwhile: the next check restarts it
+        finally:
+            if close:
+                sock.close()  # the worker holds it now: it dies with the worker
+
+    def _close_ctl(self, w: _Worker) -> None:
+        if w.ctl is not None:
+            w.ctl.close()
+            w.ctl = None
 
     # -- signals ------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -618,6 +681,7 @@ class Supervisor:
             if w.stats:
                 self.retired.append(_retire(w.stats))
             w.proc = None
+            self._close_ctl(w)
             w.state = "down"
             if self._stop:
                 continue
@@ -719,7 +783,7 @@ class Supervisor:
         for w in self.workers:
             if w.alive():
                 if w.state in ("starting", "initialized"):
-                    w.proc.stdin.close()  # not serving yet: it exits on the closed pipe
+                    self._close_ctl(w)  # not serving yet: it exits on the closed control socket
                 else:
                     w.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.cfg.drain_s + 20.0
@@ -745,11 +809,7 @@ class Supervisor:
             if w.alive():
                 w.proc.kill()
                 w.proc.wait()
-            if w.proc is not None and w.proc.stdin is not None:
-                try:
-                    w.proc.stdin.close()
-                except OSError:
-                    pass
+            self._close_ctl(w)
         for sock in (self.inbox,):
             if sock is not None:
                 sock.close(linger=0)
@@ -759,8 +819,6 @@ class Supervisor:
             self.auth.close()
         if self.listener is not None:
             self.listener.close()
-            if self.listen_endpoint.startswith("ipc://") and not self.listen_endpoint.startswith("ipc://@"):
-                _unlink(self.listen_endpoint[len("ipc://"):])
         if self.events_endpoint and self.events_endpoint.startswith("ipc://"):
             _unlink(self.events_endpoint[len("ipc://"):])
         if self.run_dir:

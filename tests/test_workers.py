@@ -243,11 +243,12 @@ def _zombie(pid) -> bool:
         return True
 
 
-def test_kill_a_worker_mid_stream(tmp_path):
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])  # one shared socket; one SO_REUSEPORT socket each
+def test_kill_a_worker_mid_stream(tmp_path, transport):
     """SIGKILL the worker holding the faulty sensor: its sensors reconnect to the other worker,
     detection resumes within 2 s, the gap is noted as a handover; the other worker's sensors
     miss no window; the dead worker is restarted."""
-    served = Served(tmp_path, 2, "ipc")
+    served = Served(tmp_path, 2, transport)
     sensors = None
     try:
         served.wait_serving()
@@ -276,6 +277,8 @@ def test_kill_a_worker_mid_stream(tmp_path):
         served.close()
     resumed = [t for t, p in _anomalies(served, FAULTY) if p["t_start"] >= t_sensor]
     assert resumed, "no detection after the kill"
+    print(f"{transport}: detection on {FAULTY} resumed {resumed[0] - t_kill:.2f} s after SIGKILL; "
+          f"{len(moved)} sensors moved, {len(stayed)} stayed; gap at most {final['handover_gap_blocks_at_most']} blocks")
     assert resumed[0] - t_kill < 2.0, resumed[0] - t_kill
     rows = final["per_sensor"]
     for s in stayed:  # the other worker's sensors: not one window missed
