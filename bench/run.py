@@ -145,7 +145,7 @@ class Settings:
     workers_paced_msgs: float = 6000.0
     workers_paced_s: float = 8.0
     workers_saturate_s: float = 10.0
-    workers_rounds: int = 2
+    workers_rounds: int = 3
     naive_saturate_s: float = 4.0
     naive_paced_s: float = 3.0
     naive_runtimes: tuple = ("litert", "onnxruntime", "tflite-runtime")

@@ -471,15 +471,17 @@ class Supervisor:
         self.n = cfg.workers
         self.ctx = ctx or zmq.Context()
         self.workers = [_Worker(k) for k in range(self.n)]
-        self.retired: list[dict] = []  # last stats of dead incarnations (their counts stay in the totals)
+        self.retired: dict | None = None  # the dead incarnations' last stats, merged (their counts stay in the totals)
         self.owner: dict[str, tuple] = {}  # sensor -> (slot, inc, last seq) of its newest stream
-        self.handovers: dict[str, int] = {}
+        self.handovers: dict[str, int] = {}  # per sensor, for the sensors in `owner`
+        self.handovers_total = 0
         self.handover_gap = 0
         self.restarts = 0
         self.events_forwarded = 0
         self._stop = False
         self._reload = False
         self.ready_sent = False
+        self._phase = "init"  # init: workers build their engines; serve: each gets its socket once ready
         self.run_dir = None
         self.listener = None
         self.listen_endpoint = None
@@ -649,16 +651,30 @@ class Supervisor:
                     continue  # the older stream (a stale report of the previous holder)
                 gap = max(0, int(first) - int(cur[2]) - 1)
                 self.handovers[sensor] = self.handovers.get(sensor, 0) + 1
+                self.handovers_total += 1
                 self.handover_gap += gap
                 log.info("sensor %s moved from worker %d to worker %d: seq %d..%d not scored (at most %d "
                          "blocks: the old worker may have scored some after its last report)",
                          sensor, cur[0], w.slot, int(cur[2]) + 1, int(first) - 1, gap)
             self.owner[sensor] = (w.slot, w.inc, int(last))
+        if len(self.owner) > 2 * self.n * (self.cfg.max_sensors + 1):
+            self._prune_owners()
+
+    def _prune_owners(self) -> None:
+        """Forget sensors no live worker holds (ids that came and went): bounded memory."""
+        held = set()
+        for w in self.workers:
+            held.update(((w.stats or {}).get("seq") or {}).keys())
+        self.owner = {k: v for k, v in self.owner.items() if k in held}
+        self.handovers = {k: v for k, v in self.handovers.items() if k in held}
+        if self.retired is not None:
+            self.retired["per_sensor"] = {k: v for k, v in (self.retired.get("per_sensor") or {}).items()
+                                          if k in held}
 
     # -- supervision ---------------------------------------------------------------------------------
     @property
     def _serving_phase(self) -> bool:
-        return getattr(self, "_phase", "init") == "serve"
+        return self._phase == "serve"
 
     def _check_workers(self, now: float) -> None:
         for w in self.workers:
@@ -678,8 +694,8 @@ class Supervisor:
                 continue
             how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
             ran = now - w.started
-            if w.stats:
-                self.retired.append(_retire(w.stats))
+            if w.stats:  # merged at once: a worker dying again and again cannot grow this
+                self.retired = aggregate_stats([self.retired, _retire(w.stats)])
             w.proc = None
             self._close_ctl(w)
             w.state = "down"
@@ -707,12 +723,15 @@ class Supervisor:
             self._drain_inbox(100)
             for w in self.workers:
                 if w.proc.poll() is not None:
+                    self._drain_inbox(200)  # its last words (ctl/failed) may still be queued
                     raise RuntimeError(f"worker {w.slot} could not start: {w.error or f'exit code {w.proc.returncode}'}")
             if all(w.state == "initialized" for w in self.workers):
                 break
             if self.notifier is not None:
                 self.notifier.tick()
         self._phase = "serve"
+        if self._stop:  # stopped while starting: none serves (each exits on its closed control socket)
+            return
         for w in self.workers:
             self._go(w)
 
@@ -720,7 +739,8 @@ class Supervisor:
         """The aggregate (`aggregate_stats`) of every live worker's latest stats and the last
         stats of dead ones, plus the supervisor's own: workers, restarts, handovers."""
         live = [w.stats for w in self.workers if w.stats is not None]
-        d = aggregate_stats(live + self.retired, top_n=self.cfg.stats_top_n if top_n is None else top_n)
+        d = aggregate_stats(live + [self.retired], top_n=self.cfg.stats_top_n if top_n is None else top_n)
+        d["workers_reporting"] = len(live)
         self._decorate(d)
         return d
 
@@ -736,7 +756,7 @@ class Supervisor:
                          "sensors_active": (w.final or w.stats or {}).get("sensors_active", 0),
                          "rss_mb": (w.final or w.stats or {}).get("rss_mb")} for w in self.workers]
         d["worker_restarts"] = self.restarts
-        d["handovers"] = sum(self.handovers.values())
+        d["handovers"] = self.handovers_total
         d["handover_gap_blocks_at_most"] = self.handover_gap
         d["events_forwarded"] = self.events_forwarded
         d["supervisor_rss_mb"] = _rss_mb()
@@ -797,8 +817,9 @@ class Supervisor:
         end = time.monotonic() + 0.5  # the last frames of the exited workers
         while time.monotonic() < end and self.inbox.poll(50):
             self._drain_inbox(0)
-        parts = [w.final or w.stats for w in self.workers] + self.retired
-        final = aggregate_stats(parts, top_n=None)
+        parts = [w.final or w.stats for w in self.workers]
+        final = aggregate_stats(parts + [self.retired], top_n=None)
+        final["workers_reporting"] = sum(1 for p in parts if p)
         self._decorate(final)
         self.events.publish("lifecycle", "daemon", events_mod.lifecycle(
             "stopped", **{k: v for k, v in final.items() if not k.endswith("_histogram")}))

@@ -340,3 +340,8 @@ def test_workers_cli_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgert", "serve", "--workers", "2", "--listen", "inproc://x",
                         "--events", f"ipc://{tmp_path}/e"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "tcp:// or ipc://" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "edgert", "serve", "--workers", "2", "--listen", f"ipc://{tmp_path}/s",
+                        "--events", f"ipc://{tmp_path}/e", "--model", "no-such-model"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "could not start" in r.stderr.splitlines()[-1] and "no-such-model" in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "s") and not os.path.exists(tmp_path / "e")
