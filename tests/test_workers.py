@@ -43,23 +43,28 @@ def _free_port() -> int:
 class Served:
     """``python -m edgert serve --workers N`` with a TOML config, and a SUB socket on its events."""
 
-    def __init__(self, tmp_path, n, transport="ipc", **keys):
+    def __init__(self, tmp_path, n, transport="ipc", env=None, **keys):
         listen = f"ipc://{tmp_path}/s" if transport == "ipc" else f"tcp://127.0.0.1:{_free_port()}"
         self.n = n
         self.listen, self.events_ep = listen, f"ipc://{tmp_path}/e"
         conf = {"listen": listen, "events": self.events_ep, "workers": n, "stats_interval_s": 0.2,
                 "max_clock_skew_s": 0.0, "stats_top_n": 100, **keys}
-        path = tmp_path / "edgert.toml"
-        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in conf.items()))
+        self.conf_path = path = tmp_path / "edgert.toml"
+        self.write_conf(conf)
         self.err_path = tmp_path / "stderr.log"
         self.err = open(self.err_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "edgert", "serve", "--config", str(path)],
-                                     stdout=subprocess.PIPE, stderr=self.err, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"event/")
         self.sub.connect(self.events_ep)
         self.events = []  # (receipt time.monotonic(), kind, sensor, payload)
+
+    def write_conf(self, conf):
+        self.conf = conf
+        self.conf_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in conf.items()))
 
     def stderr(self) -> str:
         self.err.flush()
@@ -153,6 +158,18 @@ class Sensors:
             p.close()
 
 
+def _wait_datagram(served, sock, timeout) -> bytes:
+    """The next sd_notify datagram, collecting events meanwhile."""
+    sock.setblocking(False)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            return sock.recv(4096)
+        except BlockingIOError:
+            served.collect(0.05)
+    raise AssertionError(f"no notification within {timeout} s: {served.stderr()}")
+
+
 def _anomalies(served, sensor=None):
     return [(t, p) for t, k, s, p in served.events if k == "anomaly" and (sensor is None or s == sensor)]
 
@@ -186,10 +203,18 @@ def test_fault_among_64_sensors_detected(tmp_path, n, transport):
     keys = {"model": str(model_dir), "watch_model_s": 0.2}
     if n == 3:
         keys["reservoir_dir"] = str(tmp_path / "reservoir")
-    served = Served(tmp_path, n, transport, **keys)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd (Type=notify)
+    notify.bind(str(tmp_path / "notify"))
+    served = Served(tmp_path, n, transport, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}, **keys)
     sensors = None
     try:
-        served.wait_serving()
+        ready = _wait_datagram(served, notify, 120)
+        assert ready.startswith(b"READY=1"), ready
+        n0 = len(served.stats())
+        st = served.wait(lambda _: len(served.stats()) > n0, 10, "a stats event after READY")
+        assert [w["state"] for w in st["workers"]] == ["serving"] * n  # READY once every worker serves
+        started = [s for _, k, s, p in served.events if k == "lifecycle" and p["state"] == "started" and s != "daemon"]
+        assert sorted(started) == [f"worker-{k}" for k in range(n)]
         sensors = Sensors(served.ctx, served.listen)
         segments = 3
         sensors.stream(served, segments)
@@ -212,17 +237,32 @@ def test_fault_among_64_sensors_detected(tmp_path, n, transport):
             served.wait(lambda s: s["windows"] >= total, 30, f"{total} windows")
             after = [p for _, p in _anomalies(served, FAULTY) if p["t_start"] >= t_after]
             assert after and all(p["threshold"] == pytest.approx(old_thr * 2) for p in after)
+        else:  # SIGHUP: the supervisor re-reads the file, every worker applies it
+            served.write_conf({**served.conf, "drift_threshold": 80.0})
+            served.proc.send_signal(signal.SIGHUP)
+
+            def reloaded():
+                return [s for _, k, s, p in served.events if k == "lifecycle" and p["state"] == "reloaded"
+                        and "drift_threshold" in p["applied"]]
+
+            end = time.monotonic() + 20
+            while len(reloaded()) < n and time.monotonic() < end:
+                served.collect(0.1)
+            assert sorted(reloaded()) == [f"worker-{k}" for k in range(n)], served.stderr()
         sensors.close()
         sensors = None
         final, took = served.stop()
+        assert b"STOPPING=1" in _wait_datagram(served, notify, 5)
     finally:
         if sensors is not None:
             sensors.close()
         served.close()
+        notify.close()
     _check_detection(final, served, segments)
     assert took < 10, took
     assert [w["state"] for w in final["workers"]] == ["stopped"] * n
     assert final["worker_restarts"] == 0 and final["handovers"] == 0
+    assert final["reloads"] == (n if n == 3 else 0)
     assert not os.path.exists(tmp_path / "s") and not os.path.exists(tmp_path / "e")  # clean exit
     for w in final["workers"]:  # no worker left behind
         assert not os.path.exists(f"/proc/{w['pid']}") or _zombie(w["pid"])
