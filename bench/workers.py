@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from . import sysinfo
 from . import pipeline as _pipeline
+from . import sysinfo
 from .pipeline import BenchError, DaemonProc, Session, _consumed
 
 # An A53 core (in-order, 2-wide, ~1.5 GHz, NEON without the int8 dot-product of ARMv8.2) against
@@ -275,9 +275,9 @@ def a53_estimate(windows_per_cpu_s: float | None, efficiency: float | None) -> d
         "windows_per_s": [round(A53_CORES * windows_per_cpu_s / hi), round(A53_CORES * windows_per_cpu_s / lo)],
         "single_process_windows_per_s": [round(windows_per_cpu_s / (efficiency or 1) / hi),
                                          round(windows_per_cpu_s / (efficiency or 1) / lo)],
-        "basis": f"{A53_CORES} x {windows_per_cpu_s:,.0f} windows per daemon CPU-second measured here with workers, "
-                 f"divided by an ASSUMED per-core slowdown of {lo:g}-{hi:g}x (in-order A53 at ~1.5 GHz, no int8 "
-                 "dot-product instructions, against this CPU); not measured on a board",
+        "basis": (f"{A53_CORES} x {windows_per_cpu_s:,.0f} windows per daemon CPU-second measured here with workers, "
+                  f"divided by an ASSUMED per-core slowdown of {lo:g}-{hi:g}x (in-order A53 at ~1.5 GHz, no int8 "
+                  "dot-product instructions, against this CPU); not measured on a board"),
     }
 
 
@@ -304,6 +304,49 @@ def render_lines(r: dict) -> list:
     return lines
 
 
+def _stats_from(sub, proc, log_path, timeout: float) -> dict:
+    """The next ``event/stats/daemon`` payload on `sub` (BenchError if the daemon exited or
+    said nothing for `timeout` s)."""
+    from edgert import events as ev
+
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        if sub.poll(200):
+            return ev.decode(sub.recv_multipart())[2]
+        if proc.poll() is not None:
+            raise BenchError(f"daemon exited: {log_path.read_text()[-800:]}")
+    raise BenchError(f"no stats from the daemon within {timeout:.0f} s")
+
+
+def _one_placement(ctx, listen, sub, proc, log_path, tag: str, n_sensors: int, n_workers: int) -> list:
+    """Connect `n_sensors` fresh sensors at once, one block each; the sensors each worker took."""
+    from edgert.bus import SensorPublisher
+
+    pubs = [SensorPublisher(listen, f"{tag}-{i}", kind="pub", ctx=ctx) for i in range(n_sensors)]
+    try:
+        for p in pubs:
+            if not p.wait_subscribed(20):
+                raise BenchError(f"sensor {p.sensor}: no worker took its connection")
+        for p in pubs:
+            p.send(np.zeros((64, 3), np.float32), time.time_ns(), 1_000_000)
+        want = {p.sensor for p in pubs}
+        deadline = time.perf_counter() + 20
+        while True:
+            st = _stats_from(sub, proc, log_path, 10)
+            rows = {k: v for k, v in (st.get("per_sensor") or {}).items() if k in want}
+            if len(rows) == n_sensors and all("worker" in v for v in rows.values()):
+                break
+            if time.perf_counter() > deadline:
+                raise BenchError(f"only {len(rows)} of {n_sensors} sensors placed")
+    finally:
+        for p in pubs:
+            p.sock.close(linger=0)
+    split = [0] * n_workers
+    for v in rows.values():
+        split[v["worker"]] += 1
+    return split
+
+
 def placement(n_workers: int = 2, n_sensors: int = 64, trials: int = 3, transports=("tcp", "ipc"),
               startup_timeout: float = 180.0, log=None) -> dict:
     """How the kernel spreads sensor connections over the workers: for each transport, one
@@ -312,8 +355,9 @@ def placement(n_workers: int = 2, n_sensors: int = 64, trials: int = 3, transpor
 
     tcp: one SO_REUSEPORT socket per worker (a hash of the addresses); ipc: one shared socket
     (whichever worker's I/O thread accepts first)."""
+    import shutil
     import signal
-    import socket as _socket
+    import socket
     import subprocess
     import sys
     import tempfile
@@ -321,85 +365,48 @@ def placement(n_workers: int = 2, n_sensors: int = 64, trials: int = 3, transpor
 
     import zmq
 
-    from edgert import events as ev
-    from edgert.bus import SensorPublisher
-
     out = {}
     for transport in transports:
         tmp = Path(tempfile.mkdtemp(prefix="edgert-bench-placement-"))
         if transport == "tcp":
-            with _socket.socket() as s:
+            with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 listen = f"tcp://127.0.0.1:{s.getsockname()[1]}"
         else:
             listen = f"ipc://{tmp}/s"
         events = f"ipc://{tmp}/e"
-        err = open(tmp / "stderr.log", "w")
         conf = tmp / "edgert.toml"  # every sensor in the stats events: stats_top_n has no flag
         conf.write_text(f'listen = "{listen}"\nevents = "{events}"\nworkers = {n_workers}\n'
                         f'stats_interval_s = 0.2\nstats_top_n = {trials * n_sensors + 8}\n')
-        proc = subprocess.Popen([sys.executable, "-m", "edgert", "serve", "--config", str(conf)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        log_path = tmp / "stderr.log"
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"event/stats/daemon")
         sub.connect(events)
-
-        def next_stats(timeout):
-            end = time.perf_counter() + timeout
-            while time.perf_counter() < end:
-                if sub.poll(200):
-                    return ev.decode(sub.recv_multipart())[2]
-                if proc.poll() is not None:
-                    raise BenchError(f"daemon exited: {(tmp / 'stderr.log').read_text()[-800:]}")
-            raise BenchError(f"no stats from the daemon within {timeout:.0f} s")
-
         splits = []
-        try:
-            end = time.perf_counter() + startup_timeout
-            while True:
-                st = next_stats(startup_timeout)
-                if all(w["state"] == "serving" for w in st.get("workers", [])):
-                    break
-                if time.perf_counter() > end:
-                    raise BenchError("workers not serving")
-            for t in range(trials):
-                pubs = [SensorPublisher(listen, f"t{t}-{i}", kind="pub", ctx=ctx) for i in range(n_sensors)]
-                try:
-                    for p in pubs:
-                        if not p.wait_subscribed(20):
-                            raise BenchError(f"sensor {p.sensor}: no worker took its connection")
-                    for p in pubs:
-                        p.send(np.zeros((64, 3), np.float32), time.time_ns(), 1_000_000)
-                    want = {f"t{t}-{i}" for i in range(n_sensors)}
-                    deadline = time.perf_counter() + 20
-                    while True:
-                        st = next_stats(10)
-                        rows = {k: v for k, v in (st.get("per_sensor") or {}).items() if k in want}
-                        if len(rows) == n_sensors and all("worker" in v for v in rows.values()):
-                            break
-                        if time.perf_counter() > deadline:
-                            raise BenchError(f"only {len(rows)} of {n_sensors} sensors placed "
-                                             "(stats_top_n too small?)")
-                    split = [0] * n_workers
-                    for v in rows.values():
-                        split[v["worker"]] += 1
-                    splits.append(split)
-                    if log:
-                        log(f"  {transport}: {n_sensors} sensors -> {split}")
-                finally:
-                    for p in pubs:
-                        p.sock.close(linger=0)
-        finally:
-            proc.send_signal(signal.SIGTERM)
+        with open(log_path, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "edgert", "serve", "--config", str(conf)],
+                                    stdout=subprocess.DEVNULL, stderr=err)
             try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            err.close()
-            sub.close(linger=0)
-            ctx.term()
+                end = time.perf_counter() + startup_timeout
+                while not all(w["state"] == "serving"
+                              for w in _stats_from(sub, proc, log_path, startup_timeout).get("workers", [])):
+                    if time.perf_counter() > end:
+                        raise BenchError(f"workers not serving within {startup_timeout:.0f} s")
+                for t in range(trials):
+                    splits.append(_one_placement(ctx, listen, sub, proc, log_path, f"t{t}", n_sensors, n_workers))
+                    if log:
+                        log(f"  {transport}: {n_sensors} sensors -> {splits[-1]}")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                sub.close(linger=0)
+                ctx.term()
+        shutil.rmtree(tmp, ignore_errors=True)
         out[transport] = {"mechanism": "SO_REUSEPORT socket per worker" if transport == "tcp" else "one shared socket",
                           "splits": splits,
                           "largest_share_max": round(max(max(s) for s in splits) / n_sensors, 3) if splits else None}

@@ -388,7 +388,7 @@ def worker_main(argv=None) -> int:
     sink = WorkerEvents(ctx, f"ipc://{a.run_dir}/events", a.slot, a.inc)
     try:
         d = Daemon(cfg, ctx=ctx)
-    except Exception as exc:  # model, backend, reservoir: the supervisor reports it
+    except Exception as exc:  # noqa: BLE001 - model, backend, reservoir: the supervisor reports it
         log.error("worker %d cannot start: %s", a.slot, exc)
         sink.control("failed", error=str(exc))
         sink.close()
@@ -412,7 +412,7 @@ def worker_main(argv=None) -> int:
     threading.Thread(target=_stop_when_orphaned, args=(ctl, d), daemon=True).start()
     try:
         d.bind()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a socket error: the supervisor reports it
         sink.control("failed", error=str(exc))
         sink.close()
         ctx.term()
@@ -569,7 +569,7 @@ class Supervisor:
         apply what is live and name what needs a restart, as one daemon does)."""
         try:
             new = self.load() if self.load is not None else self.cfg
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken file: keep running on the old settings
             log.warning("reload refused, settings unchanged: %s", exc)
             return
         if new.workers != self.cfg.workers:
@@ -596,7 +596,7 @@ class Supervisor:
                 continue  # not three frames: not ours
             try:
                 self._on_message(json.loads(header), topic.decode("utf-8"), msgpack.unpackb(body, raw=False))
-            except Exception as exc:  # one bad message must not stop the supervisor
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the supervisor
                 log.warning("supervisor: bad message from a worker (%r): %r", topic[:60], exc)
 
     def _on_message(self, head: dict, topic: str, payload: dict) -> None:
@@ -877,7 +877,7 @@ def serve(cfg: Config, load, notifier) -> int:
     sup = Supervisor(cfg, load, notifier)
     try:
         sup.bind()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - endpoint or key errors: say which, exit 1
         notifier.status(f"failed: {exc}")
         print(f"edgert serve: {exc}", file=sys.stderr)
         sup._cleanup()
