@@ -286,8 +286,8 @@ def render_lines(r: dict) -> list:
     s = r["summary"]
     n = str(r["n_workers"])
     c = r["machine"]["cpu_int8"]
-    lines = [f"workers (edgert serve --workers {n} vs one process; {r['machine']['cpu_model']}, int8: "
-             f"{c['kind']}, VNNI {'yes' if c['vnni'] else 'no'}; medians of {len(r['paced']) // 2} rounds)"]
+    lines = [(f"workers (edgert serve --workers {n} vs one process; {r['machine']['cpu_model']}, int8: "
+              f"{c['kind']}, VNNI {'yes' if c['vnni'] else 'no'}; medians of {len(r['paced']) // 2} rounds)")]
     for regime, v in s["windows_per_daemon_cpu_s"].items():
         lines.append(f"  windows per daemon CPU-s, {regime:<9} 1: {v['1'] or 0:,.0f}   {n}: {v[n] or 0:,.0f}   "
                      f"({n} workers / 1: {s['cpu_efficiency_workers_over_single'][regime]})")

@@ -365,6 +365,8 @@ def worker_config(run_dir: str, slot: int, listen: str) -> Config:
     cfg.stats_top_n = cfg.max_sensors + cfg.max_unknown_ids + 1
     cfg.listen = listen  # the endpoint of the shared socket (a tcp port chosen by the supervisor)
     cfg.workers = 1
+    if getattr(cfg, "metrics_listen", ""):  # [metrics] one port: the supervisor's to serve, not each worker's
+        cfg.metrics_listen = ""
     return cfg.validate()
 
 
@@ -380,6 +382,7 @@ def worker_main(argv=None) -> int:
     p.add_argument("--listen", required=True)
     p.add_argument("--run-dir", required=True)
     a = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     cfg = worker_config(a.run_dir, a.slot, a.listen)
     logging.basicConfig(level=getattr(logging, cfg.log_level), stream=sys.stderr,
                         format=f"%(asctime)s edgert.worker-{a.slot} %(levelname)s %(message)s")
