@@ -95,6 +95,20 @@ def _tcp_address(endpoint: str) -> tuple:
     return family, sockaddr
 
 
+def _port_free(endpoint: str, family, addr) -> tuple:
+    """`addr` with its port chosen (port 0) after checking that no one holds it: a bind without
+    SO_REUSEPORT fails on a port in use, so a second daemon cannot silently join our
+    SO_REUSEPORT group and take a share of the sensors. Raises OSError naming the endpoint."""
+    probe = pysocket.socket(family, pysocket.SOCK_STREAM)
+    try:
+        probe.bind(addr)
+        return (addr[0], probe.getsockname()[1]) + tuple(addr[2:])
+    except OSError as exc:
+        raise OSError(exc.errno, f"--listen {endpoint}: {exc.strerror} (another process listens there?)") from None
+    finally:
+        probe.close()
+
+
 class Listener:
     """What the workers accept sensor connections on, created by the supervisor.
 
@@ -122,6 +136,7 @@ class Listener:
             s = pysocket.socket(family, pysocket.SOCK_STREAM)
             s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)  # as libzmq does
             if self.mode == "reuseport":
+                addr = _port_free(endpoint, family, addr)
                 s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEPORT, 1)
                 try:
                     s.bind(addr)  # holds the port; never listens, so it takes no connection

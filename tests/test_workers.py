@@ -380,6 +380,13 @@ def test_workers_cli_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgert", "serve", "--workers", "2", "--listen", "inproc://x",
                         "--events", f"ipc://{tmp_path}/e"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "tcp:// or ipc://" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with socket.socket() as busy:  # a port someone listens on: refused, not shared
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = subprocess.run([sys.executable, "-m", "edgert", "serve", "--workers", "2", "--listen",
+                            f"tcp://127.0.0.1:{busy.getsockname()[1]}", "--events", f"ipc://{tmp_path}/e"],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "in use" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "edgert", "serve", "--workers", "2", "--listen", f"ipc://{tmp_path}/s",
                         "--events", f"ipc://{tmp_path}/e", "--model", "no-such-model"],
                        capture_output=True, text=True, timeout=120)
