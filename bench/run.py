@@ -70,7 +70,7 @@ from .snapshot import snapshot_model as _snapshot_model
 
 SCHEMA = 2
 SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup", "naive", "hostile",
-            "engine")
+            "engine", "workers", "integrations")
 QUICK_SECTIONS = ("kernels", "invoke", "pipeline", "latency")  # what CI runs (--quick)
 GATE_SECTIONS = gate.GATE_SECTIONS  # the sections whose ratios the gate judges
 # Other processes may use this share of the cores during the gated sections; above it the run
@@ -144,6 +144,12 @@ class Settings:
     # Python comes from $EDGERT_BASELINE_PYTHON (a venv with an older edgert), else none
     engine_rounds: int = 3
     engine_seconds: float = 4.0
+    # workers: edgert serve --workers N against the single process (bench/workers.py)
+    workers_n: int = 2
+    workers_paced_msgs: float = 6000.0
+    workers_paced_s: float = 8.0
+    workers_saturate_s: float = 10.0
+    workers_rounds: int = 3
     naive_saturate_s: float = 4.0
     naive_paced_s: float = 3.0
     naive_runtimes: tuple = ("litert", "onnxruntime", "tflite-runtime")
@@ -426,6 +432,25 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
             return out
         _section(result, "engine", _engine)
 
+    if "integrations" in settings.sections:
+        from . import integrations
+
+        log("edgert bench: integrations (the MQTT events sink and a scraped /metrics on vs off, healthy and "
+            "anomaly storm, a real Mosquitto)")
+        _section(result, "integrations", lambda: integrations.compare(
+            _need_model(settings, result, model), model_arg, rounds=settings.engine_rounds,
+            seconds=settings.engine_seconds, log=log))
+
+    if "workers" in settings.sections:
+        from . import workers
+
+        log(f"edgert bench: workers (edgert serve --workers {settings.workers_n} vs one process: windows per "
+            f"daemon CPU-second paced, wall-clock windows/s saturated, {settings.workers_rounds} rounds)")
+        _section(result, "workers", lambda: workers.compare(
+            _need_model(settings, result, model), model_arg, settings.workers_n,
+            paced_msgs=settings.workers_paced_msgs, paced_s=settings.workers_paced_s,
+            saturate_s=settings.workers_saturate_s, rounds=settings.workers_rounds, log=log))
+
     if "naive" in settings.sections:
         from . import naive
 
@@ -674,10 +699,18 @@ def render(r: dict) -> str:
         from . import engine
 
         lines += [""] + engine.render_lines(r["engine"])
+    if r.get("integrations"):
+        from . import integrations
+
+        lines += [""] + integrations.render_lines(r["integrations"])
     if r.get("hostile"):
         from . import hostile
 
         lines += [""] + hostile.render_lines(r["hostile"])
+    if r.get("workers"):
+        from . import workers
+
+        lines += [""] + workers.render_lines(r["workers"])
     lines.append("")
     ratio_k = t["kernel_speedup_min"]
     lines.append(f"targets: kernel speedup min {_fmt(ratio_k['value'], 1)}{'x' if ratio_k['value'] is not None else ''} "

@@ -137,7 +137,7 @@ def cmd_serve(args) -> int:
                            curve_server_key=args.curve_server_key,
                            curve_allowed_clients_dir=args.curve_allowed_clients_dir,
                            curve_event_clients_dir=args.curve_event_clients_dir,
-                           sensor_keys=_sensor_keys(args.sensor_key),
+                           sensor_keys=_sensor_keys(args.sensor_key), workers=args.workers,
                            metrics_listen=args.metrics_listen,  # [metrics]
                            mqtt_topic_prefix=args.mqtt_prefix, mqtt_node=args.mqtt_node,
                            mqtt_username=args.mqtt_username, mqtt_password_file=args.mqtt_password_file,
@@ -154,6 +154,10 @@ def cmd_serve(args) -> int:
         return 2
     _setup_logging(cfg.log_level)
     notifier = sdnotify.Notifier()  # no-op unless started by systemd (Type=notify)
+    if cfg.workers > 1:  # [workers] N processes behind one listening socket, this one supervises
+        from .workers import serve as serve_workers
+
+        return serve_workers(cfg, load, notifier)
     try:
         d = Daemon(cfg)
         d.bind()
@@ -371,6 +375,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--metrics", dest="metrics_listen", metavar="HOST:PORT",
                    help="serve Prometheus /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9108 "
                         "(config key metrics_listen; default: off)")
+    s.add_argument("--workers", type=_number(int, 1, 256), metavar="N",
+                   help="serve with N worker processes on the same --listen socket (tcp or ipc), each "
+                        "holding whole sensor connections; this process supervises (default 1: one process)")
     s.add_argument("--config", help="TOML file with the same keys (an [edgert] table or top level)")
     s.set_defaults(fn=cmd_serve)
 
@@ -485,7 +492,7 @@ def _add_bench(sub) -> None:
     b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
                    help="do not compare with bench/baseline.json")
     b.add_argument("--only", help="comma-separated sections: kernels,invoke,pipeline,latency,inference,bus,"
-                   "e2e,startup,naive,hostile,engine (default: all; --quick: the first four); with --peers: the peers "
+                   "e2e,startup,naive,hostile,engine,workers,integrations (default: all; --quick: the first four); with --peers: the peers "
                    "to run (default: all)")
     b.add_argument("--plot", metavar="DIR", help="write latency CDFs, throughput-vs-load and bus PNGs here")
     b.add_argument("--from", dest="from_json", metavar="FILE", help="render (and --plot) a saved result, run nothing")

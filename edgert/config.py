@@ -76,6 +76,7 @@ class Config:
     metrics_listen: str = ""
     metrics_max_sensors: int = 64  # sensors with their own `sensor` label; the rest are summed as "_other"
     health_stall_s: float = 5.0  # /healthz answers 503 when the loop has not woken up for this long
+    workers: int = 1  # [workers] processes serving --listen (edgert/workers.py); 1: this one process
     # CURVE (edgert/auth.py): all empty = off. The daemon's .key_secret file; the directory of the
     # allowed clients' *.key files (sensors, and event subscribers unless curve_event_clients_dir
     # names another directory for them); sensor_keys binds sensor ids to client keys (a table of
@@ -151,6 +152,13 @@ class Config:
             from .metrics import parse_listen
 
             parse_listen(self.metrics_listen)  # MetricsError (a ValueError) naming the address
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or not 1 <= self.workers <= 256:  # [workers]
+            raise ValueError(f"config field 'workers' must be an integer from 1 to 256, got {self.workers!r}")
+        if self.workers > 1 and (len(endpoints(self.listen)) != 1 or len(endpoints(self.events)) != 1
+                                 or any(str(ep).startswith("mqtt") for ep in endpoints(self.listen) + endpoints(self.events))):
+            # the supervisor shares one listening socket and republishes on one events socket
+            raise ValueError("config field 'workers' > 1 needs exactly one ZeroMQ 'listen' and one ZeroMQ 'events' "
+                             "endpoint (MQTT endpoints and lists run with workers = 1)")
         if self.max_queue_mb <= 0 or self.stats_interval_s <= 0:
             raise ValueError("config fields 'max_queue_mb' and 'stats_interval_s' must be > 0")
         if self.max_block_samples > (1 << 20):

@@ -95,6 +95,8 @@ class Daemon:
         self.auth = None  # [auth] edgert.auth.ServerAuth, set in bind()
         self.mqtt_sinks: list = []  # [mqtt] MqttEventSink per mqtt:// events endpoint
         self.mqtt_in: list = []  # [mqtt] MqttIngest per mqtt:// listen endpoint
+        self.listen_fd = None  # [workers] an inherited listening socket to serve on (ZMQ_USE_FD)
+        self.make_events = None  # [workers] callable(ctx) -> EventSink, instead of binding cfg.events
 
     def __getattr__(self, name):
         # Only called for names the daemon itself does not have: the engine's.
@@ -131,8 +133,12 @@ class Daemon:
         zmq_events = [ep for ep in endpoints(self.cfg.events) if not mqtt_mod.is_mqtt(ep)]
         if len(zmq_listen) + len(zmq_events) < len(endpoints(self.cfg.listen)) + len(endpoints(self.cfg.events)):
             mqtt_mod.paho()  # MissingExtra naming the extra before anything is bound
-        for ep in zmq_listen + zmq_events:
-            _claim_ipc(ep)
+        if self.listen_fd is None:  # [workers] else the supervisor claimed it
+            for ep in zmq_listen:
+                _claim_ipc(ep)
+        if self.make_events is None:  # [workers]
+            for ep in zmq_events:
+                _claim_ipc(ep)
         self.auth = auth.ServerAuth(self.ctx, dataclasses.replace(  # [auth] CURVE + ZAP, or one warning for open tcp
             self.cfg, listen=zmq_listen[0] if zmq_listen else "", events=zmq_events[0] if zmq_events else ""))
         self.sock = self.ctx.socket(kind)
@@ -145,18 +151,24 @@ class Daemon:
         self.auth.secure(self.sock, "sensors", monitor=False)  # [auth] one monitor per socket: ours forwards
         self._monitor = self.sock.get_monitor_socket(
             zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | auth.HANDSHAKE_FAILED)
+        if self.listen_fd is not None:  # [workers] accept on the supervisor's socket (edgert/workers.py)
+            self.sock.setsockopt(zmq.USE_FD, self.listen_fd)
         for ep in zmq_listen:  # [mqtt] none when the daemon only listens on a broker
             self.sock.bind(ep)
         self.listen_endpoint = (self.sock.getsockopt_string(zmq.LAST_ENDPOINT) if zmq_listen
                                 else endpoints(self.cfg.listen)[0])
         sinks, zmq_sinks = [], []
-        for ep in endpoints(self.cfg.events):
-            if mqtt_mod.is_mqtt(ep):  # [mqtt]
-                sinks.append(mqtt_mod.MqttEventSink(ep, self.cfg, self.model.name, self.backend.name))
-                self.mqtt_sinks.append(sinks[-1])
-            else:
-                sinks.append(EventPublisher(self.ctx, ep, secure=lambda s: self.auth.secure(s, "events")))  # [auth]
-                zmq_sinks.append(sinks[-1])
+        if self.make_events is not None:  # [workers] events go to the supervisor
+            sinks.append(self.make_events(self.ctx))
+            zmq_sinks.append(sinks[-1])
+        else:
+            for ep in endpoints(self.cfg.events):
+                if mqtt_mod.is_mqtt(ep):  # [mqtt]
+                    sinks.append(mqtt_mod.MqttEventSink(ep, self.cfg, self.model.name, self.backend.name))
+                    self.mqtt_sinks.append(sinks[-1])
+                else:
+                    sinks.append(EventPublisher(self.ctx, ep, secure=lambda s: self.auth.secure(s, "events")))  # [auth]
+                    zmq_sinks.append(sinks[-1])
         self.events = sinks[0] if len(sinks) == 1 else FanOut(sinks)
         self.events_endpoint = zmq_sinks[0].endpoint if zmq_sinks else self.mqtt_sinks[0].endpoint
         self.pipeline.sink = self.events  # anomaly, scores, drift, adapt and model events go out here
@@ -168,8 +180,10 @@ class Daemon:
                     max_payload=mqtt_mod.payload_limit(self.cfg, m.n_channels)))
         if self.auth.sensor_keys:  # [auth] a sensor id may only come from its key
             self.pipeline.frame_check = self.auth.sensor_allowed
-        self._ipc_paths = [ep[len("ipc://"):] for ep in (self.listen_endpoint, *(s.endpoint for s in zmq_sinks))
-                           if ep.startswith("ipc://")]
+        owned = [self.listen_endpoint] if self.listen_fd is None else []  # [workers] not the supervisor's file
+        if self.make_events is None:
+            owned += [s.endpoint for s in zmq_sinks]
+        self._ipc_paths = [ep[len("ipc://"):] for ep in owned if ep.startswith("ipc://")]
         log.info("receive queue: RCVHWM %d messages per connection (max_queue_mb %g), frames over %d bytes "
                  "disconnect their sender", hwm, self.cfg.max_queue_mb, maxmsg)
 
