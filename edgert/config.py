@@ -106,6 +106,9 @@ class Config:
     mqtt_ha_discovery: bool = False  # Home Assistant discovery: a binary_sensor per sensor
     mqtt_ha_prefix: str = "homeassistant"
     mqtt_ha_off_delay_s: float = 10.0  # Home Assistant turns a sensor's state OFF this long after its last anomaly
+    # At most one anomaly event per sensor this often on MQTT (the next one carries "coalesced": the
+    # flagged windows not sent since); 0: every flagged window. ZeroMQ events are never coalesced.
+    mqtt_anomaly_interval_s: float = 1.0
 
     def validate(self) -> "Config":
         self._validate_endpoints()
@@ -207,6 +210,9 @@ class Config:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"config field {name!r} must be a finite number > 0, got {v!r}")
+        v = self.mqtt_anomaly_interval_s
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= 86_400:
+            raise ValueError(f"config field 'mqtt_anomaly_interval_s' must be 0..86400 seconds, got {v!r}")
         if self.mqtt_reconnect_max_s < self.mqtt_reconnect_min_s:
             raise ValueError("config field 'mqtt_reconnect_max_s' must be >= mqtt_reconnect_min_s")
         if self.mqtt_listen_qos not in (0, 1) or isinstance(self.mqtt_listen_qos, bool):

@@ -148,6 +148,28 @@ class FanOut:
             sink.publish(kind, sensor, payload)
         self.published += 1
 
+    def publish_packed(self, topics: list, data, offsets) -> None:
+        """Packed anomaly events (`AnomalyPacker`): passed on as they are to the sinks that take
+        them (ZeroMQ); for the others each event is asked `coalesce` first (MQTT sends at most one
+        a sensor per interval) and only those sent are decoded into a dict."""
+        for sink in self.sinks:
+            packed = getattr(sink, "publish_packed", None)
+            if packed is not None:
+                packed(topics, data, offsets)
+                continue
+            coalesce = getattr(sink, "coalesce", None)
+            mv = memoryview(data)
+            for j, t in enumerate(topics):
+                _, kind, sensor = bytes(t).decode("utf-8").split("/", 2)
+                if coalesce is not None and coalesce(kind, sensor):
+                    continue
+                payload = msgpack.unpackb(mv[offsets[j]:offsets[j + 1]], raw=False)
+                if coalesce is not None:
+                    sink.publish(kind, sensor, payload, checked=True)
+                else:
+                    sink.publish(kind, sensor, payload)
+        self.published += len(topics)
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()

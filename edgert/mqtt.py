@@ -301,6 +301,9 @@ class MqttEventSink:
         self.delivered = 0  # written (QoS 0) or acknowledged by the broker (QoS 1)
         self.dropped: dict = {}  # kind -> events lost (outbox full, connection lost, closed)
         self._topics: dict = {}  # sensor -> escaped level (bounded)
+        self.anomaly_interval = float(getattr(cfg, "mqtt_anomaly_interval_s", 0.0))
+        self._last_anomaly: dict = {}  # sensor -> [monotonic time of the last anomaly sent, coalesced since]
+        self.coalesced = 0  # anomaly events counted, not sent (mqtt_anomaly_interval_s)
         self.ha = cfg.mqtt_ha_discovery
         self._ha: collections.OrderedDict = collections.OrderedDict()  # sensor -> [last state, last ON time]
         self.ha_skipped = 0
@@ -317,8 +320,35 @@ class MqttEventSink:
         self._thread.start()
 
     # -- the hot loop's side: encode and queue, never block ---------------------------
-    def publish(self, kind: str, sensor: str, payload: dict) -> None:
-        """Queue one event (``v`` added, NaN → null). Drops the oldest when the outbox is full."""
+    def coalesce(self, kind: str, sensor: str) -> bool:
+        """True when this event is not sent but counted: an anomaly of a sensor whose last one
+        went out less than ``mqtt_anomaly_interval_s`` ago. A fault flags every window of a
+        sensor (dozens a second): a broker and Home Assistant need its start and a heartbeat,
+        not each window, and building each as a JSON message cost 6x scoring it (measured).
+        Per-sensor state is bounded like the topic cache."""
+        if kind != "anomaly" or self.anomaly_interval <= 0:
+            return False
+        now = time.monotonic()
+        st = self._last_anomaly.get(sensor)
+        if st is not None and now - st[0] < self.anomaly_interval:
+            st[1] += 1
+            self.coalesced += 1
+            return True
+        if st is None and len(self._last_anomaly) >= 4 * self.cfg.max_sensors:
+            self._last_anomaly.clear()  # a flood of ids: forget the intervals, keep the bound
+        self._last_anomaly[sensor] = [now, 0] if st is None else [now, st[1]]
+        return False
+
+    def publish(self, kind: str, sensor: str, payload: dict, checked: bool = False) -> None:
+        """Queue one event (``v`` added, NaN → null). Drops the oldest when the outbox is full.
+        An anomaly may be coalesced first (`coalesce`; ``checked``: the caller did that)."""
+        if not checked and self.coalesce(kind, sensor):
+            return
+        if kind == "anomaly" and self.anomaly_interval > 0:
+            st = self._last_anomaly.get(sensor)
+            payload = dict(payload, coalesced=st[1] if st else 0)
+            if st:
+                st[1] = 0
         payload["v"] = SCHEMA_VERSION
         try:
             data = json.dumps(payload, separators=(",", ":"), allow_nan=False, default=_plain).encode()
@@ -519,6 +549,7 @@ class MqttEventSink:
                     "sent": self.sent, "delivered": self.delivered, "dropped": sum(self.dropped.values()),
                     "dropped_by_kind": dict(self.dropped), "outbox_messages": len(self._keep) + len(self._lossy),
                     "outbox_bytes": self._bytes, "inflight": len(self._pending) + self._handing,
+                    "coalesced": self.coalesced,
                     **({"ha_sensors": len(self._ha), "ha_skipped": self.ha_skipped} if self.ha else {})}
 
     def close(self, timeout: float = 2.0) -> None:

@@ -153,7 +153,7 @@ def test_outbox_is_bounded_and_keeps_anomalies(tmp_path):
     and counts every event lost by kind; publish never blocks."""
     from brokers import free_port
 
-    cfg = config.load(None, mqtt_outbox_messages=100, mqtt_outbox_mb=1.0, mqtt_node="n")
+    cfg = config.load(None, mqtt_outbox_messages=100, mqtt_outbox_mb=1.0, mqtt_node="n", mqtt_anomaly_interval_s=0)
     sink = mqtt.MqttEventSink(f"mqtt://127.0.0.1:{free_port()}", cfg, "motor-ae", "cpu")
     try:
         t = time.perf_counter()
@@ -208,7 +208,7 @@ def test_events_topics_payloads_qos_and_retain(tmp_path, broker):
     assert sub.connected.wait(10)
     sensor = "motor/1+#"
     r = Running(tmp_path, events=[f"ipc://{tmp_path}/e", b.url], mqtt_node="edge-1", publish_scores=True,
-                mqtt_ha_discovery=True)
+                mqtt_ha_discovery=True, mqtt_anomaly_interval_s=0)  # every flagged window, to compare them all
     try:
         assert wait_for(lambda: r.d.stats()["mqtt"]["events"][0]["connected"])
         pub = SensorPublisher(r.d.listen_endpoint, sensor)
@@ -255,6 +255,49 @@ def test_events_topics_payloads_qos_and_retain(tmp_path, broker):
         assert json.loads(dict((t, p) for t, p, *_ in late.messages)["edgert/edge-1/status"])["state"] == "offline"
     finally:
         late.close()
+
+
+@needs_broker
+def test_anomalies_coalesced_per_sensor_and_interval(tmp_path, broker):
+    """With ``mqtt_anomaly_interval_s`` (default 1 s) a fault that flags every window sends at most
+    one anomaly a sensor per interval on MQTT; each carries ``coalesced``, and what went out plus
+    what was coalesced is every anomaly the ZeroMQ socket published (which coalesces nothing)."""
+    b = broker()
+    sub = Subscriber(b.port, ["edgert/#"])
+    assert sub.connected.wait(10)
+    r = Running(tmp_path, events=[f"ipc://{tmp_path}/e", b.url], mqtt_node="edge-2")
+    try:
+        assert wait_for(lambda: r.d.stats()["mqtt"]["events"][0]["connected"])
+        pubs = [SensorPublisher(r.d.listen_endpoint, f"m{i}") for i in range(2)]
+        for p in pubs:
+            assert p.wait_subscribed(5)
+        t0 = time.monotonic()
+        for p in pubs:  # both sensors' faults, as fast as the socket takes them (~1 s of daemon time)
+            replay([itsc_recording(FAULT)] * 3, p, 1000.0, realtime=False)
+        for p in pubs:
+            p.close()
+        assert r.wait(lambda s: s["windows"] >= 6 * PER)
+        elapsed = time.monotonic() - t0
+        r.collect(0.5)
+        time.sleep(0.5)
+        st = r.d.stats()
+    finally:
+        final = r.close()
+    time.sleep(0.3)
+    msgs = list(sub.messages)
+    sub.close()
+    z = [s for k, s, _ in r.zevents if k == "anomaly"]
+    for sensor in ("m0", "m1"):
+        m = [json.loads(p) for t, p, *_ in msgs if t == f"edgert/edge-2/anomaly/{sensor}"]
+        n_z = sum(s == sensor for s in z)
+        assert n_z >= PER and 1 <= len(m) <= elapsed / 1.0 + 3, (len(m), n_z, elapsed)
+        assert m[0]["coalesced"] == 0 and all("coalesced" in x for x in m)
+        sent_and_counted = len(m) + sum(x["coalesced"] for x in m)
+        assert sent_and_counted <= n_z
+    e = final["mqtt"]["events"][0]
+    n_sent = sum(t.startswith("edgert/edge-2/anomaly/") for t, *_ in msgs)
+    assert n_sent + e["coalesced"] == len(z) and final["mqtt_dropped"] == 0, (n_sent, e, len(z))
+    assert st["mqtt"]["events"][0]["coalesced"] <= e["coalesced"]
 
 
 @needs_broker
@@ -362,7 +405,8 @@ def test_broker_away_10s_daemon_keeps_detecting_counts_drops_rss_bounded(tmp_pat
     assert sub.connected.wait(10)
     proc = _serve(tmp_path, "--events", b.url, "--mqtt-node", "n1", "--mqtt-prefix", "plant/edgert",
                   "--config", _toml(tmp_path, mqtt_outbox_messages=500, mqtt_outbox_mb=1.0,
-                                    mqtt_reconnect_min_s=0.2, mqtt_reconnect_max_s=1.0))
+                                    mqtt_reconnect_min_s=0.2, mqtt_reconnect_max_s=1.0,
+                                    mqtt_anomaly_interval_s=0))
     ctx = zmq.Context()
     stop = threading.Event()
     sent = [0]
