@@ -64,11 +64,12 @@ def _sha_dir(d):
 
 
 @needs_fleet
-def test_three_nodes_two_rounds_publish_and_only_weights_travel(tmp_path):
+def test_three_nodes_two_rounds_over_tls_publish_and_only_weights_travel(tmp_path):
     nodes = [case.make_node(tmp_path, k, case.reservoir_windows(v))
              for k, v in case.NODES.items()]
+    tls = case.make_certs(tmp_path / "certs")  # a throwaway CA; the server's SAN 127.0.0.1
     f = case.Fleet(nodes, tmp_path / "run", ["--model", str(nodes[0]["model"]), "--rounds",
-                                             "2", "--epochs", "1"])
+                                             "2", "--epochs", "1"], tls=tls)
     rc, rec, out = f.run(timeout=400)
     assert rec.get("status") == "done", (rc, out, rec)
     assert rc == 0, out
@@ -101,6 +102,7 @@ def test_three_nodes_two_rounds_publish_and_only_weights_travel(tmp_path):
         assert m.threshold == pytest.approx(d["threshold"])
         assert "only weights left the node" in m.manifest["training"]["data"]
     assert "node a: PASS" in out
+    assert "TLS" in (tmp_path / "run" / "server.log").read_text()  # not --insecure
 
 
 @needs_fleet

@@ -92,7 +92,8 @@ def client_validate(msg: Message, context: Context) -> Message:
         metrics = {"passed": int(res["passed"]), "published": int(res["published"]),
                    "threshold": float(res["threshold"]), "val-windows": int(len(nd.xval)),
                    "num-examples": int(len(nd.xval))}
-        verdict = {"node": name, "reason": res["reason"],
+        # the candidate's local path (not data): where a refused model can be inspected
+        verdict = {"node": name, "reason": res["reason"], "candidate": res["candidate"],
                    "rows": json.dumps(res["rows"], default=float)}
     except Exception as exc:  # a node that cannot validate keeps its model and says why
         metrics = {"passed": 0, "published": 0, "num-examples": 0}
@@ -249,7 +250,7 @@ def server_main(grid: Grid, context: Context) -> None:
             verdicts.append({"node_id": m.metadata.src_node_id, "node": v["node"],
                              "passed": bool(met["passed"]), "published": bool(met["published"]),
                              "threshold": met.get("threshold"), "reason": v["reason"],
-                             "rows": json.loads(v["rows"]),
+                             "rows": json.loads(v["rows"]), "candidate": v.get("candidate"),
                              **({"traceback": v["traceback"]} if "traceback" in v else {})})
         rec["verdicts"] = sorted(verdicts, key=lambda d: str(d.get("node", "")))
         rec["status"] = "done"

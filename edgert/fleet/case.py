@@ -92,6 +92,50 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def make_certs(d: Path, host: str = "127.0.0.1") -> dict:
+    """A throwaway CA and a server certificate for ``host`` (SAN: IP address or DNS name),
+    PEM files in ``d`` (``cryptography``, a dependency of flwr): for tests on one machine.
+    Returns ``{"ca", "cert", "key"}`` paths as str."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject, issuer, pub, signer, ca: bool, san=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+             .public_key(pub).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=2))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san is not None:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgert fleet test CA")])
+    ca = cert(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        san = [x509.IPAddress(ipaddress.ip_address(host))]
+    except ValueError:
+        san = [x509.DNSName(host)]
+    srv = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]), ca_name,
+               key.public_key(), ca_key, False, san)
+    pem = serialization.Encoding.PEM
+    (d / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (d / "server.pem").write_bytes(srv.public_bytes(pem))
+    (d / "server.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    return {"ca": str(d / "ca.crt"), "cert": str(d / "server.pem"), "key": str(d / "server.key")}
+
+
 class Fleet:
     """``edgert fleet server`` and one ``edgert fleet client`` per node as real processes on
     localhost (each in its own session, stopped by process group on exit)."""
@@ -155,3 +199,154 @@ class Fleet:
                     os.killpg(p.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparison
+# ---------------------------------------------------------------------------------------------
+
+def scorer(model_dir) -> dict:
+    """A model directory's dynamic int8 variant with its normalization and threshold."""
+    from ..train import Int8Model
+
+    m = models.load(model_dir)
+    return {"m8": Int8Model(models.read_variant(m, m.variants["dynamic"])), "mean": m.mean,
+            "std": m.std, "threshold": m.threshold}
+
+
+def rates(sc: dict, unseen: np.ndarray, faults: dict[str, np.ndarray]) -> dict:
+    """False alarms on ``unseen`` healthy windows and detection per fault class."""
+    from ..train import normalize
+
+    def flags(x):
+        s, _ = sc["m8"].errors(normalize(x, sc["mean"], sc["std"]), batch=32)
+        return s > sc["threshold"]
+
+    fa = int(flags(unseen).sum())
+    det = {c: round(float(flags(x).mean()), 4) for c, x in faults.items()}
+    return {"threshold": float(sc["threshold"]), "false_alarms": fa, "unseen": int(len(unseen)),
+            "false_alarm_rate": round(fa / len(unseen), 4),
+            "detection_mean": round(float(np.mean(list(det.values()))), 4), "detection": det}
+
+
+def central(nodes: list[dict], epochs: int, seed: int, work: Path) -> dict[str, dict]:
+    """One model fine-tuned on all nodes' training windows pooled (each normalized by its
+    node), ``epochs`` epochs; per node its threshold calibrated as the federated model's and
+    its int8 scorer. Returns node name -> scorer."""
+    from ..train import Int8Model, export_dynamic, representative_set
+    from . import node as fnode
+
+    nds = {n["name"]: fnode.Node(n["model"], n["reservoir"]) for n in nodes}
+    first = next(iter(nds.values()))
+    cfg = first.cfg()
+    x = np.concatenate([nd.normalized(nd.xtr) for nd in nds.values()])
+    m = fnode.keras_model(first)
+    fnode.fit(m, x, epochs, cfg.learning_rate / 4, cfg.batch_size, seed)
+    out = {}
+    for name, nd in nds.items():
+        cal = fnode.calibrate(nd, m, seed)
+        m8 = Int8Model(export_dynamic(cfg, m, representative_set(cfg, nd.normalized(nd.xtr),
+                                                                 seed)))
+        out[name] = {"m8": m8, "mean": nd.mean, "std": nd.std, "threshold": cal["threshold"]}
+    return out
+
+
+def fleet_run(nodes, work: Path, model, rounds: int, epochs: int, extra=()) -> dict:
+    """One federation (server + clients on localhost); the server's record."""
+    f = Fleet(nodes, work, ["--model", str(model), "--rounds", str(rounds), "--epochs",
+                            str(epochs), "--no-publish", *extra])
+    t = time.time()
+    rc, rec, out = f.run(timeout=rounds * 600 + 600)
+    rec["exit_code"], rec["total_wall_s"] = rc, round(time.time() - t, 1)
+    if rec.get("status") != "done":
+        raise RuntimeError(f"fleet run failed ({rc}): {out} {rec.get('status')}")
+    return rec
+
+
+def rounds_summary(rec: dict) -> dict:
+    """Bytes and wall time per round of a record."""
+    rl = rec["round_log"]
+    return {"weights_bytes": rec["weights"]["bytes"], "params": rec["weights"]["params"],
+            "bytes_down_per_round": [r["bytes_down"] for r in rl],
+            "bytes_up_per_round": [r["bytes_up"] for r in rl],
+            "wall_s_per_round": [r["wall_s"] for r in rl],
+            "validation_wall_s": rec["validation"]["wall_s"], "run_wall_s": rec["wall_s"],
+            "train_loss_per_round": [(r.get("metrics") or {}).get("train-loss") for r in rl]}
+
+
+def verdicts(rec: dict) -> dict:
+    return {v["node"]: {"passed": v["passed"], "reason": v["reason"],
+                        "failed": [r["check"] for r in v["rows"] if not r["passed"]]}
+            for v in rec["verdicts"]}
+
+
+def run_case(root: Path, model, rounds: int, epochs: int, seed: int = 0, log=print) -> dict:
+    """The whole comparison (module docstring); returns the results document."""
+    from .. import retrain as rt
+
+    root = Path(root)
+    faults = rt.itsc_fault_windows(64, 16)
+    nodes = [make_node(root / "honest", k, reservoir_windows(v), model) for k, v in NODES.items()]
+    unseen = {k: unseen_windows(v) for k, v in NODES.items()}
+    res: dict = {"nodes": {k: {"recordings": v, "reservoir_windows": len(reservoir_windows(v)),
+                               "unseen_windows": len(unseen[k])} for k, v in NODES.items()},
+                 "models": {}}
+    t = time.time()
+    log("shipped model ...")
+    res["models"]["shipped"] = {k: rates(scorer(n["model"]), unseen[k], faults)
+                                for k, n in zip(NODES, nodes)}
+    if Path(str(model)).is_dir() and model != "motor-ae":
+        res["models"]["shipped motor-ae (trained on SC_HLT_001-004)"] = {
+            k: rates(scorer("motor-ae"), unseen[k], faults) for k in NODES}
+    log("federated ...")
+    rec = fleet_run(nodes, root / "run-fedavg", nodes[0]["model"], rounds, epochs)
+    res["federated_fedavg"] = {"rounds": rounds_summary(rec), "verdicts": verdicts(rec)}
+    res["models"]["federated (FedAvg)"] = {
+        v["node"]: rates(scorer(v["candidate"]), unseen[v["node"]], faults)
+        for v in rec["verdicts"]}
+    log("alone ...")
+    res["models"]["retrained alone (edgert retrain)"] = {}
+    for n in nodes:
+        r = rt.retrain(n["model"], n["reservoir"], out=root / f"alone-{n['name']}",
+                       epochs=rounds * epochs, seed=seed, log=lambda *a: None)
+        res["models"]["retrained alone (edgert retrain)"][n["name"]] = {
+            **rates(scorer(r["candidate"]), unseen[n["name"]], faults), "gates_passed": r["passed"]}
+    log("central ...")
+    res["models"]["central (pooled reservoirs)"] = {
+        k: rates(sc, unseen[k], faults) for k, sc in central(nodes, rounds * epochs, seed,
+                                                             root).items()}
+    log("poisoned ...")
+    pnodes = [make_node(root / "poisoned", "a", reservoir_windows(NODES["a"]), model),
+              make_node(root / "poisoned", "b", reservoir_windows(NODES["b"]), model),
+              make_node(root / "poisoned", "p", poison_windows(), model)]
+    for strat in ("fedavg", "trimmed"):
+        rec = fleet_run(pnodes, root / f"run-poison-{strat}", pnodes[0]["model"], rounds,
+                        epochs, ["--strategy", strat])
+        res[f"poisoned_{strat}"] = {
+            "rounds": rounds_summary(rec), "verdicts": verdicts(rec),
+            "models": {v["node"]: rates(scorer(v["candidate"]), unseen[v["node"]], faults)
+                       for v in rec["verdicts"] if v["node"] in ("a", "b")}}
+    res["seconds"] = round(time.time() - t, 1)
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgert.fleet.case", description=__doc__)
+    p.add_argument("--model", default="motor-ae", help="the model the fleet starts from")
+    p.add_argument("--work", required=True, help="scratch directory (nodes, runs)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--out", help="write the results JSON here")
+    a = p.parse_args(argv)
+    res = run_case(Path(a.work), a.model, a.rounds, a.epochs,
+                   log=lambda *x: print(*x, file=sys.stderr, flush=True))
+    res["command"] = "python -m edgert.fleet.case " + " ".join(argv or sys.argv[1:])
+    text = json.dumps(res, indent=1, default=float)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -186,14 +186,17 @@ def run_server(args, log=print) -> dict:
             raise FleetError(f"the run wrote no record (flwr run exit {r.returncode}): "
                              f"{run_log.read_text()[-1500:]}")
         rec = json.loads(out.read_text())
-        rec["logs"] = {"superlink": str(link_log), "run": str(run_log)}
-        return rec
     finally:
         link.terminate()
         try:
             link.wait(10)
         except subprocess.TimeoutExpired:
             link.kill()
+    if rec.get("status") == "done":  # the logs are kept (and named) only when the run failed
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        rec["logs"] = {"superlink": str(link_log), "run": str(run_log)}
+    return rec
 
 
 def summary(rec: dict) -> str:
