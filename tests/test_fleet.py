@@ -39,6 +39,19 @@ def test_fleet_without_flower_exits_2(monkeypatch, capsys, tmp_path):
         assert err.count("\n") == 1 and "pip install 'edgert[fleet]'" in err
 
 
+def test_serve_imports_neither_flower_nor_fleet():
+    from test_imports import _imported_by
+
+    for code in (["-m", "edgert", "serve", "--help"],
+                 ["-c", "import edgert.cli as c; c.build_parser('serve').parse_args(['serve']); "
+                        "import edgert.daemon"]):
+        mods = _imported_by(code)
+        bad = [m for m in mods if m.split(".")[0] == "flwr" or m.startswith("edgert.fleet")]
+        assert not bad, bad
+    mods = _imported_by(["-m", "edgert", "fleet", "--help"])  # the parser alone: no Flower
+    assert not [m for m in mods if m.split(".")[0] == "flwr"]
+
+
 def test_node_split_keeps_retrain_validation_blocks():
     for n in (64, 172, 500, 1031):
         p = node.split(n)

@@ -141,9 +141,9 @@ def recording(base: type) -> type:
 
         def aggregate_train(self, server_round, replies):
             replies = list(replies)
-            out = super().aggregate_train(server_round, replies)
             r = self.log[-1]
-            r["replies"] = [describe(m) for m in replies]
+            r["replies"] = [describe(m) for m in replies]  # first: an aggregator may consume them
+            out = super().aggregate_train(server_round, replies)
             r["bytes_up"] = sum(d.get("array_bytes", 0) for d in r["replies"])
             r["wall_s"] = round(time.time() - r.pop("t0"), 3)
             if out[1] is not None:

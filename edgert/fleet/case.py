@@ -14,7 +14,8 @@ each node retrained alone (``edgert retrain``); the federated model (``edgert fl
 Flower's deployment engine on localhost, its per-node threshold and normalization); a model
 trained centrally on the three reservoirs' training windows (each normalized by its node, the
 same epochs in total, thresholds calibrated per node as the federated one: the upper bound);
-then the federation with the poisoned node under FedAvg and FedTrimmedAvg.
+the federation with Flower's client-side fixed-clipping DP wrapper (``DP``); then the
+federation with the poisoned node under FedAvg and FedTrimmedAvg.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ RES_HOP, TEST_HOP = 4, 2
 NODES = {"a": ["SC_HLT_001"], "b": ["SC_HLT_002", "SC_HLT_003"],
          "c": ["SC_HLT_004", "SC_HLT_005"]}
 POISON = ["SC_A3_B0_C0", "SC_A4_B0_C0"]
+DP = (0.5, 0.1)  # the case's clipping norm and noise multiplier (one setting, not tuned)
 
 
 def reservoir_windows(names: list[str], window: int = 64) -> np.ndarray:
@@ -304,6 +306,14 @@ def run_case(root: Path, model, rounds: int, epochs: int, seed: int = 0, log=pri
     res["models"]["federated (FedAvg)"] = {
         v["node"]: rates(scorer(v["candidate"]), unseen[v["node"]], faults)
         for v in rec["verdicts"]}
+    log("federated with differential privacy ...")
+    rec = fleet_run(nodes, root / "run-dp", nodes[0]["model"], rounds, epochs,
+                    ["--dp-clip", str(DP[0]), "--dp-noise", str(DP[1])])
+    res["federated_dp"] = {"dp_clip": DP[0], "dp_noise": DP[1], "rounds": rounds_summary(rec),
+                           "verdicts": verdicts(rec),
+                           "models": {v["node"]: rates(scorer(v["candidate"]),
+                                                       unseen[v["node"]], faults)
+                                      for v in rec["verdicts"]}}
     log("alone ...")
     res["models"]["retrained alone (edgert retrain)"] = {}
     for n in nodes:
@@ -327,7 +337,34 @@ def run_case(root: Path, model, rounds: int, epochs: int, seed: int = 0, log=pri
             "models": {v["node"]: rates(scorer(v["candidate"]), unseen[v["node"]], faults)
                        for v in rec["verdicts"] if v["node"] in ("a", "b")}}
     res["seconds"] = round(time.time() - t, 1)
+    res["environment"] = environment()
     return res
+
+
+def environment() -> dict:
+    """Versions and CPU of this run."""
+    import platform
+    from importlib.metadata import version
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"python": platform.python_version(), "flwr": version("flwr"),
+            "tensorflow": version("tensorflow-cpu") if _has("tensorflow-cpu") else None,
+            "cpu": cpu, "cores": os.cpu_count()}
+
+
+def _has(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(dist)
+        return True
+    except PackageNotFoundError:
+        return False
 
 
 def main(argv=None) -> int:
