@@ -39,6 +39,23 @@ def test_fleet_without_flower_exits_2(monkeypatch, capsys, tmp_path):
         assert err.count("\n") == 1 and "pip install 'edgert[fleet]'" in err
 
 
+@needs_fleet
+def test_fleet_bad_input_exits_2_naming_it(capsys, tmp_path):
+    from edgert.cli import main
+
+    cases = [(["fleet", "client", "--model", "motor-ae", "--reservoir", str(tmp_path / "none"),
+               "--insecure"], f"{tmp_path / 'none'}/motor-ae.json: missing"),
+             (["fleet", "server", "--model", str(tmp_path / "nomodel"), "--insecure"],
+              f"{tmp_path / 'nomodel'}: no such model directory"),
+             (["fleet", "server", "--model", "motor-ae"], "--ca: needed for TLS"),
+             (["fleet", "server", "--model", "motor-ae", "--insecure", "--rounds", "0"],
+              "--rounds and --epochs must be >= 1")]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
+
+
 def test_serve_imports_neither_flower_nor_fleet():
     from test_imports import _imported_by
 

@@ -273,7 +273,8 @@ def rounds_summary(rec: dict) -> dict:
             "bytes_up_per_round": [r["bytes_up"] for r in rl],
             "wall_s_per_round": [r["wall_s"] for r in rl],
             "validation_wall_s": rec["validation"]["wall_s"], "run_wall_s": rec["wall_s"],
-            "train_loss_per_round": [(r.get("metrics") or {}).get("train-loss") for r in rl]}
+            "train_loss_per_round": [(r.get("metrics") or {}).get("train-loss") for r in rl],
+            "node_train_s_per_round": [(r.get("metrics") or {}).get("seconds") for r in rl]}
 
 
 def verdicts(rec: dict) -> dict:
