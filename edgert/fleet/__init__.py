@@ -51,14 +51,16 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
                    help="nodes validate the final model but do not publish it")
     s.add_argument("--tolerance", type=float, default=0.05,
                    help="allowed drop of a fault detection rate in the nodes' gates")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed of the nodes' fine-tuning")
     s.add_argument("--out", help="write the run's record (rounds, bytes, verdicts) as JSON here")
     s.add_argument("--listen", default="0.0.0.0", help="address of the Fleet API (the nodes')")
     s.add_argument("--host", default="127.0.0.1",
                    help="address of the local APIs (ServerAppIo, Control)")
-    s.add_argument("--fleet-port", type=int, default=9092)
-    s.add_argument("--serverappio-port", type=int, default=9091)
-    s.add_argument("--control-port", type=int, default=9093)
+    s.add_argument("--fleet-port", type=int, default=9092, help="Fleet API port (gRPC; the nodes dial it)")
+    s.add_argument("--serverappio-port", type=int, default=9091,
+                   help="ServerAppIo API port (local: SuperLink <-> ServerApp)")
+    s.add_argument("--control-port", type=int, default=9093,
+                   help="Control API port (local: flwr run submits the run here)")
     s.add_argument("--insecure", action="store_true", help="no TLS (one machine, closed network)")
     s.add_argument("--ca", help="TLS: CA certificate (PEM)")
     s.add_argument("--cert", help="TLS: server certificate (PEM; its SAN names the address the "
