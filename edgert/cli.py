@@ -474,7 +474,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     w = sub.add_parser("warmup", help="compile the numba kernels and check the models load")
     w.set_defaults(fn=cmd_warmup)
 
-    for name in ("check-model", "compile", "eval", "train", "retrain"):
+    for name in ("check-model", "compile", "eval", "train", "retrain", "fleet"):
         _add(sub, name, command)
     _finish(p, sub)
     return p
@@ -524,6 +524,9 @@ LAZY_COMMANDS = {
     "retrain": (_add_from(".retrain"), "fine-tune an autoencoder on the daemon's reservoir of "
                                        "normal windows, validate it and (with --publish) publish "
                                        "it (needs TensorFlow)"),
+    "fleet": (_add_from(".fleet"), "federated retraining with Flower: 'server' (SuperLink + "
+                                   "FedAvg run) and 'client' (SuperNode on a node's reservoir) "
+                                   "(needs pip install 'edgert[fleet]')"),
 }
 
 

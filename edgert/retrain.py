@@ -356,9 +356,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
             command: str | None = None, log=print) -> dict:
     """Runs the whole procedure (module docstring). Returns ``{"passed", "published", "rows",
     "candidate", …}``; raises ValueError (ModelError, ReservoirError) for bad input."""
-    from .train import (Int8Model, packed_vs_b1, round_sig, load_tf, export_variants,
-                        fit_normalization, float_errors, normalize, representative_set,
-                        write_model_dir)
+    from .train import round_sig, load_tf, fit_normalization, normalize
 
     t0 = time.time()
     if out and Path(out).exists() and any(Path(out).iterdir()):
@@ -390,10 +388,55 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
     t_fit = time.time()
     model, hist = fine_tune(cfg, fpath, xn, epochs, seed, lr)
     fit_s = time.time() - t_fit
-    rep = representative_set(cfg, xn, seed)
-    ex = export_variants(cfg, model, rep)
     log(f"fine-tuned {epochs} epochs in {fit_s:.1f} s (loss {hist['loss'][-1]:.5g}); "
         f"threshold {threshold:.6g} (was {old.threshold:.6g})")
+    calibration = {
+        "method": (f"edgert retrain: leave-one-segment-out over {SEGMENTS} consecutive "
+                   "time segments of the reservoir's training windows: for each, a model "
+                   "fine-tuned the same way on the others (own normalization), converted to "
+                   "int8, scored its windows through LiteRT; threshold = factor x quantile "
+                   "('higher') of the pooled held-out scores"),
+        "windows": cal["windows"], "quantile": cfg.quantile, "factor": cfg.factor,
+        "quantile_value": round_sig(cal["quantile_value"], 6),
+        "per_segment_max": [round_sig(v, 6) for v in cal["per_segment_max"]]}
+    training = {
+        "command": command or shlex.join(["edgert", "retrain", "--model", str(model_dir),
+                                          "--reservoir", str(reservoir_dir), "--epochs",
+                                          str(epochs), "--seed", str(seed)]),
+        "seed": seed,
+        "data": (f"reservoir {reservoir_dir}: {len(x)} normal windows kept by the daemon "
+                 f"(sensors {sorted(set(res['sensor'].tolist()))})"),
+    }
+    metrics = {"train_windows": int(len(xtr)), "epochs": epochs, "learning_rate": lr,
+               "fine_tune_seconds": round(fit_s, 1), "final_train_loss": round_sig(hist["loss"][-1])}
+    out_res = finish(old, cfg, model, mean, std, threshold, calibration, xtr, xval, training,
+                     metrics, out=out, do_publish=do_publish, seed=seed, tol=tol, log=log, t0=t0)
+    out_res.update({"windows": len(x), "fine_tune_seconds": round(fit_s, 1)})
+    return out_res
+
+
+def finish(old: models.Model, cfg, model, mean, std, threshold: float, calibration: dict,
+           xtr: np.ndarray, xval: np.ndarray, training: dict, metrics: dict, out=None,
+           do_publish: bool = False, seed: int = 0, tol: float = 0.05, log=print,
+           t0: float | None = None) -> dict:
+    """Steps 3 (export) to 5 for a fine-tuned float ``model`` with its normalization
+    (``mean``, ``std``) and ``threshold``: the int8 variants, the verdict rows against the
+    running model ``old`` on the held-back raw windows ``xval``, the candidate directory (in
+    ``out`` or a new temporary one) and, when every check passes and ``do_publish``, the
+    publication into ``old.dir``. ``calibration``, ``training`` and ``metrics`` go into the
+    candidate's manifest (``training`` gains ``fine_tuned_from``; ``metrics`` the verdict rows
+    and the packed check). Used by ``retrain`` and by ``edgert fleet`` (a federated model
+    validated on a node). Returns ``{"passed", "published", "rows", "candidate", "model",
+    "generation", "threshold", "previous_threshold", "seconds", "removed"}``."""
+    from .train import (Int8Model, packed_vs_b1, round_sig, export_variants, float_errors,
+                        normalize, representative_set, write_model_dir)
+
+    t0 = time.time() if t0 is None else t0
+    if out and Path(out).exists() and any(Path(out).iterdir()):
+        raise ValueError(f"--out {out}: directory exists and is not empty")
+    xn = normalize(xtr, mean, std)
+    rep = representative_set(cfg, xn, seed)
+    ex = export_variants(cfg, model, rep)
 
     old_m8 = Int8Model(models.read_variant(old, old.variants["dynamic"]))
     rows = validate(old, old_m8, {"m8": ex.dyn, "mean": mean, "std": std,
@@ -417,15 +460,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
         "normalization": {"mean": [round_sig(v, 9) for v in mean], "std": [round_sig(v, 9) for v in std]},
         "score": "mean_sq",
         "threshold": threshold,
-        "calibration": {
-            "method": (f"edgert retrain: leave-one-segment-out over {SEGMENTS} consecutive "
-                       "time segments of the reservoir's training windows: for each, a model "
-                       "fine-tuned the same way on the others (own normalization), converted to "
-                       "int8, scored its windows through LiteRT; threshold = factor x quantile "
-                       "('higher') of the pooled held-out scores"),
-            "windows": cal["windows"], "quantile": cfg.quantile, "factor": cfg.factor,
-            "quantile_value": round_sig(cal["quantile_value"], 6),
-            "per_segment_max": [round_sig(v, 6) for v in cal["per_segment_max"]]},
+        "calibration": calibration,
         "class_names": None,
     })
     fidelity = {"float_int8_score_corr": round_sig(corr, 5),
@@ -433,20 +468,11 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
                                                     .mean(), 5),
                 "windows": int(len(xv)), "variant": "dynamic",
                 "packed_equals_b1": packed_cmp["packed_equals_b1"]}
-    training = {
-        "command": command or shlex.join(["edgert", "retrain", "--model", str(model_dir),
-                                          "--reservoir", str(reservoir_dir), "--epochs",
-                                          str(epochs), "--seed", str(seed)]),
-        "seed": seed,
-        "data": (f"reservoir {reservoir_dir}: {len(x)} normal windows kept by the daemon "
-                 f"(sensors {sorted(set(res['sensor'].tolist()))})"),
-        "fine_tuned_from": {"name": old.name, "files": m.get("files"),
-                            "threshold": old.threshold},
-        "original_training_command": (m.get("training") or {}).get("command"),
-    }
-    metrics = {"validation": rows, "train_windows": int(len(xtr)), "epochs": epochs,
-               "learning_rate": lr, "fine_tune_seconds": round(fit_s, 1),
-               "final_train_loss": round_sig(hist["loss"][-1]), **packed_cmp}
+    training = {**training,
+                "fine_tuned_from": {"name": old.name, "files": m.get("files"),
+                                    "threshold": old.threshold},
+                "original_training_command": (m.get("training") or {}).get("command")}
+    metrics = {"validation": rows, **metrics, **packed_cmp}
     manifest = write_model_dir(cand, cfg, model, ex, head, fidelity, training, metrics,
                                manifest_now=False, stem=stem)
     manifest["retrain"] = {"generation": gen, "parent": _generation(m),
@@ -465,8 +491,7 @@ def retrain(model_dir, reservoir_dir, out=None, do_publish: bool = False, epochs
             (f" (removed {', '.join(removed)})" if removed else ""))
     return {"passed": passed, "published": published, "rows": rows, "candidate": str(cand),
             "model": str(old.dir), "generation": gen, "threshold": threshold,
-            "previous_threshold": old.threshold, "windows": len(x), "seconds":
-            round(time.time() - t0, 1), "fine_tune_seconds": round(fit_s, 1),
+            "previous_threshold": old.threshold, "seconds": round(time.time() - t0, 1),
             "removed": removed}
 
 
