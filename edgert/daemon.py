@@ -44,7 +44,8 @@ from .stats import json_safe
 
 log = logging.getLogger("edgert")
 
-DRAIN = 256  # messages handled per poll wake-up before checking deadlines
+DRAIN = 256  # messages handled per poll wake-up before checking timers
+CHUNK = 32  # most messages received before they are handled together (Pipeline.handle_many)
 # Receive queue cost of one message beyond its payload: libzmq keeps small messages inside its
 # shared 8 KiB decode buffers, so a queued 768-byte block held 3-7 KB of RSS (measured).
 MSG_OVERHEAD_BYTES = 4096
@@ -398,16 +399,28 @@ class Daemon:
             if poller.poll(timeout):
                 pipe._now_wall = time.time_ns()
                 self._backlog = True
-                msgs, ts = [], []
-                for _ in range(DRAIN):
-                    try:
-                        msgs.append(recv(sock))
-                    except zmq.Again:
-                        self._backlog = False
+                # The wake-up's messages in chunks, each in one go (compiled where plain). The
+                # chunk starts at 1 and doubles while messages keep waiting, up to CHUNK: a message
+                # that arrives alone is handled at once, by the per-message path (latency), a
+                # backlog in chunks that amortize the compiled call (throughput). Measured at 47.6k
+                # windows/s: p99 779 µs this way, 981-1496 µs with fixed chunks of 32; saturated,
+                # 118-122k windows per CPU-second (chunks of 1 only: 81-83k).
+                got, chunk = 0, 1
+                while got < DRAIN:
+                    msgs, ts = [], []
+                    for _ in range(chunk):
+                        try:
+                            msgs.append(recv(sock))
+                        except zmq.Again:
+                            self._backlog = False
+                            break
+                        ts.append(perf())
+                    if msgs:
+                        handle_many(msgs, ts)
+                        got += len(msgs)
+                    if not self._backlog:
                         break
-                    ts.append(perf())
-                if msgs:  # the wake-up's messages in one go (compiled where plain)
-                    handle_many(msgs, ts)
+                    chunk = min(2 * chunk, CHUNK, DRAIN - got)
             for src in mqtt_in:  # [mqtt] blocks from a broker: same handle(), a separate step
                 src.drain(pipe, DRAIN)
             batcher.poll()

@@ -46,6 +46,8 @@ __all__ = ["Pipeline", "Decision", "Scores", "make_threshold"]
 
 log = logging.getLogger("edgert")
 
+MIN_COMPILED = 3  # handle_many: fewer messages than this go the per-message way (cheaper for 1-2)
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -633,7 +635,9 @@ class Pipeline:
           t_recv: perf_counter_ns at each message's receipt.
         """
         b = self.batcher
-        if not self.batch_path or b.extra or self.frame_check is not None:
+        if (len(msgs) < MIN_COMPILED or not self.batch_path or b.extra
+                or self.frame_check is not None):
+            # a message or two: the Python path is cheaper than concatenating for the kernel
             for frames, t in zip(msgs, t_recv):
                 self._handle_one(frames, t)
             return
