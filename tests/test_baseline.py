@@ -291,3 +291,17 @@ def test_nab_baseline_rows(monkeypatch, capsys):
     assert js["baseline"]["baseline"]["standard"] == pytest.approx(rows["baseline"]["standard"])
     assert any("statistical baseline (level/rms/spread)" in ln for ln in lines)
     assert nabscore.probation_length(1200) == 180
+
+
+def test_field_round_trip_and_bad_fields():
+    rng = np.random.default_rng(2)
+    b = B.calibrate_loro([rng.normal(size=(30, 4)) for _ in range(3)], 0.999, 1.5)
+    f = json.loads(json.dumps(b.to_field(["a", "b", "c", "d"])))
+    c = B.StatBaseline.from_field(f)
+    x = rng.normal(size=(10, 4)) * 3
+    assert (c.flags(x) == b.flags(x)).all() and c.threshold == b.threshold
+    for bad, match in (({**f, "scale": [1, 0, 1, 1]}, "scale"),
+                       ({**f, "threshold": float("nan")}, "threshold"),
+                       ({**f, "columns": [4]}, "columns"), ({"center": [1]}, "scale")):
+        with pytest.raises(ValueError, match=match):
+            B.StatBaseline.from_field(bad)

@@ -214,6 +214,38 @@ class StatBaseline:
             raise ValueError("the baseline has no threshold (calibrate it first)")
         return self.score(features) > self.threshold
 
+    def to_field(self, names=None) -> dict:
+        """JSON-ready (e.g. a manifest's ``baseline`` field, for a daemon-side baseline):
+        ``center``, ``scale``, ``threshold``, ``columns``, ``features`` (names), ``calibration``."""
+        return {"features": None if names is None else list(names),
+                "center": [float(v) for v in self.center], "scale": [float(v) for v in self.scale],
+                "threshold": self.threshold,
+                "columns": None if self.columns is None else [int(c) for c in self.columns],
+                "calibration": self.calibration}
+
+    @classmethod
+    def from_field(cls, field_: dict) -> "StatBaseline":
+        """The inverse of `to_field`; ValueError naming the field at fault."""
+        try:
+            center = np.asarray(field_["center"], np.float64)
+            scale = np.asarray(field_["scale"], np.float64)
+            thr = field_.get("threshold")
+            cols = field_.get("columns")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"baseline field: {exc!r}") from None
+        if center.ndim != 1 or scale.shape != center.shape or not (scale > 0).all() \
+                or not np.isfinite(center).all() or not np.isfinite(scale).all():
+            raise ValueError("baseline field: 'center' and 'scale' must be equal-length finite "
+                             "lists, scale > 0")
+        if thr is not None and not (isinstance(thr, (int, float)) and np.isfinite(thr) and thr > 0):
+            raise ValueError(f"baseline field: 'threshold' must be finite and > 0, got {thr!r}")
+        if cols is not None:
+            cols = np.asarray(cols, np.int64)
+            if cols.ndim != 1 or (cols.size and (cols.min() < 0 or cols.max() >= len(center))):
+                raise ValueError(f"baseline field: 'columns' must index 0..{len(center) - 1}")
+        return cls(center, scale, None if thr is None else float(thr), cols,
+                   dict(field_.get("calibration") or {}))
+
     def top_features(self, features: np.ndarray) -> np.ndarray:
         """Index (into the scored features) of each window's largest deviation."""
         return self.deviations(features).argmax(axis=1)
