@@ -264,7 +264,8 @@ def calibrate_loro(groups, q: float, factor: float, scale="std",
     """
     groups = [np.asarray(g, np.float64) for g in groups]
     if len(groups) < 2:
-        raise ValueError(f"leave-one-out calibration needs >= 2 normal recordings, got {len(groups)}")
+        raise ValueError("leave-one-out calibration needs >= 2 normal recordings, got "
+                         f"{len(groups)}")
     pooled, per = [], []
     for i, g in enumerate(groups):
         rest = np.concatenate([h for j, h in enumerate(groups) if j != i])

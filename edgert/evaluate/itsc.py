@@ -46,11 +46,19 @@ fault angle refitted without the window's repetition (so no figure rests on an a
 the windows it scores). ``--write-attribution`` first (re)computes that field for the ``--ae``
 directory and its folds (`write_attribution`) and writes it into their manifests.
 
+(b') Baselines (issue 15, `eval_baselines`; ``--no-baselines`` skips them): beside every fold of
+(b), on the same windows, the statistical baseline of `edgert.evaluate.baseline` (per-channel
+level/rms/spread and phase imbalance, its threshold by the fold model's own calibration rule on
+the fold's training healthy recordings), model OR baseline and model AND baseline; and all four
+again with per-session commissioning gains (``--commission`` samples of each session's healthy
+recording), with the same fold models and thresholds. Also the classifier of (a) with those
+gains (`eval_classifier_commissioned`).
+
 (c) Timing: windows/s through the runtime (ring, quantize + invoke + score, after a warm-up) for
 each evaluation and fold, on this machine, one interpreter thread.
 
 ``--json``: the last stdout line is ``{"accuracy", "recording_accuracy", "folds", "ae": {...},
-"windows_per_s", ...}``.
+"windows_per_s", "baselines": {...}, ...}``.
 """
 
 from __future__ import annotations
@@ -65,7 +73,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["RuntimeScorer", "load_itsc", "eval_classifier", "eval_autoencoder", "evaluate",
+__all__ = ["RuntimeScorer", "load_itsc", "eval_classifier", "eval_autoencoder", "eval_baselines",
+           "eval_classifier_commissioned", "commission_gains", "session_offsets", "evaluate",
            "report", "add_parser", "cmd_itsc", "main"]
 
 MAX_BATCH = 32
@@ -503,7 +512,9 @@ def _baseline_variant(runner, recs, d_train, held, faults, classes, thr, mu, sd,
     training healthy recordings, and every detector's false alarms and detection per class."""
     from edgert.evaluate import baseline as B
 
-    g = (lambda n: np.ones(len(mu))) if gains is None else (lambda n: gains[rep_of(n)])  # noqa: E731
+    def g(n):
+        return np.ones(len(mu)) if gains is None else gains[rep_of(n)]
+
     groups = [B.window_features(recs[n][0], W, hop=H, mean=mu, std=sd / g(n), phases=True)
               for n in d_train]
     base = B.calibrate_loro(groups, cal["quantile"], cal["factor"])
@@ -639,7 +650,8 @@ def session_offsets(recs: dict) -> dict:
         med = np.median(np.array(list(per.values())), axis=0)
         for r, v in per.items():
             dev.setdefault(r, []).append(v - med)
-    return {r: [round(float(v) * 100, 2) for v in np.mean(d, axis=0)] for r, d in sorted(dev.items())}
+    return {r: [round(float(v) * 100, 2) for v in np.mean(d, axis=0)]
+            for r, d in sorted(dev.items())}
 
 
 def eval_classifier_commissioned(recs: dict, model_dir, commission: int = COMMISSION_SAMPLES,
