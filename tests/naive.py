@@ -123,3 +123,26 @@ def ingest(ring, cap, pos, next_start, block, W, H, mean, inv_std, scale, zero_p
         next_start += H
         k += 1
     return pos, next_start, k, used
+
+
+def baseline_features(x, W, starts, mean, std, phases, tail=None):
+    """Obvious version of ``edgert.evaluate.baseline.window_features``: per window, per channel
+    level (mean), rms and spread (std, ddof 0) of ``(x - mean) / std`` over the window's newest
+    ``tail`` rows, then (phases) each channel's rms over the channels' mean rms, minus 1."""
+    t = W if tail is None else tail
+    C = len(x[0])
+    rows = []
+    for s in starts:
+        feats, rmss = [], []
+        for c in range(C):
+            vals = [(float(x[s + w][c]) - float(mean[c])) / float(std[c]) for w in range(W - t, W)]
+            lvl = sum(vals) / t
+            rms = math.sqrt(sum(v * v for v in vals) / t)
+            spread = math.sqrt(sum((v - lvl) * (v - lvl) for v in vals) / t)
+            feats += [lvl, rms, spread]
+            rmss.append(rms)
+        if phases:
+            m = sum(rmss) / C
+            feats += [r / m - 1.0 for r in rmss]
+        rows.append(feats)
+    return np.array(rows, dtype=np.float64).reshape(len(starts), -1)

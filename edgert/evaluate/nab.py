@@ -362,6 +362,75 @@ def model_errors(model_dir: Path, values: np.ndarray) -> tuple[np.ndarray, float
 
 
 # ---------------------------------------------------------------------------------------------
+# statistical baseline beside the detector (issue 15; edgert.evaluate.baseline). Kept apart
+# from the detector: it reads the detector's per-file scores and adds rows, nothing else.
+# ---------------------------------------------------------------------------------------------
+
+def baseline_file_scores(values: np.ndarray, probation: float, cfg: NabConfig) -> np.ndarray:
+    """NAB anomaly scores of the statistical baseline for one file, decided the way the model's
+    error is (`online_scores`, no separate level channel: the level is one of its features).
+
+    Per row: the level, rms and spread of the window of ``cfg.window`` rows ending at it,
+    normalized with the probationary rows' mean and std (the model's scaler); the row's score is
+    the largest deviation of the three from their mean over the probationary windows, in units
+    of their standard deviation there (`baseline.StatBaseline`). Causal; no label used."""
+    from . import baseline as B
+
+    v = np.asarray(values, np.float64)
+    w, p = cfg.window, int(math.ceil(probation))
+    err = np.full(len(v), np.nan)
+    if len(v) < w:
+        return np.zeros(len(v))
+    x = v[:p] if p > 0 else v[:w]
+    mean, std = float(x.mean()), float(x.std())
+    feats = B.window_features(v[:, None], w, hop=1, mean=[mean], std=[std if std > 0 else 1.0])
+    fit = feats[:max(p - w + 1, 1)]
+    err[w - 1:] = B.StatBaseline.fit(fit).score(feats)
+    return online_scores(err, probation, w, replace(cfg, level=False))
+
+
+def baseline_rows(files: list, scores: list[np.ndarray], cfg: NabConfig,
+                  profiles: Sequence[str] = tuple(PROFILE_KEYS)) -> dict:
+    """NAB scores (per profile, NAB's threshold sweep over the corpus, as the detector's) of
+    the statistical baseline (`baseline_file_scores`) and of the detector OR the baseline (per
+    row the larger of the two event scores: an event from either is reported). ``scores``: the
+    detector's per-file scores. Returns ``{"baseline": {profile: score}, "or": {...},
+    "per_category": {row: {category: standard score}}}``."""
+    base = [baseline_file_scores(f.values, nabscore.probation_length(len(f.values)), cfg)
+            for f in files]
+    both = [np.maximum(a, b) for a, b in zip(scores, base)]
+    out: dict = {}
+    for k, sc in (("baseline", base), ("or", both)):
+        out[k] = {p: v["score"] for p, v in score_corpus(files, sc, profiles).items()}
+    cat = lambda f: f.key.split("/")[0]  # noqa: E731
+    # a category without anomaly windows (artificialNoAnomaly) has no normalized score
+    cats = sorted({cat(f) for f in files if len(f.windows)})
+    if len(cats) > 1 and "standard" in profiles:
+        out["per_category"] = {}
+        for k, sc in (("detector", scores), ("baseline", base), ("or", both)):
+            out["per_category"][k] = {
+                c: score_corpus([f for f in files if cat(f) == c],
+                                [s for f, s in zip(files, sc) if cat(f) == c],
+                                ("standard",))["standard"]["score"] for c in cats}
+    return out
+
+
+def _baseline_text(res: dict, cols: Sequence[str]) -> list[str]:
+    """The baseline rows of `report`."""
+    b = res.get("baseline")
+    if not b:
+        return []
+    lines = []
+    for k, label in (("baseline", "  statistical baseline (level/rms/spread)"),
+                     ("or", "  edgert OR baseline")):
+        lines.append("  " + f"{label:<44}" + "".join(f"{b[k][c]:15.1f}" for c in cols))
+    for k, per in (b.get("per_category") or {}).items():
+        lines.append(f"    standard per category, {k}: "
+                     + ", ".join(f"{c} {v:.1f}" for c, v in per.items()))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # scoring the corpus
 # ---------------------------------------------------------------------------------------------
 
@@ -430,7 +499,9 @@ def evaluate(data, cfg: NabConfig | None = None, results: str | None = None,
     abl = {k: {p: v["score"] for p, v in score_corpus(files, sc, profiles).items()}
            for k, sc in ablation.items()}
     rows = sum(len(f.values) for f in files)
-    return {"profiles": res, "ablation": abl, "files": info, "n_files": len(files), "config": asdict(cfg),
+    return {"profiles": res, "ablation": abl,
+            "baseline": baseline_rows(files, scores, cfg, profiles),  # issue 15
+            "files": info, "n_files": len(files), "config": asdict(cfg),
             "rows": rows, "seconds": time.time() - t0,
             "rows_per_s": rows / max(1e-9, sum(i["runtime_seconds"] for i in info)),
             "backend": info[0]["backend"] if info else None}
@@ -455,6 +526,7 @@ def report(res: dict) -> str:
         if k in res.get("ablation", {}):
             lines.append("  " + f"{label:<44}"
                          + "".join(f"{res['ablation'][k][c]:15.1f}" for c in cols))
+    lines += _baseline_text(res, cols)
     for name, v in SCOREBOARD_RKC:
         lines.append("  " + f"{name + ', same files (NAB scorer)':<44}" + f"{v:15.1f}"
                      + "".join(f"{'-':>15}" for _ in cols[1:]))
@@ -505,6 +577,7 @@ def cmd_nab(args) -> int:
                                  for k, d in pr[next(iter(pr))]["files"].items()},
                     "ablation": {k: {p: round(v, 2) for p, v in a.items()}
                                  for k, a in res["ablation"].items()},
+                    "baseline": res.get("baseline"),  # issue 15: baseline, detector OR baseline
                     "scoreboard_realKnownCause_standard": dict(SCOREBOARD_RKC),
                     "rows": res["rows"], "rows_per_s": round(res["rows_per_s"]),
                     "seconds": round(res["seconds"], 1), "backend": res["backend"],
