@@ -85,7 +85,7 @@ def time_buckets(stamps) -> np.ndarray:
 @njit
 def _slot(keys, key, mask):
     """The slot holding ``key``, or the empty slot where it would go (linear probing)."""
-    i = ((key * 0x9E3779B97F4A7C15) >> 17) & mask
+    i = ((key * -7046029254386353131) >> 17) & mask
     while keys[i] != _EMPTY and keys[i] != key:
         i = (i + 1) & mask
     return i
