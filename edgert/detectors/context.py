@@ -19,8 +19,9 @@ range paddings, averaged, so no single binning decides):
 The quantizers' ranges are fixed from the first ``warmup`` rows (NAB: the probationary
 period, where nothing is scored): those rows are buffered, score 0, and are replayed into
 the model once the range is known. Nothing later changes a range, so the score of row ``t``
-depends on rows ``<= t`` only. Values beyond a range fall in its end level (the likelihood's
-spatial rule reports them).
+depends on rows ``<= t`` only. Levels continue beyond the warm-up range with the same width
+(up to ``beyond`` ranges either side, as HTM's unbounded scalar encoder does), so a value far
+outside it is a new symbol, not just the end level.
 
 Memory: one open-addressing table of ``2**table_bits`` int64 keys and counts, shared by all
 quantizers; once it is 3/4 full, new pairs are no longer stored (counted in ``dropped``) and
@@ -29,6 +30,7 @@ count as never seen.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +50,7 @@ class ContextConfig:
     pads: tuple = (0.0, 0.1, 0.2)  # range padding, x the warm-up range (quantizers: levels x pads)
     order: int = 5                 # longest context, in samples
     tod_weight: float = 1.0        # weight of the time-of-day context (0: none)
+    beyond: int = 4                # warm-up ranges of levels kept beyond each end (0: clip)
     warmup: int = 750              # rows that fix the ranges (NAB: the probationary period)
     table_bits: int = 20           # 2**bits table slots (16 bytes each)
 
@@ -67,6 +70,8 @@ class ContextConfig:
             raise ValueError(f"context: order must be in [1, {_MAX_ORDER}], got {self.order}")
         if not (np.isfinite(self.tod_weight) and 0 <= self.tod_weight <= 100):
             raise ValueError(f"context: tod_weight must be in [0, 100], got {self.tod_weight}")
+        if not 0 <= self.beyond <= 64:
+            raise ValueError(f"context: beyond must be in [0, 64], got {self.beyond}")
         if not 2 <= self.warmup <= 1 << 22:
             raise ValueError(f"context: warmup must be in [2, 2**22] rows, got {self.warmup}")
         if not 8 <= self.table_bits <= 28:
@@ -106,21 +111,31 @@ def _seen_then_count(keys, cnt, key, mask, state):
     return c
 
 
+_M62 = (1 << 62) - 1        # keys are the low 62 bits of exact integer arithmetic: the
+_PRIME = 1000003            # same with numba's wrapping int64 and with Python's ints
+
+
 @njit
-def _context_block(values, tod, lo, scale, nlev, keys, cnt, hist, state, order, tod_weight,
-                   out):
+def _context_block(values, tod, lo, scale, nlev, beyond, keys, cnt, hist, state, order,
+                   tod_weight, out):
     """Raw context-novelty scores of one block (see the module docstring). ``hist`` [order, Q]
-    holds the last levels (ring by row number); ``state`` = [rows, used, capacity, dropped]."""
+    holds the last symbols (ring by row number); ``state`` = [rows, used, capacity, dropped].
+    Keys: ``ctx * 4096 + order * 256 + quantizer * 4 + kind`` (kind 0/1: sequence context /
+    pair, 2/3: time context / pair), ``ctx`` a rolling hash of the symbols."""
     mask = keys.shape[0] - 1
     nq = lo.shape[0]
     for j in range(values.shape[0]):
-        t = state[0]
+        t = int(state[0])
         acc = 0.0
         for q in range(nq):
-            s = int((values[j] - lo[q]) * scale[q])
-            if values[j] < lo[q]:
-                s = 0
-            s = min(max(s, 0), nlev[q] - 1)
+            L = int(nlev[q])
+            x = (values[j] - lo[q]) * scale[q]
+            # levels continue beyond the warm-up range with the same width, up to `beyond`
+            # ranges either side (then the end symbols)
+            s = int(math.floor(max(min(x, (beyond + 1.0) * L - 0.5), -beyond * L - 0.5)))
+            if beyond == 0:
+                s = min(max(s, 0), L - 1)
+            s_enc = s + beyond * L + 1                 # >= 1
             ctx = 0
             psum = 0.0
             pn = 0
@@ -129,9 +144,9 @@ def _context_block(values, tod, lo, scale, nlev, keys, cnt, hist, state, order, 
             for k in range(1, order + 1):
                 if t - k < 0:
                     break
-                ctx = ctx * 33 + hist[(t - k) % order, q] + 1
-                kc = ((ctx * 16 + k) * 64 + q) * 4
-                kt = (((ctx * 33 + s + 1) * 16 + k) * 64 + q) * 4 + 1
+                ctx = (ctx * _PRIME + int(hist[(t - k) % order, q])) & _M62
+                kc = (ctx * 4096 + k * 256 + q * 4) & _M62
+                kt = (((ctx * _PRIME + s_enc) & _M62) * 4096 + k * 256 + q * 4 + 1) & _M62
                 cc = _seen_then_count(keys, cnt, kc, mask, state)
                 ct = _seen_then_count(keys, cnt, kt, mask, state)
                 tot += 1
@@ -144,15 +159,16 @@ def _context_block(values, tod, lo, scale, nlev, keys, cnt, hist, state, order, 
             if tot > 0:
                 r = (1.0 - (psum / pn if pn > 0 else 0.0) + new / tot) / 2.0
             if tod_weight > 0 and tod[j] >= 0:
-                kc = ((tod[j] + 1) * 64 + q) * 4 + 2
-                kt = (((tod[j] + 1) * 33 + s + 1) * 64 + q) * 4 + 3
+                tc = int(tod[j]) + 1
+                kc = (tc * 4096 + q * 4 + 2) & _M62
+                kt = (((tc * _PRIME + s_enc) & _M62) * 4096 + q * 4 + 3) & _M62
                 cc = _seen_then_count(keys, cnt, kc, mask, state)
                 ct = _seen_then_count(keys, cnt, kt, mask, state)
                 rt = 0.5
                 if cc > 0:
                     rt = (1.0 - ct / cc + (1.0 if ct == 0 else 0.0)) / 2.0
                 r = (r + tod_weight * rt) / (1.0 + tod_weight)
-            hist[t % order, q] = s
+            hist[t % order, q] = s_enc
             acc += r
         out[j] = acc / nq
         state[0] = t + 1
@@ -210,7 +226,8 @@ class ContextNovelty:
 
     def _run(self, v: np.ndarray, tod: np.ndarray) -> np.ndarray:
         out = np.empty(len(v))
-        _context_block(v, tod, self.lo, self.scale, self.nlev, self._keys, self._cnt,
+        _context_block(v, tod, self.lo, self.scale, self.nlev, int(self.cfg.beyond),
+                       self._keys, self._cnt,
                        self._hist, self._state, self.cfg.order, float(self.cfg.tod_weight), out)
         return out
 
