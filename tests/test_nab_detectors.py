@@ -205,6 +205,19 @@ def test_cli_detector_choices_and_errors(tmp_path, capsys):
     assert nab.main(["--data", str(tmp_path / "missing"), "--detector", "level"]) == 2
     err = capsys.readouterr().err
     assert "edgert eval nab:" in err and "not a directory" in err and "Traceback" not in err
+    root = make_corpus(tmp_path / "nab")
+    for bad, msg in ((["--set", "context.nope=1"], "context has no setting 'nope'"),
+                     (["--set", "context.order=99"], "order must be in [1, 8]"),
+                     (["--set", "order=3"], "expected GROUP.FIELD=VALUE"),
+                     (["--set", "likelihood.avg=x"], "is not JSON")):
+        assert nab.main(["--data", str(root), "--detector", "context", *bad]) == 2
+        assert msg in capsys.readouterr().err
+    assert nab.main(["--data", str(root), "--set", "context.order=3"]) == 2   # the model
+    assert "--set applies to --detector" in capsys.readouterr().err
+    assert nab.main(["--data", str(root), "--detector", "context", "--json",
+                     "--set", "context.order=3", "--set", "context.levels=[8, 16]"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["params"] == {"context": {"order": 3, "levels": [8, 16]}}
     from edgert.cli import build_parser
     args = build_parser().parse_args(["eval", "nab", "--data", "x", "--detector", "context"])
     assert args.detector == "context"

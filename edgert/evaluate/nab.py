@@ -74,7 +74,7 @@ __all__ = ["DETECTOR", "SCOREBOARD_RKC", "SCOREBOARD_ALL", "PROFILE_KEYS", "NabC
            "OnlineScorer", "online_scores", "train_file", "model_errors", "score_corpus",
            "evaluate", "report", "add_parser", "cmd_nab", "main", "RESULTS_NAMES",
            "detector_scores", "category_scores", "evaluate_detector", "report_detector",
-           "cmd_nab_detector"]
+           "cmd_nab_detector", "parse_params"]
 
 DETECTOR = "edgert"
 #: short names used on the command line and in --json, and NAB's profile names
@@ -448,15 +448,17 @@ RESULTS_NAMES = {"context": "edgertContext", "level": "edgertLevel"}
 DETECTOR_BLOCK = 256
 
 
-def detector_scores(f: nabdata.NabFile, name: str, block: int = DETECTOR_BLOCK) -> np.ndarray:
-    """NAB anomaly scores of ``f`` by the ``edgert.detectors`` detector ``name``, streamed in
-    blocks of ``block`` rows with the file's timestamps. Its warm-up is NAB's probationary
-    period (``ceil`` of it: those rows score 0, NAB ignores them); nothing else about the
-    file (length, range, labels) reaches the detector."""
+def detector_scores(f: nabdata.NabFile, name: str, block: int = DETECTOR_BLOCK,
+                    params: dict | None = None) -> np.ndarray:
+    """NAB anomaly scores of ``f`` by the ``edgert.detectors`` detector ``name`` (settings
+    ``params``: ``{"context": {...}, "likelihood": {...}}``), streamed in blocks of ``block``
+    rows with the file's timestamps. Its warm-up is NAB's probationary period (``ceil`` of
+    it: those rows score 0, NAB ignores them); nothing else about the file (length, range,
+    labels) reaches the detector."""
     from ..detectors import make_detector
 
     warm = max(2, int(math.ceil(nabscore.probation_length(len(f.values)))))
-    det = make_detector(name, warm)
+    det = make_detector(name, warm, **(params or {}))
     out = np.zeros(len(f.values))
     for a in range(0, len(f.values), block):
         out[a:a + block] = det.update(f.values[a:a + block], f.timestamps[a:a + block])
@@ -484,8 +486,38 @@ def category_scores(files: list[nabdata.NabFile], scores: list[np.ndarray],
     return out
 
 
+def parse_params(name: str, items: Sequence[str] | None) -> dict:
+    """``--set GROUP.FIELD=VALUE`` items -> ``{"context": {...}, "likelihood": {...}}``
+    (VALUE as JSON; lists become tuples). Raises ValueError naming the bad item."""
+    from dataclasses import fields
+
+    from ..detectors import ContextConfig, LikelihoodConfig
+
+    groups = {"likelihood": LikelihoodConfig}
+    if name == "context":
+        groups["context"] = ContextConfig
+    out: dict = {}
+    for item in items or ():
+        key, eq, text = item.partition("=")
+        group, dot, field = key.strip().partition(".")
+        if not (eq and dot) or group not in groups:
+            raise ValueError(f"--set {item!r}: expected GROUP.FIELD=VALUE with GROUP one of "
+                             f"{', '.join(groups)}")
+        names = {f.name for f in fields(groups[group])} - {"warmup", "learn", "estimate"}
+        if field not in names:
+            raise ValueError(f"--set {item!r}: {group} has no setting {field!r} (settable: "
+                             f"{', '.join(sorted(names))})")
+        try:
+            val = json.loads(text)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: value {text!r} is not JSON") from None
+        out.setdefault(group, {})[field] = tuple(val) if isinstance(val, list) else val
+    return out
+
+
 def evaluate_detector(data, name: str, results: str | None = None,
-                      profiles: Sequence[str] = tuple(PROFILE_KEYS), log=print) -> dict:
+                      profiles: Sequence[str] = tuple(PROFILE_KEYS), log=print,
+                      params: dict | None = None) -> dict:
     """The whole run with an ``edgert.detectors`` detector instead of the int8 model:
     stream each file, score the corpus (NAB's optimizer picks one threshold per profile over
     all files), and per category (`category_scores`)."""
@@ -498,7 +530,7 @@ def evaluate_detector(data, name: str, results: str | None = None,
     files = nabdata.load_corpus(data)
     log(f"{len(files)} files, {sum(len(f.values) for f in files)} rows, "
         f"{sum(len(f.windows) for f in files)} windows; detector {name} ({BACKEND})")
-    scores = [detector_scores(f, name) for f in files]
+    scores = [detector_scores(f, name, params=params) for f in files]
     secs = time.time() - t0
     if results:
         for f, s in zip(files, scores):
@@ -507,6 +539,7 @@ def evaluate_detector(data, name: str, results: str | None = None,
     rows = sum(len(f.values) for f in files)
     return {"detector": name, "results_name": RESULTS_NAMES[name], "profiles": res,
             "categories": category_scores(files, scores, profiles), "n_files": len(files),
+            "params": params or {},
             "rows": rows, "detect_seconds": secs, "seconds": time.time() - t0,
             "backend": BACKEND}
 
@@ -546,17 +579,20 @@ def report_detector(res: dict) -> str:
 def cmd_nab_detector(args) -> int:
     """``edgert eval nab --detector NAME`` (NAME not ``model``)."""
     try:
+        params = parse_params(args.detector, getattr(args, "set", None))
         res = evaluate_detector(args.data, args.detector, results=args.results,
                                 profiles=args.profile or tuple(PROFILE_KEYS),
-                                log=(lambda *a: print(*a, file=sys.stderr, flush=True)))
-    except (FileNotFoundError, ValueError) as exc:
+                                log=(lambda *a: print(*a, file=sys.stderr, flush=True)),
+                                params=params)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"edgert eval nab: {exc}", file=sys.stderr)
         return 2
     print(report_detector(res), flush=True)
     if args.json:
         pr = res["profiles"]
         out = {k: round(pr[k]["score"], 2) for k in pr}
-        out.update({"detector": res["detector"], "files": res["n_files"],
+        out.update({"detector": res["detector"], "params": res["params"],
+                    "files": res["n_files"],
                     "categories": res["categories"],
                     "thresholds": {k: pr[k]["threshold"] for k in pr},
                     "raw": {k: round(pr[k]["raw"], 4) for k in pr},
@@ -610,6 +646,10 @@ def report(res: dict) -> str:
 def cmd_nab(args) -> int:
     if getattr(args, "detector", "model") != "model":
         return cmd_nab_detector(args)
+    if getattr(args, "set", None):
+        print("edgert eval nab: --set applies to --detector context or level, not to the model",
+              file=sys.stderr)
+        return 2
     cfg = NabConfig(seed=args.seed)
     if args.epochs is not None:
         cfg.epochs = int(args.epochs)
@@ -673,6 +713,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "context novelty + anomaly likelihood (edgert.detectors; the best "
                         "here, no model, no TensorFlow); level: the likelihood of the level "
                         "alone (statistical baseline)")
+    p.add_argument("--set", action="append", default=None, metavar="GROUP.FIELD=VALUE",
+                   help="a setting of the --detector (not model): context.FIELD or "
+                        "likelihood.FIELD (edgert.detectors' ContextConfig, "
+                        "LikelihoodConfig), VALUE as JSON; repeatable")
     p.set_defaults(fn=cmd_nab)
     return p
 
