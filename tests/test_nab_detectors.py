@@ -221,3 +221,20 @@ def test_cli_detector_choices_and_errors(tmp_path, capsys):
     from edgert.cli import build_parser
     args = build_parser().parse_args(["eval", "nab", "--data", "x", "--detector", "context"])
     assert args.detector == "context"
+
+
+def test_model_error_through_the_likelihood():
+    """The model path's extra row: the int8 model's error -> AnomalyLikelihood (no TensorFlow
+    needed here: a synthetic error stream)."""
+    rng = np.random.default_rng(6)
+    n, p = 5000, 750
+    err = np.exp(rng.normal(-3, 0.3, n))
+    err[:31] = np.nan                       # rows before the first full window
+    err[3500:3520] *= 30                    # the model fails on a burst
+    values = np.sin(np.arange(n) / 10)      # bounded: the spatial rule stays quiet
+    s = nab.model_likelihood_scores(err, values, p)
+    assert not s[:p].any() and np.all((s >= 0) & (s <= 1))
+    assert s[3500:3510].max() == s[p:].max() >= 0.5
+    future = err.copy()
+    future[3000:] = 1.0
+    assert np.array_equal(nab.model_likelihood_scores(future, values, p)[:3000], s[:3000])

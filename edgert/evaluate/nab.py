@@ -74,7 +74,8 @@ __all__ = ["DETECTOR", "SCOREBOARD_RKC", "SCOREBOARD_ALL", "PROFILE_KEYS", "NabC
            "OnlineScorer", "online_scores", "train_file", "model_errors", "score_corpus",
            "evaluate", "report", "add_parser", "cmd_nab", "main", "RESULTS_NAMES",
            "detector_scores", "category_scores", "evaluate_detector", "report_detector",
-           "cmd_nab_detector", "parse_params"]
+           "cmd_nab_detector", "parse_params",
+           "model_likelihood_scores"]
 
 DETECTOR = "edgert"
 #: short names used on the command line and in --json, and NAB's profile names
@@ -401,7 +402,7 @@ def evaluate(data, cfg: NabConfig | None = None, results: str | None = None,
     log(f"{len(files)} files, {sum(len(f.values) for f in files)} rows, "
         f"{sum(len(f.windows) for f in files)} windows")
     scores, info = [], []
-    ablation = {"model_only": [], "level_only": []}
+    ablation = {"model_only": [], "level_only": [], "model_likelihood": []}
     with tempfile.TemporaryDirectory(prefix="edgert-nab-") as tmp:
         base = Path(models) if models else Path(tmp)
         for f in files:
@@ -419,6 +420,7 @@ def evaluate(data, cfg: NabConfig | None = None, results: str | None = None,
             # what each channel does alone: the model's error only, the level only (no model)
             ablation["model_only"].append(online_scores(err, p, w, replace(cfg, level=False)))
             ablation["level_only"].append(online_scores(np.ones_like(err), p, w, cfg, f.values))
+            ablation["model_likelihood"].append(model_likelihood_scores(err, f.values, p))
             info.append({"file": f.key, "rows": len(f.values), "probation": int(math.ceil(p)),
                          "events": int((s > 0).sum()), "trained": trained,
                          "runtime_seconds": secs, "backend": backend,
@@ -462,6 +464,24 @@ def detector_scores(f: nabdata.NabFile, name: str, block: int = DETECTOR_BLOCK,
     out = np.zeros(len(f.values))
     for a in range(0, len(f.values), block):
         out[a:a + block] = det.update(f.values[a:a + block], f.timestamps[a:a + block])
+    return out
+
+
+def model_likelihood_scores(err: np.ndarray, values: np.ndarray, probation: float) -> np.ndarray:
+    """The int8 model's error through ``edgert.detectors.AnomalyLikelihood`` (HTM's
+    post-processing, with its spatial rule on ``values``) instead of `OnlineScorer`: raw =
+    ``err / (err + m)`` with ``m`` the median error of the probationary rows (0.5 for a typical
+    error; rows without an error yet: 0). Rows before ``probation`` score 0."""
+    from ..detectors import AnomalyLikelihood, LikelihoodConfig
+
+    e = np.asarray(err, np.float64)
+    p = max(2, int(math.ceil(probation)))
+    ok = np.isfinite(e)
+    m = float(np.median(e[:p][ok[:p]])) if ok[:p].any() else 1.0
+    m = m if m > 0 else 1e-12
+    raw = np.where(ok, e / (np.where(ok, e, 0.0) + m), 0.0)
+    out = AnomalyLikelihood(LikelihoodConfig.for_probation(p)).update(raw, values)
+    out[:p] = 0.0
     return out
 
 
@@ -621,7 +641,8 @@ def report(res: dict) -> str:
     lines.append("  " + f"{'edgert (this run)':<44}"
                  + "".join(f"{pr[c]['score']:15.1f}" for c in cols))
     for k, label in (("model_only", "  model error only (no level channel)"),
-                     ("level_only", "  level only (no model)")):
+                     ("level_only", "  level only (no model)"),
+                     ("model_likelihood", "  model error -> anomaly likelihood")):
         if k in res.get("ablation", {}):
             lines.append("  " + f"{label:<44}"
                          + "".join(f"{res['ablation'][k][c]:15.1f}" for c in cols))
