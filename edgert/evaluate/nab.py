@@ -3,6 +3,7 @@
 Usage::
 
     edgert eval nab --data DIR [--json] [--results DIR] [--models DIR] [--profile P ...]
+    edgert eval nab --data DIR --detector context|level [--set GROUP.FIELD=VALUE ...] [...]
 
 ``DIR`` has NAB's layout (``labels/combined_windows.json``, ``data/<category>/<file>.csv``;
 ``../shared/data/NAB`` holds the seven ``realKnownCause`` files). Scores are NAB's, computed
@@ -38,6 +39,13 @@ The detector, per file, with no label used anywhere:
    within an episode, when ``x`` is ``escalate`` (3) times the last reported score (so a
    weak trigger cannot hide a strong anomaly right after it); every other row scores 0.
    NAB's sweep then picks one threshold on these scores for the corpus.
+
+``--detector context`` (the best here; no model, no TensorFlow) and ``--detector level`` (a
+statistical baseline) replace steps 1-3 with a streaming detector of ``edgert.detectors``, fed
+each file's rows and timestamps in blocks with NAB's probationary period as its warm-up
+(`detector_scores`); results go to ``DIR/edgertContext`` (``edgertLevel``), and the report
+adds per-category scores (`category_scores`). The model path reports one more row, its
+error through the same anomaly likelihood (`model_likelihood_scores`).
 
 Without TensorFlow, ``--models DIR`` holding models from an earlier run (one sub-directory per
 file, written by ``--models DIR`` with TensorFlow) skips step 1.
