@@ -121,6 +121,12 @@ def test_bad_input_and_settings_are_named():
         LevelDetector(1)
     with pytest.raises(ValueError, match="history"):
         AnomalyLikelihood(LikelihoodConfig(history=0))
+    with pytest.raises(ValueError, match="history must be an integer"):
+        AnomalyLikelihood(LikelihoodConfig(history=8640.5))
+    with pytest.raises(ValueError, match="history must be in"):
+        AnomalyLikelihood(LikelihoodConfig(history=1 << 40))      # not allocated
+    with pytest.raises(ValueError, match="order must be an integer"):
+        ContextNovelty(ContextConfig(order=5.0))
     with pytest.raises(ValueError, match="unknown detector 'nope'"):
         make_detector("nope", 100)
 

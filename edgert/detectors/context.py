@@ -56,6 +56,10 @@ class ContextConfig:
 
     def check(self) -> None:
         """Raises ValueError naming the first bad field."""
+        for k in ("order", "beyond", "warmup", "table_bits"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"context: {k} must be an integer, got {v!r}")
         if not (1 <= len(self.levels) and 1 <= len(self.pads)
                 and len(self.levels) * len(self.pads) <= _MAX_Q):
             raise ValueError(f"context: levels x pads must give 1..{_MAX_Q} quantizers")
@@ -74,8 +78,8 @@ class ContextConfig:
             raise ValueError(f"context: beyond must be in [0, 64], got {self.beyond}")
         if not 2 <= self.warmup <= 1 << 22:
             raise ValueError(f"context: warmup must be in [2, 2**22] rows, got {self.warmup}")
-        if not 8 <= self.table_bits <= 28:
-            raise ValueError(f"context: table_bits must be in [8, 28], got {self.table_bits}")
+        if not 8 <= self.table_bits <= 24:   # 2**24 slots: 256 MB
+            raise ValueError(f"context: table_bits must be in [8, 24], got {self.table_bits}")
 
 
 def time_buckets(stamps) -> np.ndarray:

@@ -60,12 +60,16 @@ class LikelihoodConfig:
 
     def check(self) -> None:
         """Raises ValueError naming the first bad field."""
+        for k in ("learn", "estimate", "avg", "history", "reestimate"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"likelihood: {k} must be an integer, got {v!r}")
         for k in ("learn", "estimate"):
             if not 0 <= getattr(self, k) <= 1 << 40:
                 raise ValueError(f"likelihood: {k} must be in [0, 2**40], got {getattr(self, k)}")
-        for k in ("avg", "history", "reestimate"):
-            if not 1 <= getattr(self, k) <= 1 << 24:
-                raise ValueError(f"likelihood: {k} must be in [1, 2**24], got {getattr(self, k)}")
+        for k in ("avg", "history", "reestimate"):   # avg and history are allocated
+            if not 1 <= getattr(self, k) <= 1 << 20:
+                raise ValueError(f"likelihood: {k} must be in [1, 2**20], got {getattr(self, k)}")
         if not (0 < self.red < 1 and 0 < self.yellow < 1):
             raise ValueError(f"likelihood: red and yellow must be in (0, 1), got "
                              f"{self.red}, {self.yellow}")
