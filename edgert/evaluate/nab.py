@@ -3,6 +3,7 @@
 Usage::
 
     edgert eval nab --data DIR [--json] [--results DIR] [--models DIR] [--profile P ...]
+    edgert eval nab --data DIR --detector context|level [--set GROUP.FIELD=VALUE ...] [...]
 
 ``DIR`` has NAB's layout (``labels/combined_windows.json``, ``data/<category>/<file>.csv``;
 ``../shared/data/NAB`` holds the seven ``realKnownCause`` files). Scores are NAB's, computed
@@ -39,6 +40,13 @@ The detector, per file, with no label used anywhere:
    weak trigger cannot hide a strong anomaly right after it); every other row scores 0.
    NAB's sweep then picks one threshold on these scores for the corpus.
 
+``--detector context`` (the best here; no model, no TensorFlow) and ``--detector level`` (a
+statistical baseline) replace steps 1-3 with a streaming detector of ``edgert.detectors``, fed
+each file's rows and timestamps in blocks with NAB's probationary period as its warm-up
+(`detector_scores`); results go to ``DIR/edgertContext`` (``edgertLevel``), and the report
+adds per-category scores (`category_scores`). The model path reports one more row, its
+error through the same anomaly likelihood (`model_likelihood_scores`).
+
 Without TensorFlow, ``--models DIR`` holding models from an earlier run (one sub-directory per
 file, written by ``--models DIR`` with TensorFlow) skips step 1.
 
@@ -72,7 +80,10 @@ from . import nabdata, nabscore
 
 __all__ = ["DETECTOR", "SCOREBOARD_RKC", "SCOREBOARD_ALL", "PROFILE_KEYS", "NabConfig",
            "OnlineScorer", "online_scores", "train_file", "model_errors", "score_corpus",
-           "evaluate", "report", "add_parser", "cmd_nab", "main"]
+           "evaluate", "report", "add_parser", "cmd_nab", "main", "RESULTS_NAMES",
+           "detector_scores", "category_scores", "evaluate_detector", "report_detector",
+           "cmd_nab_detector", "parse_params",
+           "model_likelihood_scores"]
 
 DETECTOR = "edgert"
 #: short names used on the command line and in --json, and NAB's profile names
@@ -468,7 +479,7 @@ def evaluate(data, cfg: NabConfig | None = None, results: str | None = None,
     log(f"{len(files)} files, {sum(len(f.values) for f in files)} rows, "
         f"{sum(len(f.windows) for f in files)} windows")
     scores, info = [], []
-    ablation = {"model_only": [], "level_only": []}
+    ablation = {"model_only": [], "level_only": [], "model_likelihood": []}
     with tempfile.TemporaryDirectory(prefix="edgert-nab-") as tmp:
         base = Path(models) if models else Path(tmp)
         for f in files:
@@ -486,6 +497,7 @@ def evaluate(data, cfg: NabConfig | None = None, results: str | None = None,
             # what each channel does alone: the model's error only, the level only (no model)
             ablation["model_only"].append(online_scores(err, p, w, replace(cfg, level=False)))
             ablation["level_only"].append(online_scores(np.ones_like(err), p, w, cfg, f.values))
+            ablation["model_likelihood"].append(model_likelihood_scores(err, f.values, p))
             info.append({"file": f.key, "rows": len(f.values), "probation": int(math.ceil(p)),
                          "events": int((s > 0).sum()), "trained": trained,
                          "runtime_seconds": secs, "backend": backend,
@@ -508,6 +520,192 @@ def evaluate(data, cfg: NabConfig | None = None, results: str | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
+# the streaming detectors of edgert.detectors (--detector NAME; no model, no TensorFlow)
+# ---------------------------------------------------------------------------------------------
+
+#: NAB results-layout names of the --detector choices (NAB's camelCase, no underscore)
+RESULTS_NAMES = {"context": "edgertContext", "level": "edgertLevel"}
+#: rows per `update` call: the stream is fed in blocks, as the daemon would feed it
+DETECTOR_BLOCK = 256
+
+
+def detector_scores(f: nabdata.NabFile, name: str, block: int = DETECTOR_BLOCK,
+                    params: dict | None = None) -> np.ndarray:
+    """NAB anomaly scores of ``f`` by the ``edgert.detectors`` detector ``name`` (settings
+    ``params``: ``{"context": {...}, "likelihood": {...}}``), streamed in blocks of ``block``
+    rows with the file's timestamps. Its warm-up is NAB's probationary period (``ceil`` of
+    it: those rows score 0, NAB ignores them); nothing else about the file (length, range,
+    labels) reaches the detector."""
+    from ..detectors import make_detector
+
+    warm = max(2, int(math.ceil(nabscore.probation_length(len(f.values)))))
+    det = make_detector(name, warm, **(params or {}))
+    out = np.zeros(len(f.values))
+    for a in range(0, len(f.values), block):
+        out[a:a + block] = det.update(f.values[a:a + block], f.timestamps[a:a + block])
+    return out
+
+
+def model_likelihood_scores(err: np.ndarray, values: np.ndarray, probation: float) -> np.ndarray:
+    """The int8 model's error through ``edgert.detectors.AnomalyLikelihood`` (HTM's
+    post-processing, with its spatial rule on ``values``) instead of `OnlineScorer`: raw =
+    ``err / (err + m)`` with ``m`` the median error of the probationary rows (0.5 for a typical
+    error; rows without an error yet: 0). Rows before ``probation`` score 0."""
+    from ..detectors import AnomalyLikelihood, LikelihoodConfig
+
+    e = np.asarray(err, np.float64)
+    p = max(2, int(math.ceil(probation)))
+    ok = np.isfinite(e)
+    m = float(np.median(e[:p][ok[:p]])) if ok[:p].any() else 1.0
+    m = m if m > 0 else 1e-12
+    raw = np.where(ok, e / (np.where(ok, e, 0.0) + m), 0.0)
+    out = AnomalyLikelihood(LikelihoodConfig.for_probation(p)).update(raw, values)
+    out[:p] = 0.0
+    return out
+
+
+def category_scores(files: list[nabdata.NabFile], scores: list[np.ndarray],
+                    profiles: Sequence[str] = tuple(PROFILE_KEYS)) -> dict:
+    """Per category: NAB's score of that category's files alone (threshold optimized on
+    them, as NAB's scorer run on those files would), or, for a category without windows
+    (``artificialNoAnomaly``), the rows detected there at the whole corpus' threshold
+    (``fp_rows``; NAB cannot normalize a category without windows)."""
+    whole = score_corpus(files, scores, profiles)
+    out = {}
+    for cat in sorted({f.category for f in files}):
+        idx = [i for i, f in enumerate(files) if f.category == cat]
+        sub = [files[i] for i in idx]
+        if sum(len(f.windows) for f in sub):
+            res = score_corpus(sub, [scores[i] for i in idx], profiles)
+            out[cat] = {p: round(v["score"], 2) for p, v in res.items()}
+        else:
+            out[cat] = {f"{p}_fp_rows": sum(whole[p]["files"][f.key]["fp"] for f in sub)
+                        for p in whole}
+        out[cat]["files"] = len(sub)
+    return out
+
+
+def parse_params(name: str, items: Sequence[str] | None) -> dict:
+    """``--set GROUP.FIELD=VALUE`` items -> ``{"context": {...}, "likelihood": {...}}``
+    (VALUE as JSON; lists become tuples). Raises ValueError naming the bad item."""
+    from dataclasses import fields
+
+    from ..detectors import ContextConfig, LikelihoodConfig
+
+    groups = {"likelihood": LikelihoodConfig}
+    if name == "context":
+        groups["context"] = ContextConfig
+    out: dict = {}
+    for item in items or ():
+        key, eq, text = item.partition("=")
+        group, dot, field = key.strip().partition(".")
+        if not (eq and dot) or group not in groups:
+            raise ValueError(f"--set {item!r}: expected GROUP.FIELD=VALUE with GROUP one of "
+                             f"{', '.join(groups)}")
+        names = {f.name for f in fields(groups[group])} - {"warmup", "learn", "estimate"}
+        if field not in names:
+            raise ValueError(f"--set {item!r}: {group} has no setting {field!r} (settable: "
+                             f"{', '.join(sorted(names))})")
+        try:
+            val = json.loads(text)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: value {text!r} is not JSON") from None
+        out.setdefault(group, {})[field] = tuple(val) if isinstance(val, list) else val
+    return out
+
+
+def evaluate_detector(data, name: str, results: str | None = None,
+                      profiles: Sequence[str] = tuple(PROFILE_KEYS), log=print,
+                      params: dict | None = None) -> dict:
+    """The whole run with an ``edgert.detectors`` detector instead of the int8 model:
+    stream each file, score the corpus (NAB's optimizer picks one threshold per profile over
+    all files), and per category (`category_scores`)."""
+    from ..detectors import BACKEND, DETECTORS
+
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r} (choose from model, "
+                         f"{', '.join(sorted(DETECTORS))})")
+    t0 = time.time()
+    files = nabdata.load_corpus(data)
+    log(f"{len(files)} files, {sum(len(f.values) for f in files)} rows, "
+        f"{sum(len(f.windows) for f in files)} windows; detector {name} ({BACKEND})")
+    scores = [detector_scores(f, name, params=params) for f in files]
+    secs = time.time() - t0
+    if results:
+        for f, s in zip(files, scores):
+            nabdata.write_results(results, RESULTS_NAMES[name], f, s)
+    res = score_corpus(files, scores, profiles)
+    rows = sum(len(f.values) for f in files)
+    return {"detector": name, "results_name": RESULTS_NAMES[name], "profiles": res,
+            "categories": category_scores(files, scores, profiles), "n_files": len(files),
+            "params": params or {},
+            "rows": rows, "detect_seconds": secs, "seconds": time.time() - t0,
+            "backend": BACKEND}
+
+
+def report_detector(res: dict) -> str:
+    """The text report of `evaluate_detector`."""
+    pr = res["profiles"]
+    names = {"standard": "standard", "low_fp": "reward low FP", "low_fn": "reward low FN"}
+    cols = [k for k in PROFILE_KEYS if k in pr]
+    lines = [f"NAB, {res['n_files']} files ({res['rows']} rows), detector {res['detector']} "
+             f"(edgert.detectors, {res['backend']}; no model)",
+             "  " + f"{'':<44}" + "".join(f"{names[c]:>15}" for c in cols),
+             "  " + f"{'edgert ' + res['detector'] + ' (this run)':<44}"
+             + "".join(f"{pr[c]['score']:15.1f}" for c in cols)]
+    for cat, d in res["categories"].items():
+        label = f"  {cat} ({d['files']} files)"
+        if cols[0] in d:
+            lines.append("  " + f"{label:<44}" + "".join(f"{d[c]:15.1f}" for c in cols))
+        else:
+            lines.append("  " + f"{label:<44}" + "".join(
+                f"{str(d[c + '_fp_rows']) + ' FP rows':>15}" for c in cols))
+    for name, *v in SCOREBOARD_ALL:
+        cells = dict(zip(("standard", "low_fp", "low_fn"), v))
+        lines.append("  " + f"{name + ', all 58 NAB files':<44}"
+                     + "".join(f"{cells[c]:15.1f}" if cells.get(c) is not None else f"{'-':>15}"
+                               for c in cols))
+    lines.append("  per file (standard profile, threshold "
+                 f"{pr[cols[0]]['threshold']:.4g}): raw score, windows detected, FP rows")
+    for key, d in pr[cols[0]]["files"].items():
+        lines.append(f"    {key:<56} {d['score']:7.3f}  {d['windows_detected']}/{d['windows']}"
+                     f"  {d['fp']}")
+    lines.append(f"  detection {res['detect_seconds']:.1f} s for {res['rows']} rows; "
+                 f"{res['seconds']:.1f} s in all")
+    return "\n".join(lines)
+
+
+def cmd_nab_detector(args) -> int:
+    """``edgert eval nab --detector NAME`` (NAME not ``model``)."""
+    try:
+        params = parse_params(args.detector, getattr(args, "set", None))
+        res = evaluate_detector(args.data, args.detector, results=args.results,
+                                profiles=args.profile or tuple(PROFILE_KEYS),
+                                log=(lambda *a: print(*a, file=sys.stderr, flush=True)),
+                                params=params)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"edgert eval nab: {exc}", file=sys.stderr)
+        return 2
+    print(report_detector(res), flush=True)
+    if args.json:
+        pr = res["profiles"]
+        out = {k: round(pr[k]["score"], 2) for k in pr}
+        out.update({"detector": res["detector"], "params": res["params"],
+                    "files": res["n_files"],
+                    "categories": res["categories"],
+                    "thresholds": {k: pr[k]["threshold"] for k in pr},
+                    "raw": {k: round(pr[k]["raw"], 4) for k in pr},
+                    "per_file": {k: {"score": round(d["score"], 4), "fp": d["fp"],
+                                     "windows_detected": d["windows_detected"],
+                                     "windows": d["windows"]}
+                                 for k, d in pr[next(iter(pr))]["files"].items()},
+                    "rows": res["rows"], "detect_seconds": round(res["detect_seconds"], 2),
+                    "seconds": round(res["seconds"], 1), "backend": res["backend"]})
+        print(json.dumps(out), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
 
@@ -522,7 +720,8 @@ def report(res: dict) -> str:
     lines.append("  " + f"{'edgert (this run)':<44}"
                  + "".join(f"{pr[c]['score']:15.1f}" for c in cols))
     for k, label in (("model_only", "  model error only (no level channel)"),
-                     ("level_only", "  level only (no model)")):
+                     ("level_only", "  level only (no model)"),
+                     ("model_likelihood", "  model error -> anomaly likelihood")):
         if k in res.get("ablation", {}):
             lines.append("  " + f"{label:<44}"
                          + "".join(f"{res['ablation'][k][c]:15.1f}" for c in cols))
@@ -546,6 +745,12 @@ def report(res: dict) -> str:
 
 
 def cmd_nab(args) -> int:
+    if getattr(args, "detector", "model") != "model":
+        return cmd_nab_detector(args)
+    if getattr(args, "set", None):
+        print("edgert eval nab: --set applies to --detector context or level, not to the model",
+              file=sys.stderr)
+        return 2
     cfg = NabConfig(seed=args.seed)
     if args.epochs is not None:
         cfg.epochs = int(args.epochs)
@@ -605,8 +810,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (training and splits)")
     p.add_argument("--epochs", type=int, default=None,
                    help="cap the training epochs (quick runs; default 60 with early stopping)")
+    p.add_argument("--detector", default="model", choices=["model", *_detector_names()],
+                   help="model: the per-file int8 autoencoder (default; trains); context: "
+                        "context novelty + anomaly likelihood (edgert.detectors; the best "
+                        "here, no model, no TensorFlow); level: the likelihood of the level "
+                        "alone (statistical baseline)")
+    p.add_argument("--set", action="append", default=None, metavar="GROUP.FIELD=VALUE",
+                   help="a setting of the --detector (not model): context.FIELD or "
+                        "likelihood.FIELD (edgert.detectors' ContextConfig, "
+                        "LikelihoodConfig), VALUE as JSON; repeatable")
     p.set_defaults(fn=cmd_nab)
     return p
+
+
+def _detector_names() -> list[str]:
+    """The ``edgert.detectors`` names ``--detector`` accepts besides ``model``."""
+    from ..detectors import DETECTORS
+
+    return sorted(DETECTORS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
