@@ -64,27 +64,12 @@ def tflite_python() -> tuple[str | None, str]:
     return py, ""
 
 
-def onnx_file(model) -> tuple[Path | None, str]:
-    """(the float model of `model` as ONNX, why not): `peers.to_onnx`, cached by the Keras
-    file's hash in ~/.cache/edgert/peers."""
-    if importlib.util.find_spec("onnxruntime") is None:
-        return None, "onnxruntime not installed (pip install 'edgert[bench]')"
-    from . import peers
+def services(model, runtimes, log=None, onnx=None) -> tuple[dict, dict]:
+    """({key: argv prefix or None for edgert}, {key: why it cannot run}).
 
-    keras = peers.find_float_model(model.dir, None)
-    if keras is None:
-        return None, f"no float Keras model in {model.dir}"
-    if importlib.util.find_spec("tf2onnx") is None or importlib.util.find_spec("tensorflow") is None:
-        return None, "tf2onnx or tensorflow not installed (they convert the float model once)"
-    tf = peers._tf()
-    task = peers.Task("naive", model.window, [], [], keras=tf.keras.models.load_model(keras, compile=False),
-                      keras_path=str(keras), mean=model.mean, std=model.std)
-    path, _ = peers.to_onnx(task, peers.Settings())
-    return path, ""
-
-
-def services(model, runtimes, log=None) -> tuple[dict, dict]:
-    """({key: argv prefix or None for edgert}, {key: why it cannot run})."""
+    ``onnx``: ``callable(model) -> (path or None, why not)`` converting the float model for the
+    ONNX Runtime service (`bench.peers.onnx_file`; given by the caller, so this module does not
+    import the peers'); without it that service is reported as not run."""
     out, unavailable = {"edgert": None}, {}
     for rt in runtimes:
         key = RUNTIME_KEYS.get(rt)
@@ -97,7 +82,8 @@ def services(model, runtimes, log=None) -> tuple[dict, dict]:
             py, why = tflite_python()
         elif rt == "onnxruntime":
             try:
-                path, why = onnx_file(model)
+                path, why = onnx(model) if onnx is not None else (None, "no ONNX converter given "
+                                                                   "(edgert bench passes bench.peers.onnx_file)")
             except Exception as exc:  # noqa: BLE001 - a failed conversion: report it, go on
                 path, why = None, f"ONNX conversion failed: {type(exc).__name__}: {exc}"
             extra = ("--onnx", str(path)) if path else ()
@@ -133,9 +119,10 @@ def compare(model, model_arg: str, rounds: int = 3, saturate_s: float = 4.0, pac
             runtimes=("litert",), decisions: bool = True, n_sensors: int = 8, block: int = 64,
             stats_interval: float = 0.2, backlog_msgs: int = 12000, settle: float = 0.5,
             load_fraction: float = 0.5, cpu_daemon: int | None = 0, startup_timeout: float = 120.0,
-            recordings: int | None = None, log=None) -> dict:
-    """The section: interleaved saturation and paced rounds, the decisions, the ratios."""
-    svcs, unavailable = services(model, runtimes, log)
+            recordings: int | None = None, log=None, onnx=None) -> dict:
+    """The section: interleaved saturation and paced rounds, the decisions, the ratios
+    (``onnx``: see `services`)."""
+    svcs, unavailable = services(model, runtimes, log, onnx)
     meter = sysinfo.LoadMeter()
     common = dict(n_sensors=n_sensors, block=block, stats_interval=stats_interval,
                   cpu_daemon=cpu_daemon, startup_timeout=startup_timeout)
@@ -270,7 +257,7 @@ def labelled_recordings(model, limit: int | None = None) -> list:
 def decisions_all(model, model_arg, svcs: dict, block: int, stats_interval: float,
                   cpu_daemon, startup_timeout: float, recordings: int | None, log=None) -> dict:
     """`decide` per service, then each one's flags against edgert's and against the labels."""
-    from .peers import quality
+    from .quality import quality
 
     recs = labelled_recordings(model, recordings)
     got = {}

@@ -82,6 +82,7 @@ import numpy as np
 
 from . import sysinfo
 from .peers_table import render, render_markdown, weak
+from .quality import pooled, quality  # noqa: F401  (re-exported: peers.quality)
 from .jsonsafe import clean as _clean
 
 SCHEMA = 1
@@ -116,29 +117,6 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # quality
 # ---------------------------------------------------------------------------------------------
-
-def quality(y_true, y_pred) -> dict:
-    """F1, FAR and MAR of binary decisions (1 = anomalous): F1 = 2TP / (2TP + FP + FN), FAR =
-    FP / (FP + TN), MAR = FN / (FN + TP), as fractions (None when undefined), with the counts."""
-    t = np.asarray(y_true).astype(bool)
-    p = np.asarray(y_pred).astype(bool)
-    if t.shape != p.shape:
-        raise ValueError(f"labels {t.shape} and decisions {p.shape} differ in shape")
-    tp, fp = int((t & p).sum()), int((~t & p).sum())
-    fn, tn = int((t & ~p).sum()), int((~t & ~p).sum())
-    return {"f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
-            "far": fp / (fp + tn) if fp + tn else None,
-            "mar": fn / (fn + tp) if fn + tp else None,
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
-
-
-def pooled(parts: list[dict]) -> dict:
-    """`quality` of several streams together, from their summed counts."""
-    c = {k: sum(p[k] for p in parts) for k in ("tp", "fp", "fn", "tn")}
-    return quality(np.r_[np.ones(c["tp"] + c["fn"], bool), np.zeros(c["fp"] + c["tn"], bool)],
-                   np.r_[np.ones(c["tp"], bool), np.zeros(c["fn"], bool),
-                         np.ones(c["fp"], bool), np.zeros(c["tn"], bool)])
-
 
 # ---------------------------------------------------------------------------------------------
 # streams
@@ -910,7 +888,7 @@ def run_services(settings: Settings, log=_log) -> dict:
     try:
         if pinned:
             sysinfo.pin(1)
-        return naive.compare(model, str(snap), rounds=min(3, settings.rounds),
+        return naive.compare(model, str(snap), onnx=onnx_file, rounds=min(3, settings.rounds),
                              saturate_s=3.0, paced_s=2.0, runtimes=tuple(rt),
                              cpu_daemon=0 if pinned else None, log=log)
     finally:
@@ -1074,3 +1052,20 @@ def main(args) -> int:
     if getattr(args, "json", False):
         print(json.dumps(_clean(res), separators=(",", ":")), flush=True)
     return 1 if res["errors"] else 0
+
+
+def onnx_file(model) -> tuple[Path | None, str]:
+    """(the float model of `model` as ONNX, why not): `to_onnx`, cached by the Keras file's hash
+    in ~/.cache/edgert/peers. The ONNX converter `bench.naive` is given for its ONNX Runtime service."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None, "onnxruntime not installed (pip install 'edgert[bench]')"
+    keras = find_float_model(model.dir, None)
+    if keras is None:
+        return None, f"no float Keras model in {model.dir}"
+    if importlib.util.find_spec("tf2onnx") is None or importlib.util.find_spec("tensorflow") is None:
+        return None, "tf2onnx or tensorflow not installed (they convert the float model once)"
+    tf = _tf()
+    task = Task("naive", model.window, [], [], keras=tf.keras.models.load_model(keras, compile=False),
+                      keras_path=str(keras), mean=model.mean, std=model.std)
+    path, _ = to_onnx(task, Settings())
+    return path, ""

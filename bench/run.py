@@ -456,6 +456,8 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
 
         log(f"edgert bench: naive (the daemon vs a plain Python service on the same stream, "
             f"{settings.naive_rounds} interleaved rounds)")
+        from .peers import onnx_file
+
         _section(result, "naive", lambda: naive.compare(
             _need_model(settings, result, model), model_arg, rounds=settings.naive_rounds,
             saturate_s=settings.naive_saturate_s, paced_s=settings.naive_paced_s,
@@ -463,7 +465,8 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
             n_sensors=settings.sensors, block=settings.block_samples,
             stats_interval=settings.stats_interval_s, backlog_msgs=settings.backlog_msgs,
             settle=settings.pipeline_settle_s, load_fraction=settings.latency_load,
-            cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s, log=log))
+            cpu_daemon=settings.cpu_daemon, startup_timeout=settings.startup_timeout_s, log=log,
+            onnx=onnx_file))
 
     if "startup" in settings.sections:
         from . import startup

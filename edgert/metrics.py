@@ -45,6 +45,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import numpy as np
 
+from .stats import LatencyHistogram
 from .wire import DROP_REASONS, NOTE_REASONS
 
 SNAPSHOT_S = 0.5  # the loop publishes a snapshot at most this often
@@ -252,6 +253,89 @@ def snapshot(daemon, labels: SensorLabels) -> dict:
         "latency": (lat.counts.copy(), lat.total, getattr(lat, "sum_us", None), lat.edges),
         "queue_delay": (qd.counts.copy(), qd.total, getattr(qd, "sum_us", None), qd.edges),
         **_info(model, pipe.backend, daemon.cfg.threshold, labels),
+    }
+
+
+def _dense(sparse: dict | None, edges: np.ndarray) -> tuple[np.ndarray, int]:
+    """A `LatencyHistogram.sparse` dict back to dense bin counts on `edges` (its bins' upper
+    edges, rounded to 0.01 µs there, name the bins). Returns (counts, total)."""
+    counts = np.zeros(edges.size, dtype=np.int64)
+    if not sparse or not sparse.get("counts"):
+        return counts, 0
+    le = np.asarray(sparse["le_us"], dtype=np.float64)
+    j = np.clip(np.searchsorted(edges, le), 1, edges.size - 1)
+    j = np.where(np.abs(edges[j - 1] - le) < np.abs(edges[j] - le), j - 1, j)  # the nearest edge
+    np.add.at(counts, np.clip(j - 1, 0, edges.size - 1), np.asarray(sparse["counts"], dtype=np.int64))
+    return counts, int(counts.sum())
+
+
+class StatsLabels:
+    """Per-sensor labels for a stats dict (the supervisor of ``--workers``): the first
+    `limit` sensor ids seen keep their own label for good; the rest are summed as ``_other``."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.names: list = []
+        self._known: set = set()
+
+    def rows(self, per_sensor: dict, totals: tuple) -> tuple[list, np.ndarray]:
+        for name in per_sensor:
+            if len(self.names) >= self.limit:
+                break
+            if name not in self._known and name != OTHER:
+                self._known.add(name)
+                self.names.append(name)
+        counts = np.zeros((len(self.names) + 1, 3), dtype=np.int64)
+        for i, name in enumerate(self.names):
+            r = per_sensor.get(name) or {}
+            d = r.get("drops") or {}
+            counts[i] = (int(r.get("windows", 0)), int(r.get("anomalies", 0)),
+                         int(sum(d.values())) if isinstance(d, dict) else 0)
+        counts[-1] = np.asarray(totals, dtype=np.int64) - counts[:-1].sum(axis=0)
+        return self.names + [OTHER], counts
+
+
+def snapshot_from_stats(d: dict, labels: StatsLabels, threshold: str = "") -> dict:
+    """The same snapshot as `snapshot`, from an aggregated stats dict (`edgert.workers.aggregate_stats`
+    of every worker, with their latency histograms) instead of a live engine: what the
+    supervisor of ``edgert serve --workers N`` exports, one endpoint for all its workers.
+
+    Args:
+      d: the aggregated stats (every sensor in ``per_sensor``: ``top_n=None``).
+      labels: the `StatsLabels` table (kept across snapshots).
+      threshold: the threshold kind (an info label).
+    """
+    from . import kernels
+
+    drops = dict(d.get("drops_by_reason") or {})
+    g = lambda k: int(d.get(k) or 0)  # noqa: E731
+    counters = {k: g(k) for k in ("messages", "samples", "windows", "anomalies", "lost_blocks", "lost_windows",
+                                  "batch_errors", "internal_errors", "model_swaps", "model_refusals", "reloads",
+                                  "drifts", "sensors_evicted", "queue_delay_clock_ahead", "discarded_at_stop")}
+    counters["events_published"] = g("events_forwarded") or g("events_published")
+    per_sensor = labels.rows(d.get("per_sensor") or {}, (counters["windows"], counters["anomalies"],
+                                                          sum(drops.values())))
+    edges = LatencyHistogram().edges
+    lh, qh = d.get("latency_histogram") or {}, d.get("queue_delay_histogram") or {}
+    lat, lat_n = _dense(lh, edges)
+    qd, qd_n = _dense(qh, edges)
+    model, backend = d.get("model"), d.get("backend")
+    return {
+        "time": time.time(),
+        "counters": counters,
+        "drops": {**ZERO_DROPS, **drops},
+        "notes": {**ZERO_NOTES, **(d.get("notes_by_reason") or {})},
+        "batches": {**ZERO_BATCHES, **(d.get("batch_reasons") or {})},
+        "peers": dict(d.get("peers") or {}),
+        "adaptations": {k: v for k, v in (d.get("adaptations") or {}).items() if k in ("accepted", "refused")},
+        "sensors_active": g("sensors_active"),
+        "per_sensor": per_sensor,
+        "latency": (lat, lat_n, lh.get("sum_us", 0.0), edges),
+        "queue_delay": (qd, qd_n, qh.get("sum_us", 0.0), edges),
+        "model": {"model": ",".join(model) if isinstance(model, list) else str(model or ""),
+                  "generation": "", "digest": "", "threshold_kind": threshold},
+        "backend": {"backend": ",".join(backend) if isinstance(backend, list) else str(backend or ""),
+                    "kernels": str(kernels.BACKEND), "fallbacks": ""},
     }
 
 
@@ -512,6 +596,13 @@ class Metrics:
     def publish(self, daemon) -> None:
         """Take a snapshot now (daemon thread) and make it the one scrapes read."""
         self.snap = snapshot(daemon, self.labels)
+
+    def publish_stats(self, stats: dict, threshold: str = "") -> None:
+        """Make an aggregated stats dict the snapshot scrapes read (`snapshot_from_stats`; the
+        supervisor of ``--workers``, which also calls ``health.last_tick`` from its loop)."""
+        if getattr(self, "_stats_labels", None) is None:
+            self._stats_labels = StatsLabels(self.labels.limit)
+        self.snap = snapshot_from_stats(stats, self._stats_labels, threshold)
 
     def close(self) -> None:
         """Stop serving and release the port."""

@@ -50,12 +50,13 @@ class LatencyHistogram:
         return float(min(self.edges[min(i + 1, self._n)], self.max_us))
 
     def sparse(self) -> dict:
-        """The non-empty bins: ``{"le_us": [upper edge µs, ...], "counts": [n, ...], "max_us"}``
-        (enough to draw the CDF or take any quantile later; a few hundred numbers at most)."""
+        """The non-empty bins: ``{"le_us": [upper edge µs, ...], "counts": [n, ...], "max_us",
+        "sum_us"}`` (enough to draw the CDF, take any quantile or export a Prometheus histogram
+        later; a few hundred numbers at most)."""
         nz = np.flatnonzero(self.counts)
         le = self.edges[np.minimum(nz + 1, self._n)]
         return {"le_us": [round(float(x), 2) for x in le], "counts": [int(c) for c in self.counts[nz]],
-                "max_us": self.max_us}
+                "max_us": self.max_us, "sum_us": self.sum_us}
 
     def reset(self) -> None:
         self.counts[:] = 0

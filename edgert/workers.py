@@ -203,7 +203,8 @@ def merge_histograms(hists: list) -> dict | None:
             counts[le] = counts.get(le, 0) + int(c)
     le = sorted(counts)
     return {"le_us": le, "counts": [counts[x] for x in le],
-            "max_us": max(float(h.get("max_us") or 0.0) for h in hists)}
+            "max_us": max(float(h.get("max_us") or 0.0) for h in hists),
+            "sum_us": sum(float(h.get("sum_us") or 0.0) for h in hists)}
 
 
 def histogram_quantile(h: dict | None, q: float) -> float | None:
@@ -507,6 +508,11 @@ class Supervisor:
         self.events_endpoint = None
         self.auth = None
         self.inbox = None
+        self.metrics = None  # [metrics] one /metrics, /healthz, /readyz for every worker
+        if cfg.metrics_listen:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(cfg.metrics_listen, cfg.metrics_max_sensors, cfg.health_stall_s)
 
     # -- set-up -------------------------------------------------------------------------
     def bind(self) -> None:
@@ -573,6 +579,8 @@ class Supervisor:
     # -- signals ------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
         self._stop = True
+        if self.metrics is not None:  # [metrics] /readyz: 503 from now on
+            self.metrics.health.set_stopping()
 
     def request_reload(self, *_args) -> None:
         self._reload = True
@@ -791,14 +799,20 @@ class Supervisor:
             self._start_all()
             interval = self.cfg.stats_interval_s
             next_stats = time.monotonic() + interval
+            next_metrics = 0.0
             self.events.publish("lifecycle", "daemon", events_mod.lifecycle(
                 "started", pid=os.getpid(), workers=self.n, listen=self.listen_endpoint))
             while not self._stop:
                 self._drain_inbox(100)
                 now = time.monotonic()
                 self._check_workers(now)
+                mx = self.metrics
+                if mx is not None:  # [metrics] the supervisor's loop is what /healthz watches
+                    mx.health.last_tick = now
                 if not self.ready_sent and all(w.state == "serving" for w in self.workers):
                     self.ready_sent = True
+                    if mx is not None:
+                        mx.health.set_ready()
                     log.info("serving on %s with %d workers, events on %s", self.listen_endpoint, self.n,
                              self.events_endpoint)
                     if ready is not None:
@@ -808,6 +822,12 @@ class Supervisor:
                 if self._reload:
                     self._reload = False
                     self._reload_now()
+                if mx is not None and now >= next_metrics:  # [metrics] every sensor's row, labels bounded
+                    next_metrics = now + 0.5
+                    live = [w.stats for w in self.workers if w.stats is not None]
+                    agg = aggregate_stats(live + [self.retired], top_n=None)
+                    agg["events_forwarded"] = self.events_forwarded
+                    mx.publish_stats(agg, self.cfg.threshold)
                 if now >= next_stats:
                     next_stats = now + self.cfg.stats_interval_s
                     self.events.publish("stats", "daemon", self.stats())
@@ -844,6 +864,8 @@ class Supervisor:
         return final
 
     def _cleanup(self) -> None:
+        if self.metrics is not None:  # [metrics] release the port
+            self.metrics.close()
         for w in self.workers:
             if w.alive():
                 w.proc.kill()
@@ -892,7 +914,14 @@ def _rss_mb():
 def serve(cfg: Config, load, notifier) -> int:
     """``edgert serve`` with ``workers > 1`` (called by the CLI): supervise, print the final
     stats as one JSON line. Returns the exit status."""
-    sup = Supervisor(cfg, load, notifier)
+    from .metrics import MetricsError
+
+    try:
+        sup = Supervisor(cfg, load, notifier)
+    except MetricsError as exc:  # [metrics] the address is taken (or prometheus-client missing)
+        notifier.status(f"failed: {exc}")
+        print(f"edgert serve: {exc}", file=sys.stderr)
+        return 2
     try:
         sup.bind()
     except Exception as exc:  # noqa: BLE001 - endpoint or key errors: say which, exit 1

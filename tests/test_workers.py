@@ -392,3 +392,54 @@ def test_workers_cli_errors(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "could not start" in r.stderr.splitlines()[-1] and "no-such-model" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "s") and not os.path.exists(tmp_path / "e")
+
+
+def test_one_metrics_endpoint_for_all_workers(tmp_path):
+    """With ``metrics_listen`` the supervisor serves /metrics, /healthz and /readyz for every
+    worker: windows and anomalies are the sum over the workers (equal to the aggregated final
+    stats), the latency histogram counts every window, /readyz is 200 once all workers serve."""
+    import urllib.error
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    port = _free_port()
+    served = Served(tmp_path, 2, "tcp", metrics_listen=f"127.0.0.1:{port}", metrics_max_sensors=4)
+    sensors = None
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def value(text, name, labels=""):
+        for line in text.splitlines():
+            if line.startswith(name + labels + " ") or (not labels and line.startswith(name + " ")):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    try:
+        served.wait_serving()
+        assert get("/readyz")[0] == 200 and get("/healthz")[0] == 200
+        sensors = Sensors(served.ctx, served.listen)
+        sensors.stream(served, 2)
+        total = N_SENSORS * 2 * PER_SEG
+        served.wait(lambda s: s["windows"] >= total, 30, f"{total} windows")
+        time.sleep(1.2)  # the supervisor's next metrics snapshot (every 0.5 s)
+        _, text = get("/metrics")
+        sensors.close()
+        sensors = None
+        final, _ = served.stop()
+    finally:
+        if sensors is not None:
+            sensors.close()
+        served.close()
+    assert value(text, "edgert_windows_total") == final["windows"] == total
+    assert value(text, "edgert_anomalies_total") == final["anomalies"] > 0
+    assert value(text, "edgert_decision_latency_seconds_count") == total
+    labelled = [ln for ln in text.splitlines() if ln.startswith("edgert_sensor_windows_total{")]
+    assert len(labelled) == 5  # 4 sensors with their own label, the rest summed as _other
+    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in labelled) == total
+    with pytest.raises(OSError):  # the port is released at stop
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
