@@ -364,8 +364,8 @@ def test_naive_section_on_the_same_stream(monkeypatch):
 
     real = naive.services
 
-    def with_a_broken_one(model, runtimes, log=None):
-        svcs, unavailable = real(model, runtimes, log)
+    def with_a_broken_one(model, runtimes, log=None, onnx=None):
+        svcs, unavailable = real(model, runtimes, log, onnx)
         return {**svcs, "naive-tflite": ("/nonexistent/python", str(naive.SERVICE))}, unavailable
 
     monkeypatch.setattr(naive, "services", with_a_broken_one)
