@@ -141,6 +141,11 @@ def tls_args(args) -> list[str]:
 def run_server(args, log=print) -> dict:
     """Starts the SuperLink, submits the run, waits for its record, stops the SuperLink.
     Returns the record (`edgert.fleet.apps.server_main`)."""
+    import signal
+
+    # SIGTERM (a supervisor, a test's timeout) must stop the SuperLink this process started in
+    # its own session, as the finally below does: without a handler Python dies on the spot.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from .. import models, retrain
 
     retrain.float_model_path(models.load(args.model))  # the initial weights exist
