@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import msgpack
+import numpy as np
 import zmq
 
 
@@ -199,8 +200,6 @@ class AnomalyPacker:
     """
 
     def __init__(self, model: str, backend: str, channels, slots: int):
-        import numpy as np
-
         self.model, self.backend, self.C = model, backend, len(channels)
         packed = [msgpack.packb(k) for k in (*ANOMALY_KEYS, *STAT_NAMES)]
         self.keys, self.key_off = self._blob(packed)
@@ -217,16 +216,12 @@ class AnomalyPacker:
 
     @staticmethod
     def _blob(parts):
-        import numpy as np
-
         off = np.zeros(len(parts) + 1, np.int64)
         off[1:] = np.cumsum([len(p) for p in parts])
         return np.frombuffer(b"".join(parts), np.uint8), off
 
     def publish(self, sink, names, dt, b, idx, scores, thr, ch_err, shares, lat_us, qd_us, k: int, span: int) -> None:
         """Pack and publish the events of rows `idx` of batch `b` (see `Pipeline._score_batch`)."""
-        import numpy as np
-
         from . import kernels
 
         m = len(idx)

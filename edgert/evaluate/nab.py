@@ -660,6 +660,16 @@ def report_detector(res: dict) -> str:
         else:
             lines.append("  " + f"{label:<44}" + "".join(
                 f"{str(d[c + '_fp_rows']) + ' FP rows':>15}" for c in cols))
+    lines += _scoreboard_and_files(pr, cols)
+    lines.append(f"  detection {res['detect_seconds']:.1f} s for {res['rows']} rows; "
+                 f"{res['seconds']:.1f} s in all")
+    return "\n".join(lines)
+
+
+def _scoreboard_and_files(pr: dict, cols) -> list:
+    """The report's closing lines, shared by the model's and the detectors': the published
+    detectors on all 58 files, then the per-file figures of the first profile."""
+    lines = []
     for name, *v in SCOREBOARD_ALL:
         cells = dict(zip(("standard", "low_fp", "low_fn"), v))
         lines.append("  " + f"{name + ', all 58 NAB files':<44}"
@@ -670,9 +680,7 @@ def report_detector(res: dict) -> str:
     for key, d in pr[cols[0]]["files"].items():
         lines.append(f"    {key:<56} {d['score']:7.3f}  {d['windows_detected']}/{d['windows']}"
                      f"  {d['fp']}")
-    lines.append(f"  detection {res['detect_seconds']:.1f} s for {res['rows']} rows; "
-                 f"{res['seconds']:.1f} s in all")
-    return "\n".join(lines)
+    return lines
 
 
 def cmd_nab_detector(args) -> int:
@@ -729,16 +737,7 @@ def report(res: dict) -> str:
     for name, v in SCOREBOARD_RKC:
         lines.append("  " + f"{name + ', same files (NAB scorer)':<44}" + f"{v:15.1f}"
                      + "".join(f"{'-':>15}" for _ in cols[1:]))
-    for name, *v in SCOREBOARD_ALL:
-        cells = dict(zip(("standard", "low_fp", "low_fn"), v))
-        lines.append("  " + f"{name + ', all 58 NAB files':<44}"
-                     + "".join(f"{cells[c]:15.1f}" if cells.get(c) is not None else f"{'-':>15}"
-                               for c in cols))
-    lines.append("  per file (standard profile, threshold "
-                 f"{pr[cols[0]]['threshold']:.4g}): raw score, windows detected, FP rows")
-    for key, d in pr[cols[0]]["files"].items():
-        lines.append(f"    {key:<56} {d['score']:7.3f}  {d['windows_detected']}/{d['windows']}"
-                     f"  {d['fp']}")
+    lines += _scoreboard_and_files(pr, cols)
     lines.append(f"  {res['rows']} rows through the runtime at {res['rows_per_s']:.0f} windows/s "
                  f"(normalize+quantize, invoke, error; one thread); {res['seconds']:.0f} s in all")
     return "\n".join(lines)
