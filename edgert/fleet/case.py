@@ -163,9 +163,11 @@ class Fleet:
                             for i, n in enumerate(nodes)]
         self.procs: list[subprocess.Popen] = []
 
-    def run(self, timeout: float) -> tuple[int, dict, str]:
+    def run(self, timeout: float, abort_on: str | None = None) -> tuple[int | None, dict, str]:
         """Starts the server and the clients, waits for the server; returns (its exit code,
-        the record, its stdout)."""
+        the record, its stdout). After ``timeout`` s, or as soon as a client's log shows
+        ``abort_on``, everything is stopped and the record's status says which (exit code
+        None)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         srv_log = open(self.work / "server.log", "wb")
         srv = subprocess.Popen(self.server_cmd, stdout=subprocess.PIPE, stderr=srv_log,
@@ -175,12 +177,26 @@ class Fleet:
             lf = open(self.work / f"client-{self.nodes[i]['name']}.log", "wb")
             self.procs.append(subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT,
                                                env=env, start_new_session=True))
+        status, end = None, time.time() + timeout
         try:
-            out, _ = srv.communicate(timeout=timeout)
+            while srv.poll() is None and status is None:
+                # the server's stdout is a few lines: the pipe cannot fill while we poll
+                try:
+                    srv.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+                if time.time() > end:
+                    status = f"timeout: the server still ran after {timeout:.0f} s"
+                elif abort_on and any(abort_on in p.read_text(errors="replace")
+                                      for p in self.work.glob("client-*.log")):
+                    status = f"aborted: a client logged {abort_on!r}"
         finally:
             self.stop()
+        out = srv.stdout.read().decode(errors="replace") if srv.stdout else ""
+        if status is not None:
+            return None, {"status": status}, out
         rec = json.loads(self.out.read_text()) if self.out.is_file() else {}
-        return srv.returncode, rec, out.decode()
+        return srv.returncode, rec, out
 
     def stop(self) -> None:
         """Terminates every process group this object started (then kills what is left)."""
