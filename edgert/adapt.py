@@ -100,6 +100,8 @@ class SafeNormalization:
         # What the ingest kernel uses (rows are handed to the sensors' streams as views).
         self.mean = np.tile(self.base_mean, (S, 1))
         self.inv_std = np.tile(self._inv(1.0), (S, 1))
+        # Per-channel gains set once by commissioning (`edgert.commission`), under the transform.
+        self.chan_gain = np.ones((S, C))
         # The transform per sensor: gain a (common), offset b (per channel); accepted point.
         self.gain = np.ones(S)
         self.offset = np.zeros((S, C))
@@ -177,6 +179,7 @@ class SafeNormalization:
         Rows are refilled in place (the next stream holds views of them)."""
         self.mean[s] = self.base_mean
         self.inv_std[s] = self._inv(1.0)
+        self.chan_gain[s] = 1.0
         self.gain[s] = self.acc_gain[s] = 1.0
         self.offset[s] = self.acc_offset[s] = 0.0
         self._accepted_at[s] = np.iinfo(np.int64).min // 2
@@ -304,7 +307,13 @@ class SafeNormalization:
         self.gain[s] = g
         self.offset[s] = b
         self.mean[s] = self.base_mean + b
-        self.inv_std[s] = self._inv(g)
+        self.inv_std[s] = self._inv(g) * self.chan_gain[s]
+
+    def set_channel_gains(self, s: int, g) -> None:
+        """Commissioning's per-channel gains for slot ``s`` (`edgert.commission`), applied
+        under the sensor's current transform."""
+        self.chan_gain[s] = g
+        self._apply(s, self.gain[s], self.offset[s])
 
     def _inv(self, g: float) -> np.ndarray:
         return np.where(self.base_std > 0, 1.0 / (g * self._unit), 0.0)

@@ -131,6 +131,8 @@ def cmd_serve(args) -> int:
                            threshold=args.threshold, risk_q=args.risk_q, classifier=args.classifier,
                            publish_scores=args.publish_scores or None, adapt=args.adapt,
                            adapt_hold_s=args.adapt_hold_s, reservoir_dir=args.reservoir_dir,
+                           commission_samples=args.commission_samples,
+                           commission_file=args.commission_file,
                            max_queue_mb=args.max_queue_mb, max_sensors=args.max_sensors,
                            max_clock_skew_s=args.max_clock_skew_s,
                            log_level=args.log_level_flag or args.log_level,
@@ -345,6 +347,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "stationary, common-gain shift the model accepts on probation); off (default)")
     s.add_argument("--adapt-hold", type=float, dest="adapt_hold_s",
                    help=f"seconds (sensor time) a shift must hold before it is tried (default {dflt.adapt_hold_s:g})")
+    s.add_argument("--commission", type=int, dest="commission_samples", metavar="N",
+                   help="each new sensor's first N samples (a healthy machine) set a gain per channel, "
+                        "once, within +-commission_max_gain (edgert/commission.py); 0: off (default)")
+    s.add_argument("--commission-file", dest="commission_file", metavar="FILE",
+                   help="keep commissioned gains in FILE across restarts (JSON)")
     s.add_argument("--publish-scores", action="store_true", dest="publish_scores",
                    help="also publish every window's score (event/scores/<sensor>), e.g. for replay --events-out")
     s.add_argument("--reservoir", dest="reservoir_dir", metavar="DIR",

@@ -54,6 +54,12 @@ class Config:
     adapt: str = "off"  # off | safe: per-sensor normalization follows the machine (edgert/adapt.py)
     adapt_hold_s: float = 30.0  # a sustained, stationary, common-mode shift is tried after this long
     adapt_probation_s: float = 3.0  # ... and accepted if the model finds it normal for this long
+    # Commissioning (edgert/commission.py): a sensor's first commission_samples samples set, once, a
+    # gain per channel to the model's healthy reference, each within [1/commission_max_gain,
+    # commission_max_gain] (else refused); 0: off. commission_file keeps them across restarts.
+    commission_samples: int = 0
+    commission_max_gain: float = 1.1
+    commission_file: str = ""
     # Bounds on what the network can make the daemon hold (docs: README "Reliability").
     max_queue_mb: float = 64.0  # receive queue budget per connection; sets RCVHWM unless rcvhwm is set
     rcvhwm: int = 0  # receive high-water mark in messages per connection (0: from max_queue_mb)
@@ -126,6 +132,14 @@ class Config:
             raise ValueError(f"config field 'adapt' must be off or safe, got {self.adapt!r}")
         if self.adapt_hold_s <= 0 or self.adapt_probation_s <= 0:
             raise ValueError("config fields 'adapt_hold_s' and 'adapt_probation_s' must be > 0")
+        c = self.commission_samples
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= (1 << 24):
+            raise ValueError(f"config field 'commission_samples' must be an integer from 0 to {1 << 24}, got {c!r}")
+        g = self.commission_max_gain
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= 10:
+            raise ValueError(f"config field 'commission_max_gain' must be a number from 1 to 10, got {g!r}")
+        if self.commission_file and not c:
+            raise ValueError("config field 'commission_file' needs commission_samples > 0")
         if not 0 < self.risk_q < 1:
             raise ValueError(f"config field 'risk_q' must be in (0, 1), got {self.risk_q!r}")
         if not 0 < self.reservoir_rate <= 1:

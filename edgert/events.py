@@ -68,6 +68,12 @@ def adapt(*, sensor: str, model: str, step: dict) -> dict:
     return {"v": SCHEMA_VERSION, "sensor": sensor, "model": model, **step}
 
 
+def commission(*, sensor: str, model: str, step: dict) -> dict:
+    """``event/commission/<sensor>``: a sensor's commissioning (`edgert.commission`):
+    ``state`` commissioned | refused | restored, with its gains or the reason."""
+    return {"v": SCHEMA_VERSION, "sensor": sensor, "model": model, **step}
+
+
 def model_swapped(*, model: str, previous: dict, running: dict, backend: str, windows_before: int) -> dict:
     """``event/model/daemon``: a new model runs from the next batch on."""
     return {"v": SCHEMA_VERSION, "state": "swapped", "model": model, "previous": previous,

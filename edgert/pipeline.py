@@ -163,6 +163,16 @@ class Pipeline:
         if cfg.adapt == "safe":
             self.norm = SafeNormalization(self.model.mean, self.model.std, max_sensors=cfg.max_sensors,
                                           hold_s=cfg.adapt_hold_s, probation_s=cfg.adapt_probation_s)
+        self.commission = None
+        if cfg.commission_samples:
+            from .commission import Commissioning
+
+            self.commission = Commissioning(
+                self.model.mean, self.model.std, cfg.commission_samples, self.model.window, self.model.hop,
+                cfg.max_sensors, cfg.commission_max_gain, self.model.manifest["normalization"].get("reference_rms"),
+                cfg.commission_file or None, self.model.name, cfg.max_sensors)
+            if self.norm is not None:
+                self.commission.attach(self.norm)
         self.classifier = self.cls_backend = self.cls_scorer = None
         if cfg.classifier:
             self._add_classifier(cfg.classifier)
@@ -271,6 +281,15 @@ class Pipeline:
         self._publish("adapt", sensor, events.adapt(sensor=sensor, model=self.model.name, step=ev))
         log.info("adaptation on %s: %s", safe_id(sensor), ev)
 
+    def _commissioned(self, step: dict) -> None:
+        """Publish a commissioning step as ``event/commission/<sensor>``."""
+        sensor = self.names[step.pop("sensor_index")]
+        self._publish("commission", sensor, events.commission(sensor=sensor, model=self.model.name, step=step))
+        if step["state"] == "refused":
+            log.warning("commissioning %s refused: %s", safe_id(sensor), step["reason"])
+        else:
+            log.info("sensor %s %s: gains %s", safe_id(sensor), step["state"], step["gains"])
+
     def _model_signature(self):
         """(mtime_ns, size) of the manifest and every file it lists: changes when a model is published.
         Only listed files: a publisher (edgert retrain) writes the next model's files under new
@@ -335,6 +354,8 @@ class Pipeline:
         self.threshold.rebase(new.threshold)
         if self.norm is not None:  # the new model was fitted to the machine as it is now
             self.norm.reset(new.mean, new.std)
+        if self.commission is not None:
+            self.commission.reset(new.mean, new.std)
         old_backend.close()
         self.model_swaps += 1
         info = events.model_swapped(model=new.name, previous=self._model_id(old), running=self._model_id(new),
@@ -548,15 +569,20 @@ class Pipeline:
         st.drops, st.notes = {}, {}
         st.last_seen = now
         st.note = lambda reason, n=1, _st=st: self._note(_st, reason, n)
-        if self.norm is not None:
-            st.norm_mean = self.norm.mean[idx]
-            st.norm_inv_std = self.norm.inv_std[idx]
+        rows = self.norm if self.norm is not None else self.commission
+        if rows is not None:
+            st.norm_mean = rows.mean[idx]
+            st.norm_inv_std = rows.inv_std[idx]
         self.streams[sensor] = st
         self.names[idx] = sensor
         raw = sensor.encode("utf-8")
         self._slot_of[raw] = idx
         if self._slot_changes is not None:
             self._slot_changes.append((raw, idx))
+        if self.commission is not None:
+            step = self.commission.admit(idx, sensor)
+            if step is not None:
+                self._commissioned(step)
         return st
 
     def _evict(self, st: SensorStream) -> None:
@@ -580,6 +606,8 @@ class Pipeline:
             self.threshold.forget(i)
         if self.norm is not None:
             self.norm.forget(i)
+        if self.commission is not None:
+            self.commission.forget(i)
         if self.classifier is not None:
             self.class_counts[i] = 0
         del self.streams[st.sensor]
@@ -651,7 +679,8 @@ class Pipeline:
         cfg, tb, m = self.cfg, self.table, self.model
         skew = cfg.max_clock_skew_s
         skew_ns = min(int(skew * 1e9), 4 * 10**18) if skew else -1  # floor: |d| <= skew*1e9 for int d
-        mean, inv_std = (self.norm.mean, self.norm.inv_std) if self.norm is not None else (b.mean[None], b.inv_std[None])
+        rows = self.norm if self.norm is not None else self.commission
+        mean, inv_std = (rows.mean, rows.inv_std) if rows is not None else (b.mean[None], b.inv_std[None])
         ingest = kernels.ingest_messages
         i = used = 0
         start = 0  # first message whose sender is not yet moved to the LRU end
@@ -801,6 +830,8 @@ class Pipeline:
             cls = self.cls_scorer.classify(self.cls_backend.run(k), k)
             np.add.at(self.class_counts, (sidx, cls[0]), 1)
         thr = self.threshold.values(sidx)
+        if self.commission is not None:  # windows of commissioning sensors are not judged
+            thr = self.commission.mask(sidx, thr)
         if kernels.book_batch is not None:
             flags, lat_us, qd_us = self._flags[:k], self._lat_us[:k], self._qd_us[:k]
             t_dec = time.perf_counter_ns()
@@ -827,6 +858,9 @@ class Pipeline:
         if self.norm is not None:
             for ev in self.norm.learn(sidx, b.stats[:k, :, 0], b.stats[:k, :, 1], flags, b.t_start[:k]):
                 self._adapted(ev)
+        if self.commission is not None:
+            for ev in self.commission.learn(sidx, b.stats[:k, :, 0], b.stats[:k, :, 1], self.names):
+                self._commissioned(ev)
         if self.cfg.publish_scores and self.sink is not None:
             self._publish_scores(b, sidx, scores, thr, flags, k)
         if self._collect is not None:  # library use: a Decision per window
@@ -927,6 +961,8 @@ class Pipeline:
             names = self.classifier.class_names
             r = self.class_counts[i]
             row["classes"] = {names[j]: int(r[j]) for j in np.flatnonzero(r)}
+        if self.commission is not None:
+            row["commissioning"] = self.commission.describe(i)
         return row
 
     def stats(self, top_n: int | None = None) -> dict:
@@ -986,6 +1022,7 @@ class Pipeline:
             "drifts": self.drifts,
             "adaptations": {"accepted": self.norm.accepted, "refused": self.norm.refused}
             if self.norm is not None else None,
+            "commissioning": self.commission.stats() if self.commission is not None else None,
             "lost_windows": self.lost_windows,
             "batch_reasons": dict(self.batcher.reasons),
             "p50_latency_us": self.latency.quantile(0.50),

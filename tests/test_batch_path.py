@@ -162,6 +162,21 @@ def test_same_result_with_eviction_clock_and_adaptation():
     assert ref.evicted > 10
 
 
+@pytest.mark.parametrize("adapt", ["off", "safe"])
+def test_same_result_with_commissioning(adapt):
+    """Per-sensor commissioning gains (edgert.commission) set mid-stream, evictions freeing them."""
+    msgs = hostile_stream(11, n_msgs=1200, sensors=9)
+    receipts = _receipts(len(msgs), 11)
+    kw = dict(max_sensors=4, sensor_evict_s=0.0, adapt=adapt, commission_samples=200,
+              commission_max_gain=10.0)
+    ref, fast = _run_pair(msgs, receipts, [256] * 4 + [len(msgs) - 1024], **kw)
+    assert _decisions(fast) == _decisions(ref)
+    assert _state(fast) == _state(ref)
+    c = ref.stats()["commissioning"]
+    assert c["accepted"] > 3 and c["windows"] > 20, c
+    assert any(d.threshold == float("inf") for d in ref._collect)  # commissioning windows: not judged
+
+
 def test_clock_check_refuses_what_python_refuses():
     """t0 at the clock tolerance, on both sides: each path accepts and drops the same blocks."""
     p_ref, p_fast = _pipe(max_clock_skew_s=1.0), _pipe(max_clock_skew_s=1.0)

@@ -474,6 +474,40 @@ def commission_gains(recs: dict, reference_rms: np.ndarray, mean, std, samples: 
     return out
 
 
+def daemon_commission_gains(model_dir, recs: dict, samples: int, healthy: str = "SC_HLT",
+                            max_gain: float = 1.1) -> tuple[dict, dict]:
+    """Per-session gains as the daemon commissions a sensor: `edgert.commission.Commissioning`
+    (what `edgert.Pipeline` runs with ``commission_samples``) fed the mean and std of every
+    window (the model's window and hop) within the first ``samples`` rows of each session's
+    healthy recording, as the ingest kernel computes them.
+
+    Returns (repetition -> float64 ``[C]`` gains, repetition -> ``commissioned`` | ``refused``);
+    a refused session gets gains of 1 (the model's normalization), as in the daemon."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from edgert import models
+    from edgert.commission import Commissioning
+
+    m = models.load(model_dir)
+    sessions = [(rep_of(n), x) for n, (x, c) in sorted(recs.items()) if c == healthy]
+    com = Commissioning(m.mean, m.std, samples, m.window, m.hop, max(1, len(sessions)), max_gain,
+                        m.manifest["normalization"].get("reference_rms"), model=m.name)
+    names = [r for r, _ in sessions]
+    gains, states = {}, {}
+    for i, (r, x) in enumerate(sessions):
+        if len(x) < max(samples, m.window):
+            raise ValueError(f"session {r}: {len(x)} rows, commissioning needs {samples}")
+        com.admit(i, r)
+        w = sliding_window_view(np.asarray(x[:samples], np.float64), m.window, axis=0)[::m.hop]
+        w = w[:com.n_windows]  # [n, C, W]
+        sidx = np.full(len(w), i)
+        com.mask(sidx, np.zeros(len(w)))
+        com.learn(sidx, w.mean(axis=2), w.std(axis=2), names)
+        row = com.describe(i)
+        gains[r], states[r] = np.asarray(row["gains"], np.float64), row["state"]
+    return gains, states
+
+
 def _fold_flags(runner, base, recs: dict, names, thr: float, mu, sd, gains: dict | None,
                 window: int, hop: int, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Model and baseline alarms on the windows of recordings ``names`` (concatenated), each
@@ -559,10 +593,11 @@ def eval_baselines(recs: dict, model_dir, healthy: str = "SC_HLT",
       classes, healthy included, the repetition-001 recording's phase-B rms share is 1.2-5.1
       percentage points below the class median, 0.0 in the other; `session_offsets`) is
       calibrated once from the first ``commission``
-      samples of that session's healthy recording, as a sensor would be at commissioning: a
-      gain per channel bringing its rms to the fold's training healthy rms
-      (`commission_gains`), applied to the model's normalization rows (the daemon's per-sensor
-      rows, `runtime.Stream.normalize_with`) and to the baseline's (refitted and recalibrated
+      samples of that session's healthy recording, as the daemon commissions a sensor
+      (``commission_samples``: `edgert.commission` on the same window statistics,
+      `daemon_commission_gains`): a gain per channel bringing its rms to the model's healthy
+      reference, refused beyond ±10 %, applied to the model's normalization rows (the daemon's
+      per-sensor rows, `runtime.Stream.normalize_with`) and to the baseline's (refitted and recalibrated
       on the commissioned training recordings). The fold model and its threshold are
       unchanged. False alarms on the held-out healthy recording's windows after the
       commissioning samples only.
@@ -605,9 +640,8 @@ def eval_baselines(recs: dict, model_dir, healthy: str = "SC_HLT",
             row = {"fold": held[0], "threshold": thr}
             row["plain"] = _baseline_variant(runner, recs, train, held, faults, classes, thr,
                                              mu, sd, cal, None, 0, W, H)
-            z = [(np.asarray(recs[n][0], np.float64) - mu) / sd for n in train]
-            ref = np.sqrt(np.mean([(v * v).mean(axis=0) for v in z], axis=0))
-            gains = commission_gains(recs, ref, mu, sd, commission, healthy)
+            # the gains the daemon would set (edgert.commission, through the Pipeline)
+            gains, states = daemon_commission_gains(d, recs, commission, healthy)
             missing = sorted({rep_of(n) for n in faults + held + train} - set(gains))
             if missing:
                 raise ValueError(f"no healthy recording for session(s) {missing}: cannot "
@@ -615,6 +649,7 @@ def eval_baselines(recs: dict, model_dir, healthy: str = "SC_HLT",
             row["commissioned"] = _baseline_variant(runner, recs, train, held, faults, classes,
                                                     thr, mu, sd, cal, gains, commission, W, H)
             row["commissioned"]["gain"] = [round(float(v), 4) for v in gains[rep_of(held[0])]]
+            row["commissioned"]["sessions"] = states
         finally:
             runner.close()
         folds.append(row)
