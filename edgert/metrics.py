@@ -248,6 +248,7 @@ def snapshot(daemon, labels: SensorLabels) -> dict:
         "peers": dict(daemon.peer_events),
         "adaptations": {"accepted": pipe.norm.accepted, "refused": pipe.norm.refused}
         if pipe.norm is not None else {},
+        "commissioning": _commissioning(pipe.commission.stats()) if pipe.commission is not None else {},
         "sensors_active": len(streams),
         "per_sensor": per_sensor,
         "latency": (lat.counts.copy(), lat.total, getattr(lat, "sum_us", None), lat.edges),
@@ -328,6 +329,7 @@ def snapshot_from_stats(d: dict, labels: StatsLabels, threshold: str = "") -> di
         "batches": {**ZERO_BATCHES, **(d.get("batch_reasons") or {})},
         "peers": dict(d.get("peers") or {}),
         "adaptations": {k: v for k, v in (d.get("adaptations") or {}).items() if k in ("accepted", "refused")},
+        "commissioning": _commissioning(d.get("commissioning") or {}),
         "sensors_active": g("sensors_active"),
         "per_sensor": per_sensor,
         "latency": (lat, lat_n, lh.get("sum_us", 0.0), edges),
@@ -414,7 +416,13 @@ LABELLED = [
     ("edgert_batches", "Batches run, by what triggered them.", "batches", "reason"),
     ("edgert_peer_events", "Sensor connections accepted and closed.", "peers", "event"),
     ("edgert_adaptations", "Normalization adaptations, accepted or refused.", "adaptations", "result"),
+    ("edgert_commissioning", "Sensor commissionings (edgert/commission.py), by result.", "commissioning", "result"),
 ]
+
+
+def _commissioning(st: dict) -> dict:
+    """The commissioning counters of a stats dict (`Commissioning.stats`) as result -> count."""
+    return {k: int(st.get(k) or 0) for k in ("accepted", "refused", "restored")} if st else {}
 PER_SENSOR = [
     ("edgert_sensor_windows", "Windows scored, per sensor (bounded labels; the rest under sensor=\"_other\")."),
     ("edgert_sensor_anomalies", "Windows flagged anomalous, per sensor (bounded labels)."),

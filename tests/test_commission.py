@@ -263,3 +263,27 @@ def test_swap_keeps_gains_for_the_same_normalization_and_resets_them_otherwise(t
         assert all(np.isfinite(d.threshold) for d in ds)  # judged: no second commissioning
     finally:
         p.close()
+
+
+def test_metrics_export_the_commissioning_counters():
+    """/metrics has edgert_commissioning_total{result}, from the stats the engine keeps (also
+    through the --workers supervisor's aggregated stats)."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from edgert import metrics
+
+    p = _pipe()
+    try:
+        _push_commissioned(p, "good", itsc_recording("SC_HLT_002"))
+        _push_commissioned(p, "bad", itsc_recording("SC_A3_B0_C0_002"))
+        snap = metrics.snapshot_from_stats(p.stats(), metrics.StatsLabels(8))
+    finally:
+        p.close()
+    assert snap["commissioning"] == {"accepted": 1, "refused": 1, "restored": 0}
+    m = metrics.Metrics("127.0.0.1:0")
+    m.snap = snap
+    reg = CollectorRegistry()
+    reg.register(metrics.EdgertCollector(m))
+    text = generate_latest(reg).decode()
+    assert 'edgert_commissioning_total{result="refused"} 1.0' in text
