@@ -282,3 +282,33 @@ def test_cli_json_two_files(capsys):
     assert j["files"] == 2 and j["method"] == "edgeae" and 0.5 < j["trivial_f1"] < 0.9
     assert any("SKAB protocol" in line for line in out)
     assert any("Conv-AE" in line for line in out)
+
+
+@needs_tf
+def test_streaming_alarm_ends_within_end_tail_rows_of_the_anomaly(tmp_path):
+    """The end rule (EdgeAEConfig.end_tail): a streaming alarm needs the anomaly in the newest
+    `end_tail` rows too, so it stops within that many rows of the anomaly's end, where the
+    `tail` rule alone keeps flagging until the tail has passed it (synthetic file, no SKAB data)."""
+    rng = np.random.default_rng(0)
+    n, a, b = 1000, 600, 700
+    t = np.arange(n)
+    x = np.stack([np.sin(t / 7.0), np.cos(t / 11.0), np.sin(t / 5.0 + 1)], axis=1)
+    x = x + 0.05 * rng.standard_normal(x.shape)
+    x[a:b, 0] += 3.0  # a level fault on channel 0 during rows a..b-1
+    y = np.zeros(n, np.int8)
+    y[a:b] = 1
+    f = skab.SkabFile("synthetic", ["c0", "c1", "c2"], x, y)
+    cfg = skab.EdgeAEConfig(epochs=3, seed=0)
+    per_file, _ = skab.run_edgeae([f], cfg, tmp_path, log=lambda *a: None)
+    r = per_file[0]
+    W = skab.WINDOW
+    end_rule, tail_only = r["stream_flags"], r["tail_only"]["stream_flags"]
+    assert not (end_rule & ~tail_only).any()  # the end rule only removes alarms
+
+    def ending(e):  # the window whose newest row is e
+        return e - W + 1
+
+    inside = [ending(e) for e in range(a + cfg.tail, b)]
+    assert end_rule[inside].mean() > 0.9
+    after = [ending(e) for e in range(b + cfg.end_tail, b + cfg.tail)]
+    assert tail_only[after].any() and not end_rule[after].any()

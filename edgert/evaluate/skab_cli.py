@@ -45,7 +45,7 @@ def cmd_skab(args) -> int:
                         "level_stream_f1": _r(lv["stream"]["f1"], 4),
                         "level_stream_far": _r(lv["stream"]["far"], 3),
                         "level_stream_mar": _r(lv["stream"]["mar"], 3)})
-        for k in ("baseline", "or", "and"):  # statistical baseline and combinations
+        for k in ("tail_only", "baseline", "or", "and"):  # no end rule; baseline; combinations
             if k in res:
                 out.update({f"{k}_{p}{m}": _r(res[k][row][m], 4 if m == "f1" else 3)
                             for row, p in (("skab", ""), ("stream", "stream_"))
