@@ -17,8 +17,9 @@ Guards, since an installer can be wrong and a peer can lie:
   ``state: refused``, naming the channel) and keeps the model's normalization, so it alarms;
 * the gains are set once per sensor and never follow the machine afterwards (a later fault is
   not learned); with ``commission_file`` they are kept on disk (atomic JSON, at most
-  ``max_records`` sensors), so a restart or an eviction does not commission the sensor again
-  on whatever it sends then;
+  ``max_records`` sensors; with ``serve --workers`` each worker writes ``FILE.worker-K`` and
+  reads them all), so a restart or an eviction does not commission the sensor again on
+  whatever it sends then;
 * windows scored while a sensor commissions are not flagged (the operator said healthy) but
   are counted (``commissioning_windows``).
 
@@ -108,7 +109,21 @@ class Commissioning:
 
     # -- the file ---------------------------------------------------------------------
     def _load(self) -> dict:
+        """The records of ``path``; for a worker's file ``X.worker-K`` (``serve --workers``:
+        each worker writes only its own) also those of ``X`` and every ``X.worker-*``, since a
+        sensor may reconnect to another worker; the own file's records win."""
         p = self.path
+        base, sep, _ = p.name.rpartition(".worker-")
+        if not sep:
+            return self._load_one(p)
+        out: dict = {}
+        for q in [p.with_name(base), *sorted(p.parent.glob(base + ".worker-*"))]:
+            if q != p and not q.name.endswith(".tmp"):
+                out.update(self._load_one(q))
+        out.update(self._load_one(p))
+        return dict(list(out.items())[:self.max_records])
+
+    def _load_one(self, p: Path) -> dict:
         if not p.exists():
             return {}
         try:

@@ -371,13 +371,16 @@ class WorkerEvents:
 
 def worker_config(run_dir: str, slot: int, listen: str) -> Config:
     """The worker's settings: the supervisor's (``run_dir/config.json``), with its own
-    reservoir directory (``reservoir_dir/worker-K``: no two writers on one file) and stats
+    reservoir directory (``reservoir_dir/worker-K``: no two writers on one file), its own
+    commissioning file (``commission_file.worker-K``, reading the others too) and stats
     listing every sensor (the supervisor trims the aggregate to ``stats_top_n``)."""
     with open(os.path.join(run_dir, "config.json")) as f:
         data = json.load(f)
     cfg = Config(**{k: v for k, v in data.items() if k in {f.name for f in fields(Config)}})
     if cfg.reservoir_dir:
         cfg.reservoir_dir = os.path.join(cfg.reservoir_dir, f"worker-{slot}")
+    if cfg.commission_file:  # each worker writes its own; reads every worker's (edgert.commission)
+        cfg.commission_file = f"{cfg.commission_file}.worker-{slot}"
     cfg.stats_top_n = cfg.max_sensors + cfg.max_unknown_ids + 1
     cfg.listen = listen  # the endpoint of the shared socket (a tcp port chosen by the supervisor)
     cfg.workers = 1

@@ -287,3 +287,30 @@ def test_metrics_export_the_commissioning_counters():
     reg.register(metrics.EdgertCollector(m))
     text = generate_latest(reg).decode()
     assert 'edgert_commissioning_total{result="refused"} 1.0' in text
+
+
+def test_workers_write_their_own_file_and_read_every_workers(tmp_path):
+    """serve --workers: worker K writes FILE.worker-K only, and knows every sensor any worker
+    (or a single-process run, FILE) commissioned, since a sensor may reconnect elsewhere."""
+    from edgert.workers import worker_config
+
+    base = tmp_path / "c.json"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"commission_samples": 64,
+                                                 "commission_file": str(base)}))
+    assert worker_config(str(run), 1, "ipc://x").commission_file == f"{base}.worker-1"
+
+    def rec(g):
+        return {"gains": [g], "windows": 1}
+
+    for name, sensors in ((base, {"old": rec(1.01)}), (tmp_path / "c.json.worker-0", {"a": rec(1.02)}),
+                          (tmp_path / "c.json.worker-1", {"b": rec(1.03), "a": rec(1.04)})):
+        name.write_text(json.dumps({"model": "m", "sensors": sensors}))
+    c = Commissioning([0.0], [1.0], 64, 64, 16, 4, path=f"{base}.worker-1", model="m")
+    assert {k: v["gains"] for k, v in c.records.items()} == {"old": [1.01], "a": [1.04], "b": [1.03]}
+    c.admit(0, "new")
+    c.mask(np.array([0]), np.zeros(1))
+    c.learn(np.array([0]), np.zeros((1, 1)), np.ones((1, 1)), ["new"])
+    own = json.loads((tmp_path / "c.json.worker-1").read_text())["sensors"]
+    assert "new" in own and json.loads(base.read_text())["sensors"] == {"old": rec(1.01)}
