@@ -25,7 +25,9 @@ import numpy as np
 from . import tflite
 from .errors import ModelError  # noqa: F401  (edgert.models.ModelError is its public name)
 
-KINDS = ("autoencoder", "classifier")
+KINDS = ("autoencoder", "classifier", "lstm-ae", "forecast")
+#: kinds scored by an error against the input window and a calibrated threshold
+ERROR_KINDS = ("autoencoder", "lstm-ae", "forecast")
 MANIFEST = "manifest.json"
 MAX_NAME_BYTES = 100  # a name becomes file names with suffixes ("_r12_float.keras"); 255 is the limit
 
@@ -74,6 +76,7 @@ class Model:
     class_names: list | None
     variants: dict
     manifest: dict = field(repr=False)
+    target_rows: int | None = None  # forecast: the window's last rows the output predicts
 
     @property
     def n_channels(self) -> int:
@@ -242,10 +245,17 @@ def parse(m, d: Path) -> Model:
     if np.any(std < 0):
         raise ModelError(f"{where}: field 'normalization.std' must be >= 0")
     threshold = m.get("threshold")
-    if kind == "autoencoder":
+    if kind in ERROR_KINDS:
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold > 0:
             raise ModelError(f"{where}: field 'threshold' must be a positive number for an autoencoder, got {threshold!r}")
         threshold = float(threshold)
+    target_rows = None
+    if kind == "forecast":
+        # the forecast is scored on the window's last target_rows rows (scoring.py)
+        target_rows = m.get("target_rows")
+        if isinstance(target_rows, bool) or not isinstance(target_rows, int) or not 0 < target_rows < window:
+            raise ModelError(f"{where}: field 'target_rows' must be an int in 1..{window - 1} for a "
+                             f"forecast model, got {target_rows!r}")
     class_names = m.get("class_names")
     if kind == "classifier" and (not isinstance(class_names, list) or not class_names):
         raise ModelError(f"{where}: field 'class_names' must be a non-empty list for a classifier")
@@ -293,6 +303,12 @@ def parse(m, d: Path) -> Model:
             if spec_in.shape != want_in:
                 raise ModelError(f"{vw}.input: field 'shape' is {list(spec_in.shape)}, window {window} and "
                                  f"{len(channels)} channels need {list(want_in)}")
+        if kind in ("lstm-ae", "forecast"):
+            rows_out = target_rows if kind == "forecast" else window
+            want_out = spec_in.shape[:2] + (rows_out, len(channels))
+            if spec_out.shape != want_out:
+                raise ModelError(f"{vw}.output: field 'shape' is {list(spec_out.shape)}, a {kind} model "
+                                 f"with this input needs {list(want_out)}")
         if fname not in files:
             raise ModelError(f"{where}: field 'files' has no sha256 for {fname}")
         variants[vname] = Variant(vname, d / fname, batch, spec_in, spec_out, layout, rows,
@@ -302,7 +318,7 @@ def parse(m, d: Path) -> Model:
     from .scoring import PhasorAttribution  # the optional 'attribution' field, checked here
     PhasorAttribution.from_manifest(m, len(channels), window, where)
     return Model(name, d, kind, window, hop, list(channels), mean, std, threshold,
-                 class_names, variants, m)
+                 class_names, variants, m, target_rows)
 
 
 def verify_files(model: Model) -> None:

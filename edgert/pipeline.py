@@ -137,8 +137,8 @@ class Pipeline:
         finally:
             timer.cancel()
         self.model = models.load(cfg.model)
-        if self.model.kind != "autoencoder":
-            raise ValueError(f"{self.model.dir}: the pipeline scores autoencoders; "
+        if self.model.kind not in models.ERROR_KINDS:
+            raise ValueError(f"{self.model.dir}: the pipeline scores {', '.join(models.ERROR_KINDS)}; "
                              f"model kind is {self.model.kind!r}")
         self.backend = backends.create(cfg.backend, self.model, max_batch=cfg.max_batch,
                                        num_threads=cfg.num_threads)

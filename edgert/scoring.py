@@ -27,7 +27,10 @@ class ReconstructionScorer:
     """Autoencoder score: mean over channels of the per-channel MSE in normalized units.
 
     Both the input tensor (what the model saw) and the output tensor are dequantized, so the
-    score is computed from exactly what ran, int8 rounding included.
+    score is computed from exactly what ran, int8 rounding included. The kinds ``autoencoder``
+    and ``lstm-ae`` reconstruct the whole window; a ``forecast`` model (``model.target_rows``
+    = h) outputs ``[B, 1, h, C]``, compared with the input's last h rows only (copied into a
+    buffer of its own with one vectorized copy per batch: the kernel takes contiguous arrays).
     """
 
     def __init__(self, model, max_batch: int, variant=None):
@@ -38,12 +41,20 @@ class ReconstructionScorer:
         self.scores = np.zeros(max_batch, dtype=np.float32)
         self._tail_err = self._tail_scores = None  # tail_error's, made on its first call
         self.window = int(model.window)
+        self.target_rows = getattr(model, "target_rows", None)
+        self._target = None
+        if self.target_rows is not None:
+            self._target = np.zeros((max_batch, 1, self.target_rows, model.n_channels),
+                                    dtype=np.dtype(v.input.dtype))
         self.attribution = PhasorAttribution.from_manifest(
             model.manifest, model.n_channels, model.window, f"{model.dir}/manifest.json")
 
     def score(self, inp: np.ndarray, out: np.ndarray, k: int):
         """Return (scores[k], ch_err[k, C]) views for the first k rows."""
         # The output may come from a smaller interpreter than the input buffer: compare rows [0, k).
+        if self._target is not None:  # forecast: the window's last target_rows rows
+            np.copyto(self._target[:k], inp[:k, :, self.window - self.target_rows:])
+            inp = self._target
         kernels.recon_error(inp[:k], self.in_scale, self.in_zp, out[:k], self.out_scale, self.out_zp,
                             k, self.ch_err, self.scores)
         return self.scores[:k], self.ch_err[:k]
@@ -52,13 +63,13 @@ class ReconstructionScorer:
         """The per-channel error over each window's newest ``tail`` rows (`score` over the
         last ``tail`` time steps only): a float32 ``[k, C]`` view, valid until the next call."""
         W = self.window
-        if not 0 < tail <= W:
-            raise ValueError(f"tail must be in 1..{W}, got {tail}")
+        if not 0 < tail <= (self.target_rows or W):
+            raise ValueError(f"tail must be in 1..{self.target_rows or W}, got {tail}")
         if self._tail_err is None:
             self._tail_err = np.zeros_like(self.ch_err)
             self._tail_scores = np.zeros_like(self.scores)
         kernels.recon_error(np.ascontiguousarray(inp[:k, :, W - tail:]), self.in_scale, self.in_zp,
-                            np.ascontiguousarray(out[:k, :, W - tail:]), self.out_scale,
+                            np.ascontiguousarray(out[:k, :, out.shape[2] - tail:]), self.out_scale,
                             self.out_zp, k, self._tail_err, self._tail_scores)
         return self._tail_err[:k]
 

@@ -16,6 +16,7 @@ from .autoencoder import train_ae_split, train_motor_ae
 from .classifier import train_classifier
 from .config import TRAIN_EXTRA_HINT, AEConfig, CNNConfig
 from .data import Dataset, load_dataset
+from .sequence import SEQ_KINDS, SeqConfig, train_seq
 
 #: the first line of ``edgert train --help``
 DESCRIPTION = "Train, quantize and export edgert's int8 models (``edgert train``)."
@@ -75,8 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "optional labels [n]; or one array per recording), or a directory of "
                         "class folders of headerless CSV files (ITSC layout). Default: the "
                         "ITSC copy shipped in edgert.data")
-    p.add_argument("--kind", choices=["autoencoder", "classifier"], default="autoencoder",
-                   help="autoencoder: trained on normal data, scores reconstruction error; classifier: names the class")
+    p.add_argument("--kind", choices=["autoencoder", "classifier", "lstm-ae", "forecast"],
+                   default="autoencoder",
+                   help="autoencoder: trained on normal data, scores reconstruction error; "
+                        "classifier: names the class; lstm-ae: LSTM autoencoder; forecast: "
+                        "1D-CNN predicting the window's last --target-rows samples")
+    p.add_argument("--target-rows", type=int, default=None, dest="target_rows",
+                   help="forecast: h, the window's last rows predicted and scored (default W/4)")
     p.add_argument("--window", type=int, default=64, help="W, samples (default 64)")
     p.add_argument("--hop", type=int, default=16, help="H, samples (default 16)")
     p.add_argument("--channels", default=None,
@@ -135,6 +141,8 @@ def run_training(args, log=None) -> dict:
     for r in ds.recordings:
         if len(r.x) < args.window:
             log(f"note: recording {r.name} is shorter than one window ({len(r.x)} samples)")
+    if args.kind in SEQ_KINDS:
+        return _run_seq(args, ds, name, sr, log)
     if args.kind == "autoencoder":
         cv = 0 if args.cv is None else args.cv
         cfg = AEConfig(name=name, window=args.window, hop=args.hop, channels=tuple(ds.channels),
@@ -175,6 +183,34 @@ def run_training(args, log=None) -> dict:
         cfg.epochs = args.epochs
     return train_classifier(args.out, ds, cfg, args.seed,
                             command=canonical_command(args, cfg.epochs, cv), log=log)
+
+
+def _run_seq(args, ds: Dataset, name: str, sr, log) -> dict:
+    """``--kind lstm-ae|forecast``: needs >= 3 whole normal recordings (the last, or
+    ``--holdout``, held out); calibrated leave-one-recording-out (`train_seq`)."""
+    W = args.window
+    h = args.target_rows if args.target_rows is not None else max(1, W // 4)
+    cfg = SeqConfig(name=name, window=W, hop=args.hop, channels=tuple(ds.channels),
+                    sample_rate_hz=sr, kind=args.kind, target_rows=h)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.kind == "forecast" and not 1 <= h <= (W - 1) // 2:
+        raise ValueError(f"--target-rows must be in 1..{(W - 1) // 2} for --window {W}")
+    normal = _normal_label(ds, args.normal)
+    whole = sorted(r.name for r in ds.recordings
+                   if r.labels is None and (normal is None or r.label == normal))
+    if len(whole) < 3:
+        raise ValueError(f"--kind {args.kind} needs at least 3 whole normal recordings, got "
+                         f"{len(whole)}")
+    hold = args.holdout or whole[-1]
+    if hold not in whole:
+        raise ValueError(f"--holdout {hold!r} is not a normal recording ({', '.join(whole)})")
+    cfg.train_recordings = tuple(n for n in whole if n != hold)
+    cfg.holdout_recordings = (hold,)
+    command = canonical_command(args, cfg.epochs, 0)
+    if args.kind == "forecast":
+        command += f" --target-rows {h}"
+    return train_seq(args.out, ds, cfg, args.seed, normal, command, log=log)
 
 
 def cmd_train(args) -> int:
