@@ -192,6 +192,8 @@ def _run_seq(args, ds: Dataset, name: str, sr, log) -> dict:
     h = args.target_rows if args.target_rows is not None else max(1, W // 4)
     cfg = SeqConfig(name=name, window=W, hop=args.hop, channels=tuple(ds.channels),
                     sample_rate_hz=sr, kind=args.kind, target_rows=h)
+    if args.kind == "lstm-ae":  # Adam at 2e-3 barely moves the LSTM in tens of epochs
+        cfg.learning_rate, cfg.batch_size = 1e-2, 32
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.kind == "forecast" and not 1 <= h <= (W - 1) // 2:
