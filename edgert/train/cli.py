@@ -209,10 +209,11 @@ def _run_seq(args, ds: Dataset, name: str, sr, log) -> dict:
         raise ValueError(f"--holdout {hold!r} is not a normal recording ({', '.join(whole)})")
     cfg.train_recordings = tuple(n for n in whole if n != hold)
     cfg.holdout_recordings = (hold,)
-    command = canonical_command(args, cfg.epochs, 0)
+    cv = 0 if args.cv is None else args.cv
+    command = canonical_command(args, cfg.epochs, cv)
     if args.kind == "forecast":
         command += f" --target-rows {h}"
-    return train_seq(args.out, ds, cfg, args.seed, normal, command, log=log)
+    return train_seq(args.out, ds, cfg, args.seed, normal, command, log=log, cv=cv)
 
 
 def cmd_train(args) -> int:

@@ -136,14 +136,60 @@ def _fit_and_convert(cfg, recs, names, seed, label):
     return mean, std, model, losses, rep, Int8Model(export(cfg, model, rep, None))
 
 
+def calibrate(cfg: SeqConfig, recs: dict, names: list, seed: int, log=print):
+    """Leave-one-recording-out over ``names`` (the autoencoder's rule): returns (pooled
+    held-out int8 scores, scores per recording, their ``cfg.quantile`` ('higher'))."""
+    pooled, per_rec = [], {}
+    for r in names:
+        others = [n for n in names if n != r]
+        mean, std, _, _, _, m8 = _fit_and_convert(cfg, recs, others, seed, f"LORO {r}")
+        s, _ = int8_errors(m8, cfg, normalize(make_windows(recs[r], cfg.window, cfg.hop), mean, std))
+        per_rec[r] = s
+        pooled.append(s)
+        log(f"  LORO {r}: n={len(s)} median={np.median(s):.5f} max={s.max():.5f}")
+    pooled = np.concatenate(pooled)
+    return pooled, per_rec, quantile_higher(pooled, cfg.quantile)
+
+
+def write_folds(out: Path, manifest: dict, recs: dict, cfg: SeqConfig, seed: int, log=print):
+    """``out/folds/<h>/`` for every normal recording h (training + held-out ones): the model
+    the same procedure gives with h held out (own LORO threshold), dynamic variant only, with
+    ``fold.held_out`` as ``edgert eval itsc --ae`` reads it."""
+    from edgert import models
+
+    normal = sorted(set(cfg.train_recordings) | set(cfg.holdout_recordings))
+    for h in normal:
+        others = [n for n in normal if n != h]
+        log(f"fold {h}: calibrating and training on {', '.join(others)} ...")
+        _, _, qv = calibrate(cfg, recs, others, seed, log)
+        mean, std, _, _, _, m8 = _fit_and_convert(cfg, recs, others, seed, f"fold {h}")
+        fname = f"{cfg.name}_dyn.tflite"
+        fm = {k: v for k, v in manifest.items() if k not in ("variants", "files", "training")}
+        fm.update({
+            "name": f"{cfg.name}-fold-{h}", "description": f"cross-validation fold of {cfg.name}: {h} held out",
+            "normalization": {"mean": [round_sig(v, 9) for v in mean],
+                              "std": [round_sig(v, 9) for v in std]},
+            "threshold": round_sig(cfg.factor * qv, 6),
+            "calibration": {**manifest["calibration"], "recordings": others,
+                            "quantile_value": round_sig(qv, 6)},
+            "files": {},
+            "variants": {"dynamic": {"file": fname, "batch": "dynamic", **m8.io()}},
+            "fold": {"held_out": [h], "train": others, "seed": seed, "parent": cfg.name},
+        })
+        fm["calibration"].pop("per_recording_max", None)
+        fm["calibration"].pop("windows", None)
+        models.write_model_dir(out / "folds" / h, fm, {fname: m8.content})
+
+
 def train_seq(out: str | os.PathLike, ds: Dataset, cfg: SeqConfig, seed: int,
-              normal: str | None, command: str, log=print) -> dict:
+              normal: str | None, command: str, log=print, cv: int = 0) -> dict:
     """Trains, calibrates and writes the model directory ``out`` for ``cfg.kind``.
 
     Args:
       ds: recordings; those labelled ``normal`` (all when None) are the normal ones, the last
         (``cfg.holdout_recordings``) never trained or calibrated on.
       cfg: the run (``train_recordings`` / ``holdout_recordings`` set by the caller).
+      cv: > 0: also `write_folds` (one per normal recording).
     Returns the manifest written. Raises ValueError with fewer than 3 training recordings.
     """
     from edgert import models
@@ -154,16 +200,7 @@ def train_seq(out: str | os.PathLike, ds: Dataset, cfg: SeqConfig, seed: int,
         raise ValueError(f"--kind {cfg.kind} needs at least 3 whole normal recordings (2 to "
                          f"train and calibrate on, 1 held out); got {len(cfg.train_recordings)} "
                          "for training")
-    pooled, per_rec = [], {}
-    for r in cfg.train_recordings:
-        others = [n for n in cfg.train_recordings if n != r]
-        mean, std, _, _, _, m8 = _fit_and_convert(cfg, recs, others, seed, f"LORO {r}")
-        s, _ = int8_errors(m8, cfg, normalize(make_windows(recs[r], cfg.window, cfg.hop), mean, std))
-        per_rec[r] = s
-        pooled.append(s)
-        log(f"  LORO {r}: n={len(s)} median={np.median(s):.5f} max={s.max():.5f}")
-    pooled = np.concatenate(pooled)
-    qv = quantile_higher(pooled, cfg.quantile)
+    pooled, per_rec, qv = calibrate(cfg, recs, list(cfg.train_recordings), seed, log)
     threshold = round_sig(cfg.factor * qv, 6)
     log("training the final model ...")
     mean, std, model, losses, rep, dyn = _fit_and_convert(cfg, recs, list(cfg.train_recordings),
@@ -223,5 +260,7 @@ def train_seq(out: str | os.PathLike, ds: Dataset, cfg: SeqConfig, seed: int,
                      "seconds": round(time.time() - t0, 1)},
     }
     models.write_model_dir(out, manifest, files)
+    if cv:
+        write_folds(out, manifest, recs, cfg, seed, log)
     log(f"wrote {out}: threshold {threshold}; flagged by label {flagged}")
     return manifest
