@@ -90,7 +90,9 @@ def validate_candidate(running, candidate, backend) -> dict:
     where = f"{candidate.dir}/manifest.json"
     out = {"threshold_ratio": None, "normal_flagged": None, "injected_detected": None,
            "itsc_faults_detected": None}
-    if candidate.kind != "autoencoder" or running.threshold is None:
+    from .models import ERROR_KINDS  # the gates hold for every kind scored by an error
+
+    if candidate.kind not in ERROR_KINDS or running.threshold is None:
         return out
     thr, ref = float(candidate.threshold), float(running.threshold)
     ratio = thr / ref

@@ -184,3 +184,22 @@ def test_loader_refuses_bad_forecast_manifests(tmp_path, forecast, edit, match):
 def test_kinds_are_known_without_tensorflow():
     assert {"lstm-ae", "forecast"} <= set(models.KINDS)
     assert {"lstm-ae", "forecast"} <= set(models.ERROR_KINDS)
+
+
+@needs_tf
+def test_swap_gates_check_the_new_kinds(forecast):
+    """``modelcheck.validate_candidate`` (the daemon's swap gate) checks a forecast candidate's
+    threshold against the running model's, as it does an autoencoder's."""
+    import dataclasses
+
+    from edgert import backends, modelcheck
+
+    b = backends.create("cpu", forecast, max_batch=8)
+    try:
+        ok = modelcheck.validate_candidate(forecast, forecast, b)
+        assert ok["threshold_ratio"] == 1.0
+        running = dataclasses.replace(forecast, threshold=forecast.threshold * 10)
+        with pytest.raises(modelcheck.CandidateError, match="threshold"):
+            modelcheck.validate_candidate(running, forecast, b)
+    finally:
+        b.close()
