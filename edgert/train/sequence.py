@@ -1,7 +1,8 @@
 """``edgert train --kind lstm-ae|forecast``: the seed's temporal models, int8 like the others.
 
 * ``lstm-ae``: an LSTM autoencoder ``[B, 1, W, C] -> [B, 1, W, C]`` (encoder LSTM to a code,
-  repeated over the window, decoder LSTM, per-step Dense to the channels); scored like the
+  decoder LSTM fed the code at every step, 1x1 Conv2D to the channels), unrolled by hand
+  from ops in Coral's table (`unrolled_lstm` says why not Keras' LSTM); scored like the
   conv autoencoder (per-channel MSE over the window).
 * ``forecast``: a 1D-CNN that sees the whole ``[B, 1, W, C]`` window, crops its first
   ``W - h`` rows inside the graph (STRIDED_SLICE) and predicts the last ``h`` rows
@@ -14,8 +15,8 @@ Both are fitted on normal recordings only and calibrated with the autoencoder's 
 the same config and seed trained on the others, converted to int8, scores the held-out one
 through LiteRT) and threshold = ``factor x quantile('higher')`` of the pooled held-out scores.
 Variants: ``dynamic`` and ``b1``. No ``packed`` variant: `packed_from_b1` rewrites tensors of
-shape ``[1, 1, w, c]`` only, and both graphs hold other shapes (the LSTM's ``[1, W, C]``
-sequence and ``[1, units]`` states; the forecast's STRIDED_SLICE whose constant ``end``
+shape ``[1, 1, w, c]`` only, and both graphs hold other shapes (the LSTM's ``[1, C]`` step
+inputs and ``[1, units]`` states, which FULLY_CONNECTED needs 1-D on the Edge TPU; the forecast's STRIDED_SLICE whose constant ``end``
 ``[1, 1, W-h, C]`` would have to change with the rows).
 """
 
@@ -35,6 +36,7 @@ from .export import convert_int8, representative_set, tflite_ops
 from .int8 import Int8Model
 from .modeldir import quantile_higher, round_sig
 from .progress import Progress
+from .unrolled_lstm import lstm_autoencoder
 
 SEQ_KINDS = ("lstm-ae", "forecast")
 
@@ -56,8 +58,8 @@ def build_seq_model(cfg: SeqConfig, batch: int | None = None):
     of ``cfg.filters``; a linear ``(1, W-2h+1)`` 'valid' Conv2D with C filters maps the
     ``W-h`` positions onto the ``h`` predicted ones (output ``[batch, 1, h, C]``). Only
     CONV_2D and STRIDED_SLICE after conversion.
-    lstm-ae: reshape to ``[batch, W, C]``; LSTM(units) -> code; RepeatVector(W);
-    LSTM(units, sequences); Dense(C) per step; reshape back to ``[batch, 1, W, C]``.
+    lstm-ae: `unrolled_lstm.lstm_autoencoder` (encoder LSTM to a code, decoder LSTM fed
+    the code at every step, 1x1 Conv2D to the channels), unrolled by hand from Edge TPU ops.
     Raises ValueError for an unknown kind or ``h`` not in ``1..(W-1)//2``.
     """
     tf = load_tf()
@@ -76,12 +78,7 @@ def build_seq_model(cfg: SeqConfig, batch: int | None = None):
         out = L.Conv2D(C, (1, W - 2 * h + 1), padding="valid", name="forecast")(z)
         return tf.keras.Model(inp, out, name=name)
     if cfg.kind == "lstm-ae":
-        z = L.Reshape((W, C), name="seq")(inp)
-        z = L.LSTM(cfg.units, unroll=True, name="enc")(z)
-        z = L.RepeatVector(W, name="repeat")(z)
-        z = L.LSTM(cfg.units, return_sequences=True, unroll=True, name="dec")(z)
-        z = L.Dense(C, name="recon")(z)
-        out = L.Reshape((1, W, C), name="unseq")(z)
+        out = lstm_autoencoder(tf, inp, W, C, cfg.units)
         return tf.keras.Model(inp, out, name=name)
     raise ValueError(f"unknown kind {cfg.kind!r} (one of {SEQ_KINDS})")
 
