@@ -300,3 +300,31 @@ def render_lines(r: dict) -> list:
                      f"{m['us_per_window']:>7.2f} {m['cpu_us_per_window']:>7.2f} "
                      f"{m['speedup_wall']:>6.2f} {m['speedup_cpu']:>6.2f}  {m['reference']}")
     return lines
+
+
+def main(argv=None) -> int:
+    """``python -m edgert.bench.frontier [--models DIR,...] [--rounds N] [--seconds S] [--out F]``."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m edgert.bench.frontier", description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=None, help="model directories or shipped names (default: the shipped ones)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
+    p.add_argument("--seconds", type=float, default=0.2, help="seconds per model per round (default 0.2)")
+    p.add_argument("--batch", type=int, default=32, help="windows per invoke (default 32)")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    a = p.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        r = measure(a.models, rounds=a.rounds, target_s=a.seconds, batch=a.batch, log=log)
+    except ValueError as exc:
+        print(f"edgert bench frontier: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(render_lines(r)), flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(r, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
