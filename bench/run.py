@@ -70,7 +70,7 @@ from .snapshot import snapshot_model as _snapshot_model
 
 SCHEMA = 2
 SECTIONS = ("kernels", "invoke", "pipeline", "latency", "inference", "bus", "e2e", "startup", "naive", "hostile",
-            "engine", "workers", "integrations")
+            "engine", "workers", "integrations", "frontier")
 QUICK_SECTIONS = ("kernels", "invoke", "pipeline", "latency")  # what CI runs (--quick)
 GATE_SECTIONS = gate.GATE_SECTIONS  # the sections whose ratios the gate judges
 # Other processes may use this share of the cores during the gated sections; above it the run
@@ -150,6 +150,10 @@ class Settings:
     workers_paced_s: float = 8.0
     workers_saturate_s: float = 10.0
     workers_rounds: int = 3
+    # frontier: model sizes side by side (bench/frontier.py); empty = the shipped models
+    frontier_models: tuple = ()
+    frontier_rounds: int = 7
+    frontier_target_s: float = 0.2
     naive_saturate_s: float = 4.0
     naive_paced_s: float = 3.0
     naive_runtimes: tuple = ("litert", "onnxruntime", "tflite-runtime")
@@ -163,7 +167,8 @@ class Settings:
         if quick:
             base = dict(quick=True, kernel_repeats=7, kernel_target_s=0.004, invoke_repeats=7,
                         invoke_target_s=0.05, pipeline_s=5.0, pipeline_settle_s=0.6, latency_s=5.0,
-                        kernel_sweep=False, sections=QUICK_SECTIONS)
+                        kernel_sweep=False, sections=QUICK_SECTIONS, frontier_rounds=3,
+                        frontier_target_s=0.03)
         else:
             base = {}
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -451,6 +456,16 @@ def _more_sections(settings: Settings, result: dict, model, model_arg, log) -> N
             paced_msgs=settings.workers_paced_msgs, paced_s=settings.workers_paced_s,
             saturate_s=settings.workers_saturate_s, rounds=settings.workers_rounds, log=log))
 
+    if "frontier" in settings.sections:
+        from . import frontier
+
+        log(f"edgert bench: frontier (params, MACs, µs per window at batch {settings.max_batch} of "
+            f"{', '.join(settings.frontier_models) or 'the shipped models'}, {settings.frontier_rounds} "
+            "interleaved rounds)")
+        _section(result, "frontier", lambda: frontier.measure(
+            settings.frontier_models or None, rounds=settings.frontier_rounds,
+            target_s=settings.frontier_target_s, batch=settings.max_batch, log=log))
+
     if "naive" in settings.sections:
         from . import naive
 
@@ -714,6 +729,10 @@ def render(r: dict) -> str:
         from . import workers
 
         lines += [""] + workers.render_lines(r["workers"])
+    if r.get("frontier"):
+        from . import frontier
+
+        lines += [""] + frontier.render_lines(r["frontier"])
     lines.append("")
     ratio_k = t["kernel_speedup_min"]
     lines.append(f"targets: kernel speedup min {_fmt(ratio_k['value'], 1)}{'x' if ratio_k['value'] is not None else ''} "
@@ -888,6 +907,15 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"edgert bench: {exc}", file=sys.stderr)
         return 2
+    frontier_models = ()
+    if getattr(args, "frontier_models", None):
+        from . import frontier
+
+        try:  # before a long run: a bad directory is one line, exit 2
+            frontier_models = tuple(str(m.dir) for m in frontier.load_models(args.frontier_models))
+        except ValueError as exc:
+            print(f"edgert bench: {exc}", file=sys.stderr)
+            return 2
     update = bool(getattr(args, "update_baseline", False))
     if update:  # before a long run, not after it
         why = gate.partial_refusal(sections) or gate.checkout_refusal(BASELINE)
@@ -915,7 +943,8 @@ def main(args) -> int:
                 print(f"plot: {f}", flush=True)
         return 0
     settings = Settings.for_mode(bool(getattr(args, "quick", False)), model=getattr(args, "model", None),
-                                 sections=sections, plot_dir=plot_dir)
+                                 sections=sections, plot_dir=plot_dir,
+                                 frontier_models=frontier_models or None)
     judge = not update and BASELINE.is_file() and not getattr(args, "no_baseline", False)
     baseline, bad_baseline = None, None
     if judge:

@@ -499,8 +499,10 @@ def _add_bench(sub) -> None:
     b.add_argument("--no-baseline", action="store_true", dest="no_baseline",
                    help="do not compare with bench/baseline.json")
     b.add_argument("--only", help="comma-separated sections: kernels,invoke,pipeline,latency,inference,bus,"
-                   "e2e,startup,naive,hostile,engine,workers,integrations (default: all; --quick: the first four); with --peers: the peers "
+                   "e2e,startup,naive,hostile,engine,workers,integrations,frontier (default: all; --quick: the first four); with --peers: the peers "
                    "to run (default: all)")
+    b.add_argument("--frontier-models", dest="frontier_models", metavar="DIR,...",
+                   help="frontier section: model directories to compare (default: the shipped ones)")
     b.add_argument("--plot", metavar="DIR", help="write latency CDFs, throughput-vs-load and bus PNGs here")
     b.add_argument("--from", dest="from_json", metavar="FILE", help="render (and --plot) a saved result, run nothing")
     b.set_defaults(fn=cmd_bench)

@@ -14,7 +14,7 @@ import numpy as np
 from .architectures import load_tf
 from .autoencoder import train_ae_split, train_motor_ae
 from .classifier import train_classifier
-from .config import TRAIN_EXTRA_HINT, AEConfig, CNNConfig
+from .config import TRAIN_EXTRA_HINT, AEConfig, CNNConfig, parse_filters
 from .data import Dataset, load_dataset
 from .sequence import SEQ_KINDS, SeqConfig, train_seq
 
@@ -63,6 +63,8 @@ def canonical_command(args, epochs: int, cv: int) -> str:
             parts += [opt, str(val)]
     parts += ["--out", str(args.out), "--name", _model_name(args), "--seed", str(args.seed),
               "--epochs", str(epochs), "--cv", str(cv), "--rows", str(args.rows)]
+    if getattr(args, "filters", None) is not None:
+        parts += ["--filters", ",".join(str(f) for f in parse_filters(args.filters))]
     return shlex.join(parts)
 
 
@@ -108,6 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-rate", type=int, default=None, dest="sample_rate",
                    help="sample rate in Hz, recorded in the manifest (default: 1000 for the "
                         "shipped ITSC data, else unset)")
+    p.add_argument("--filters", default=None,
+                   help="filters of the strided conv layers, comma-separated, one layer per "
+                        "entry (default 16,16,16 autoencoder, 16,32,32 classifier)")
 
 
 def add_parsers(subparsers) -> argparse.ArgumentParser:
@@ -147,6 +152,8 @@ def run_training(args, log=None) -> dict:
         cv = 0 if args.cv is None else args.cv
         cfg = AEConfig(name=name, window=args.window, hop=args.hop, channels=tuple(ds.channels),
                        sample_rate_hz=sr, packed_rows=args.rows)
+        if getattr(args, "filters", None) is not None:
+            cfg.filters = parse_filters(args.filters)
         if args.epochs is not None:
             cfg.epochs = args.epochs
         normal = _normal_label(ds, args.normal)
@@ -179,6 +186,8 @@ def run_training(args, log=None) -> dict:
     cv = 5 if args.cv is None else args.cv
     cfg = CNNConfig(name=name, window=args.window, hop=args.hop, channels=tuple(ds.channels),
                     sample_rate_hz=sr, packed_rows=args.rows, cv=cv)
+    if getattr(args, "filters", None) is not None:
+        cfg.filters = parse_filters(args.filters)
     if args.epochs is not None:
         cfg.epochs = args.epochs
     return train_classifier(args.out, ds, cfg, args.seed,

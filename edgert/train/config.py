@@ -9,6 +9,25 @@ from dataclasses import dataclass
 TRAIN_EXTRA_HINT = "pip install 'edgert[train]'"
 #: header names never taken as channels unless --channels names them
 TIME_COLUMNS = ("t", "time", "timestamp", "datetime", "date", "time_s", "time_ms", "ts", "index")
+#: bounds of ``--filters`` entries (a conv layer of 0 filters or thousands is a typo)
+MAX_FILTERS = 1024
+
+
+def parse_filters(text: str) -> tuple[int, ...]:
+    """``--filters`` ("8,8,8") as a tuple of ints, one strided conv layer per entry.
+
+    Raises ValueError naming the option when an entry is not an integer in [1, MAX_FILTERS]
+    or there are none (or more than 8: W would have to be divisible by 2**9)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--filters {text!r}: expected comma-separated integers, e.g. 8,8,8") from None
+    if not 1 <= len(vals) <= 8 or any(not 1 <= v <= MAX_FILTERS for v in vals):
+        raise ValueError(f"--filters {text!r}: 1 to 8 entries, each in 1..{MAX_FILTERS}")
+    return vals
+
+
 ITSC_ATTRIBUTION = ("ITSC (MIT licence; University of Guanajuato, Cardenas-Cornejo et al., "
                     "Measurement 222:113680, 2023)")
 
